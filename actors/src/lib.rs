@@ -1,0 +1,8 @@
+//! flotilla's object model and its long-running actors: the Kubernetes
+//! resources it serves ([`model`]) and the [`registry`] that stores them in
+//! the replicated store with admission and optimistic concurrency.
+
+pub mod model;
+pub mod registry;
+
+pub use registry::{Propagation, Registry, RegistryError, RegistryWatch, WatchEvent};

@@ -1,0 +1,737 @@
+//! The registry: stores and serves objects through the replicated store,
+//! running admission on every write, with optimistic concurrency on the
+//! store's revisions (resourceVersion is the key's mod revision). It is what
+//! the API server calls, and what controllers use in-process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_raft::{
+    Compare, CompareOp, CompareTarget, Consistency, EventKind, Member, Outcome, StoreError, TxnOp,
+    TxnOpResult, Watcher,
+};
+use serde_json::{json, Value};
+
+use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
+use crate::model::object::{self, decode, encode};
+use crate::model::resources::{lookup, Resource, RESOURCES};
+use crate::model::selector::Selector;
+use crate::model::shapes;
+
+/// Retries of a read-modify-write that lost a race, before giving up with 409.
+const UPDATE_RETRIES_MAX: usize = 8;
+/// Objects per page when the registry walks a whole resource internally.
+const LIST_PAGE: usize = 1_000;
+
+/// What went wrong with a registry call. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 404.
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: String, name: String },
+    /// 409, reason AlreadyExists.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: String, name: String },
+    /// 409, reason Conflict: a stale resourceVersion or a lost race.
+    #[error("Operation cannot be fulfilled on {kind} {name:?}: {message}")]
+    Conflict {
+        kind: String,
+        name: String,
+        message: String,
+    },
+    /// 400 or 422 from admission.
+    #[error(transparent)]
+    Admission(#[from] AdmissionError),
+    /// 400: malformed request.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404 on the namespace of a create.
+    #[error("namespace {0:?} not found; create it first (flotilla apply a Namespace, or kubectl create namespace)")]
+    NamespaceNotFound(String),
+    /// 403: the namespace is being deleted.
+    #[error("namespace {0:?} is being terminated; new objects cannot be created in it")]
+    NamespaceTerminating(String),
+    /// 410: a watch from history the store no longer holds.
+    #[error("too old resource version: {requested} (the oldest available is {oldest})")]
+    Expired { requested: u64, oldest: u64 },
+    /// 503 or 500 from the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// 500: a stored object could not be decoded.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One change seen by a registry watch.
+#[derive(Debug, Clone)]
+pub struct WatchEvent {
+    /// ADDED, MODIFIED or DELETED.
+    pub kind: &'static str,
+    pub object: Value,
+}
+
+/// How dependents are treated when their owner is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Propagation {
+    /// Delete the owner now, its dependents after (the default).
+    Background,
+    /// Leave the dependents.
+    Orphan,
+}
+
+/// Objects over the replicated store.
+#[derive(Clone)]
+pub struct Registry {
+    member: Arc<Member>,
+}
+
+fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
+    use rand::Rng;
+    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
+    let mut rng = rand::thread_rng();
+    let name_suffix = (0..5)
+        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
+        .collect();
+    AdmissionContext {
+        namespace,
+        now: object::now(),
+        uid: uuid::Uuid::new_v4().to_string(),
+        name_suffix,
+    }
+}
+
+impl Registry {
+    pub fn new(member: Arc<Member>) -> Self {
+        Registry { member }
+    }
+
+    pub fn member(&self) -> &Arc<Member> {
+        &self.member
+    }
+
+    fn ns<'a>(res: &Resource, namespace: Option<&'a str>) -> Option<&'a str> {
+        if res.namespaced {
+            namespace
+        } else {
+            None
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value, RegistryError> {
+        let key = res.key(Self::ns(res, namespace), name);
+        let (kv, _) = self
+            .member
+            .get(key.as_bytes(), Consistency::Linearizable)
+            .await?;
+        let kv = kv.ok_or_else(|| RegistryError::NotFound {
+            kind: res.plural.into(),
+            name: name.into(),
+        })?;
+        decode(&kv.value, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))
+    }
+
+    /// Lists objects (in one namespace or all), filtered by selectors, with
+    /// paging: `limit` 0 means all; the returned token continues the list.
+    pub async fn list(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        labels: &Selector,
+        fields: &Selector,
+        limit: usize,
+        continue_from: Option<&str>,
+    ) -> Result<(Vec<Value>, u64, Option<String>), RegistryError> {
+        let prefix = res.namespace_prefix(Self::ns(res, namespace));
+        let mut cursor: Option<Vec<u8>> = continue_from.map(|c| c.as_bytes().to_vec());
+        if let Some(c) = &cursor {
+            if !c.starts_with(prefix.as_bytes()) {
+                return Err(RegistryError::BadRequest(
+                    "the continue token does not belong to this list; start the list again".into(),
+                ));
+            }
+        }
+        let mut items = Vec::new();
+        let mut revision = None;
+        loop {
+            let page = self
+                .member
+                .range(
+                    prefix.as_bytes(),
+                    LIST_PAGE,
+                    cursor.as_deref(),
+                    if revision.is_none() {
+                        Consistency::Linearizable
+                    } else {
+                        Consistency::Serializable
+                    },
+                )
+                .await?;
+            revision.get_or_insert(page.revision);
+            for kv in &page.kvs {
+                let o = decode(&kv.value, kv.mod_revision)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                if labels.matches_object(&o) && fields.matches_fields(&o) {
+                    items.push(o);
+                    if limit > 0 && items.len() == limit {
+                        let more = page.more
+                            || kv.key != page.kvs.last().map(|l| l.key.clone()).unwrap_or_default();
+                        let token = more.then(|| String::from_utf8_lossy(&kv.key).into_owned());
+                        return Ok((items, revision.unwrap_or(0), token));
+                    }
+                }
+            }
+            if !page.more {
+                return Ok((items, revision.unwrap_or(0), None));
+            }
+            cursor = page.kvs.last().map(|kv| kv.key.clone());
+        }
+    }
+
+    async fn namespace_ready(&self, namespace: &str) -> Result<(), RegistryError> {
+        let ns_res = lookup("namespaces").expect("namespaces are served");
+        match self.get(ns_res, None, namespace).await {
+            Ok(ns)
+                if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
+            {
+                Err(RegistryError::NamespaceTerminating(namespace.into()))
+            }
+            Ok(_) => Ok(()),
+            Err(RegistryError::NotFound { .. }) => {
+                Err(RegistryError::NamespaceNotFound(namespace.into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates an object after admission; 409 if it exists.
+    pub async fn create(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> Result<Value, RegistryError> {
+        let ns = if res.namespaced {
+            Some(namespace.unwrap_or("default"))
+        } else {
+            None
+        };
+        admit_create(res, &mut obj, &context(ns))?;
+        shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
+        if let Some(ns) = ns {
+            self.namespace_ready(ns).await?;
+        }
+        let name = object::name(&obj).unwrap_or_default().to_string();
+        let key = res.key(ns, &name).into_bytes();
+        let result = self
+            .member
+            .txn(
+                vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::CreateRevision(0),
+                }],
+                vec![TxnOp::Put {
+                    key,
+                    value: encode(&obj),
+                }],
+                vec![],
+            )
+            .await?;
+        match result.outcome {
+            Outcome::Txn {
+                succeeded: true, ..
+            } => {
+                object::metadata_mut(&mut obj)
+                    .insert("resourceVersion".into(), json!(result.revision.to_string()));
+                Ok(obj)
+            }
+            _ => Err(RegistryError::AlreadyExists {
+                kind: res.plural.into(),
+                name,
+            }),
+        }
+    }
+
+    /// Replaces an object. If the body carries a resourceVersion it must be
+    /// the current one (409 otherwise); without one the write is
+    /// unconditional. `subresource` is `Some("status")` for status writes.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        obj: Value,
+        subresource: Option<&str>,
+    ) -> Result<Value, RegistryError> {
+        let precondition = object::resource_version(&obj);
+        if object::meta_str(&obj, "resourceVersion").is_some() && precondition.is_none() {
+            return Err(RegistryError::BadRequest(
+                "metadata.resourceVersion must be a number as returned by the server".into(),
+            ));
+        }
+        self.read_modify_write(
+            res,
+            namespace,
+            name,
+            precondition,
+            |_old| Ok(obj.clone()),
+            subresource,
+        )
+        .await
+    }
+
+    /// Applies a JSON merge patch (RFC 7386) to an object.
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        patch: Value,
+        subresource: Option<&str>,
+    ) -> Result<Value, RegistryError> {
+        let precondition = patch
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok());
+        self.read_modify_write(
+            res,
+            namespace,
+            name,
+            precondition,
+            |old| {
+                let mut new = old.clone();
+                merge_patch(&mut new, &patch);
+                Ok(new)
+            },
+            subresource,
+        )
+        .await
+    }
+
+    /// Reads, changes with `change`, admits and writes back if nothing moved
+    /// in between (retrying a lost race when there is no precondition).
+    pub async fn read_modify_write<F>(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+        change: F,
+        subresource: Option<&str>,
+    ) -> Result<Value, RegistryError>
+    where
+        F: Fn(&Value) -> Result<Value, RegistryError>,
+    {
+        let ns = Self::ns(res, namespace);
+        let key = res.key(ns, name).into_bytes();
+        for _ in 0..UPDATE_RETRIES_MAX {
+            let old = self.get(res, ns, name).await?;
+            let current = object::resource_version(&old).unwrap_or(0);
+            if let Some(expected) = precondition {
+                if expected != current {
+                    return Err(RegistryError::Conflict {
+                        kind: res.plural.into(),
+                        name: name.into(),
+                        message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+                    });
+                }
+            }
+            let mut new = change(&old)?;
+            admit_update(
+                res,
+                &old,
+                &mut new,
+                &context(ns.or(if res.namespaced {
+                    Some("default")
+                } else {
+                    None
+                })),
+                subresource,
+            )?;
+            shapes::check(res, &new).map_err(RegistryError::BadRequest)?;
+            if strip_rv(&new) == strip_rv(&old) {
+                return Ok(old);
+            }
+            let result = self
+                .member
+                .txn(
+                    vec![Compare {
+                        key: key.clone(),
+                        op: CompareOp::Equal,
+                        target: CompareTarget::ModRevision(current),
+                    }],
+                    vec![TxnOp::Put {
+                        key: key.clone(),
+                        value: encode(&new),
+                    }],
+                    vec![],
+                )
+                .await?;
+            if let Outcome::Txn {
+                succeeded: true, ..
+            } = result.outcome
+            {
+                object::metadata_mut(&mut new)
+                    .insert("resourceVersion".into(), json!(result.revision.to_string()));
+                return Ok(new);
+            }
+            if precondition.is_some() {
+                return Err(RegistryError::Conflict {
+                    kind: res.plural.into(),
+                    name: name.into(),
+                    message: "the object has been modified; please apply your changes to the latest version and try again".into(),
+                });
+            }
+        }
+        Err(RegistryError::Conflict {
+            kind: res.plural.into(),
+            name: name.into(),
+            message: "too many concurrent writers; try again".into(),
+        })
+    }
+
+    /// Deletes an object, then (by default, in the background) what it owns;
+    /// a namespace takes everything in it along.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+        propagation: Propagation,
+    ) -> Result<Value, RegistryError> {
+        let ns = Self::ns(res, namespace);
+        if res.kind == "Namespace" {
+            return self.delete_namespace(name).await;
+        }
+        let old = self.delete_object(res, ns, name, precondition).await?;
+        if propagation == Propagation::Background {
+            if let Some(uid) = object::uid(&old).map(String::from) {
+                let registry = self.clone();
+                let ns = ns.map(String::from);
+                tokio::spawn(async move { registry.delete_dependents(uid, ns).await });
+            }
+        }
+        Ok(old)
+    }
+
+    /// Deletes one object if its revision still matches; nothing else.
+    async fn delete_object(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+    ) -> Result<Value, RegistryError> {
+        let key = res.key(ns, name).into_bytes();
+        let old = self.get(res, ns, name).await?;
+        let current = object::resource_version(&old).unwrap_or(0);
+        if precondition.is_some_and(|p| p != current) {
+            return Err(RegistryError::Conflict {
+                kind: res.plural.into(),
+                name: name.into(),
+                message: "the resourceVersion precondition does not match".into(),
+            });
+        }
+        let result = self
+            .member
+            .txn(
+                vec![Compare {
+                    key: key.clone(),
+                    op: CompareOp::Equal,
+                    target: CompareTarget::ModRevision(current),
+                }],
+                vec![TxnOp::Delete { key, prefix: false }],
+                vec![],
+            )
+            .await?;
+        match result.outcome {
+            Outcome::Txn {
+                succeeded: true,
+                results,
+            } if matches!(results.first(), Some(TxnOpResult::Delete { deleted: 1 })) => {}
+            _ => {
+                return Err(RegistryError::Conflict {
+                    kind: res.plural.into(),
+                    name: name.into(),
+                    message: "the object changed while it was being deleted; try again".into(),
+                })
+            }
+        }
+        Ok(old)
+    }
+
+    /// Deletes every object in `namespace` whose ownerReferences name `uid`,
+    /// and theirs in turn.
+    pub async fn delete_dependents(&self, uid: String, namespace: Option<String>) {
+        let mut pending = vec![(uid, namespace)];
+        while let Some((owner, ns)) = pending.pop() {
+            for res in RESOURCES.iter().filter(|r| r.namespaced) {
+                let Ok((items, _, _)) = self
+                    .list(
+                        res,
+                        ns.as_deref(),
+                        &Selector::default(),
+                        &Selector::default(),
+                        0,
+                        None,
+                    )
+                    .await
+                else {
+                    continue;
+                };
+                for item in items
+                    .iter()
+                    .filter(|o| object::owner_uids(o).contains(&owner))
+                {
+                    let name = object::name(item).unwrap_or_default();
+                    match self
+                        .delete_object(res, object::namespace(item), name, None)
+                        .await
+                    {
+                        Ok(_) | Err(RegistryError::NotFound { .. }) => {
+                            if let Some(u) = object::uid(item) {
+                                pending.push((
+                                    u.to_string(),
+                                    object::namespace(item).map(String::from),
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(kind = res.kind, name, error = %e, "garbage collection could not delete a dependent")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn delete_namespace(&self, name: &str) -> Result<Value, RegistryError> {
+        let ns_res = lookup("namespaces").expect("namespaces are served");
+        if matches!(name, "default" | "flotilla-system") {
+            return Err(RegistryError::BadRequest(format!(
+                "namespace {name:?} is part of the cluster and cannot be deleted"
+            )));
+        }
+        let terminating = self
+            .read_modify_write(
+                ns_res,
+                None,
+                name,
+                None,
+                |old| {
+                    let mut new = old.clone();
+                    new["status"] = json!({"phase": "Terminating"});
+                    Ok(new)
+                },
+                Some("status"),
+            )
+            .await?;
+        let registry = self.clone();
+        let ns_name = name.to_string();
+        tokio::spawn(async move { registry.finish_namespace_delete(ns_name).await });
+        Ok(terminating)
+    }
+
+    async fn finish_namespace_delete(&self, name: String) {
+        for res in RESOURCES.iter().filter(|r| r.namespaced) {
+            let prefix = res.namespace_prefix(Some(&name));
+            if let Err(e) = self.member.delete(prefix.into_bytes(), true).await {
+                tracing::warn!(namespace = %name, kind = res.kind, error = %e, "namespace cleanup failed; it will be retried when the namespace is deleted again");
+                return;
+            }
+        }
+        let ns_res = lookup("namespaces").expect("namespaces are served");
+        if let Err(e) = self
+            .member
+            .delete(ns_res.key(None, &name).into_bytes(), false)
+            .await
+        {
+            tracing::warn!(namespace = %name, error = %e, "could not remove the namespace object");
+        }
+    }
+
+    /// Watches a resource from `from_revision` (exclusive: events after it),
+    /// or from now when 0.
+    pub fn watch(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        after_revision: u64,
+    ) -> Result<RegistryWatch, RegistryError> {
+        let prefix = res.namespace_prefix(Self::ns(res, namespace));
+        let from = if after_revision == 0 {
+            0
+        } else {
+            after_revision + 1
+        };
+        match self.member.watch(prefix.into_bytes(), from) {
+            Ok(w) => Ok(RegistryWatch { inner: w }),
+            Err(StoreError::Compacted {
+                requested,
+                compact_revision,
+            }) => Err(RegistryError::Expired {
+                requested: requested.saturating_sub(1),
+                oldest: compact_revision,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates the namespaces every cluster has, if missing.
+    pub async fn ensure_builtin_namespaces(&self) -> Result<(), RegistryError> {
+        let ns_res = lookup("namespaces").expect("namespaces are served");
+        for ns in ["default", "flotilla-system"] {
+            match self
+                .create(
+                    ns_res,
+                    None,
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+                )
+                .await
+            {
+                Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records an Event about `involved` (best effort: failures are logged).
+    pub async fn record_event(
+        &self,
+        involved: &Value,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) {
+        let ns = object::namespace(involved).unwrap_or("default").to_string();
+        let name = format!(
+            "{}.{:x}",
+            object::name(involved).unwrap_or("object"),
+            rand::random::<u64>()
+        );
+        let now = object::now();
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                "name": object::name(involved), "namespace": object::namespace(involved), "uid": object::uid(involved),
+            },
+            "reason": reason, "message": message, "type": event_type,
+            "source": {"component": "flotilla"},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        });
+        let events = lookup("events").expect("events are served");
+        if let Err(e) = self.create(events, Some(&ns), event).await {
+            tracing::debug!(error = %e, reason, "could not record an event");
+        }
+    }
+
+    /// Waits until the store has applied at least `revision` locally.
+    pub async fn wait_applied(&self, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.member.reader().hub().subscribe_revisions();
+        tokio::time::timeout(timeout, async {
+            loop {
+                if rx.borrow_and_update().revision >= revision {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+fn strip_rv(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
+/// RFC 7386 JSON merge patch.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            let t = target.as_object_mut().expect("made an object above");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// A watch on one resource, yielding Kubernetes watch events.
+pub struct RegistryWatch {
+    inner: Watcher,
+}
+
+impl RegistryWatch {
+    /// The next batch of events, in order.
+    pub async fn next(&mut self) -> Result<Vec<WatchEvent>, RegistryError> {
+        let flotilla_raft::WatchItem::Events { events, .. } =
+            self.inner.next().await.map_err(|e| match e {
+                StoreError::Compacted {
+                    requested,
+                    compact_revision,
+                } => RegistryError::Expired {
+                    requested,
+                    oldest: compact_revision,
+                },
+                other => other.into(),
+            })?;
+        events
+            .into_iter()
+            .map(|ev| {
+                let object = decode(&ev.kv.value, ev.kv.mod_revision)
+                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                let kind = match ev.kind {
+                    EventKind::Delete => "DELETED",
+                    EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => "ADDED",
+                    EventKind::Put => "MODIFIED",
+                };
+                Ok(WatchEvent { kind, object })
+            })
+            .collect()
+    }
+
+    /// The last revision the watch has fully delivered (for bookmarks).
+    pub fn progress_revision(&self) -> u64 {
+        self.inner.progress_revision()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}}));
+        let mut t = json!({"spec": {"replicas": 1}});
+        merge_patch(&mut t, &json!({"spec": {"replicas": 3}}));
+        assert_eq!(t["spec"]["replicas"], 3);
+    }
+}

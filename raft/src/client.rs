@@ -1,0 +1,296 @@
+//! The operator's client (what `flotilla store` uses): dials a member with
+//! the join token and calls the store's API over the peer port. Given several
+//! addresses it moves on to the next when one does not answer. Its watch
+//! resumes after a broken connection from the last revision it delivered.
+
+use std::collections::VecDeque;
+
+use crate::error::StoreError;
+use crate::limits::Limits;
+use crate::member::token_transport;
+use crate::tls::JoinToken;
+use crate::transport::Transport;
+use crate::types::{
+    Command, CommandResult, Event, KeyValue, NodeId, Outcome, RangePage, Revisions,
+};
+use crate::wire::{read_frame, MemberInfo, ReadOp, Reply, Request};
+
+/// A client of the store, over QUIC, authenticated by the join token.
+pub struct StoreClient {
+    transport: Transport,
+    peers: Vec<String>,
+    limits: Limits,
+}
+
+impl StoreClient {
+    /// `peers` are tried in order. Nothing is dialled until the first call.
+    pub fn new(peers: Vec<String>, token: &str) -> Result<Self, StoreError> {
+        let token = JoinToken::parse(token).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let limits = Limits::default();
+        if peers.is_empty() {
+            return Err(StoreError::Invalid("no peer address given".into()));
+        }
+        Ok(StoreClient {
+            transport: token_transport(&token, &limits)?,
+            peers,
+            limits,
+        })
+    }
+
+    pub fn peers(&self) -> &[String] {
+        &self.peers
+    }
+
+    /// Sends `request` to the first peer that answers.
+    pub async fn call(&self, request: &Request) -> Result<Reply, StoreError> {
+        let mut last = None;
+        for peer in &self.peers {
+            match self
+                .transport
+                .call(peer, request, self.limits.client_rpc_timeout())
+                .await
+            {
+                Ok(reply) => return Ok(reply),
+                Err(e) if e.is_retryable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))
+    }
+
+    /// Calls one given peer only (for tools that target a member).
+    pub async fn call_peer(&self, peer: &str, request: &Request) -> Result<Reply, StoreError> {
+        self.transport
+            .call(peer, request, self.limits.client_rpc_timeout())
+            .await
+    }
+
+    pub async fn write(&self, command: Command) -> Result<CommandResult, StoreError> {
+        match self.call(&Request::Write(command)).await? {
+            Reply::Written(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Puts a value; answers the revision of the write.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
+        Ok(self
+            .write(Command::Put {
+                key: key.to_vec(),
+                value: value.to_vec(),
+            })
+            .await?
+            .revision)
+    }
+
+    /// Deletes a key or prefix; answers (keys deleted, revision).
+    pub async fn delete(&self, key: &[u8], prefix: bool) -> Result<(u64, u64), StoreError> {
+        let r = self
+            .write(Command::Delete {
+                key: key.to_vec(),
+                prefix,
+            })
+            .await?;
+        match r.outcome {
+            Outcome::Delete { deleted } => Ok((deleted, r.revision)),
+            other => Err(StoreError::Protocol(format!(
+                "unexpected delete outcome {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        match self.write(Command::Compact { revision }).await?.outcome {
+            Outcome::Rejected(reason) => Err(StoreError::Invalid(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        key: &[u8],
+        linearizable: bool,
+    ) -> Result<(Option<KeyValue>, u64), StoreError> {
+        match self
+            .call(&Request::Read {
+                op: ReadOp::Get { key: key.to_vec() },
+                linearizable,
+            })
+            .await?
+        {
+            Reply::Value { kv, revision } => Ok((kv, revision)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn range(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        continue_from: Option<Vec<u8>>,
+        linearizable: bool,
+    ) -> Result<RangePage, StoreError> {
+        let op = ReadOp::Range {
+            prefix: prefix.to_vec(),
+            limit,
+            continue_from,
+        };
+        match self.call(&Request::Read { op, linearizable }).await? {
+            Reply::Range(page) => Ok(page),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every key under `prefix`, page by page, all read at the first page's
+    /// revision or later.
+    pub async fn list(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.range(prefix, 0, cursor.take(), true).await?;
+            cursor = page.kvs.last().map(|kv| kv.key.clone());
+            out.extend(page.kvs);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn revisions(&self) -> Result<Revisions, StoreError> {
+        match self
+            .call(&Request::Read {
+                op: ReadOp::Revisions,
+                linearizable: true,
+            })
+            .await?
+        {
+            Reply::Revisions(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn members(&self) -> Result<Vec<MemberInfo>, StoreError> {
+        match self.call(&Request::Members).await? {
+            Reply::Members(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
+        self.call(&Request::RemoveMember { node_id })
+            .await
+            .map(|_| ())
+    }
+
+    /// A watch that survives broken connections and member failures: it
+    /// re-dials (trying every peer) and resumes after the last revision it
+    /// delivered, so no change is missed or seen twice.
+    pub fn watch(&self, prefix: Vec<u8>, from_revision: u64) -> ResumingWatch<'_> {
+        ResumingWatch {
+            client: self,
+            prefix,
+            next_revision: from_revision,
+            stream: None,
+            buffered: VecDeque::new(),
+        }
+    }
+
+    async fn open_watch(
+        &self,
+        prefix: &[u8],
+        from_revision: u64,
+    ) -> Result<quinn::RecvStream, StoreError> {
+        let request = Request::Watch {
+            prefix: prefix.to_vec(),
+            from_revision,
+        };
+        let mut last = None;
+        for peer in &self.peers {
+            match self.transport.open_stream(peer, &request).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))
+    }
+}
+
+fn unexpected(reply: Reply) -> StoreError {
+    StoreError::Protocol(format!("unexpected reply {reply:?}"))
+}
+
+/// See [`StoreClient::watch`].
+pub struct ResumingWatch<'a> {
+    client: &'a StoreClient,
+    prefix: Vec<u8>,
+    /// Next revision to deliver; 0 until the first frame when watching "from now".
+    next_revision: u64,
+    stream: Option<quinn::RecvStream>,
+    buffered: VecDeque<Event>,
+}
+
+impl ResumingWatch<'_> {
+    /// The next change. Retryable failures (a member dying, a dropped
+    /// connection) are handled inside by resuming; other errors (compacted
+    /// history, a cut-off slow watcher) are returned.
+    pub async fn next(&mut self) -> Result<Event, StoreError> {
+        let mut failures = 0u32;
+        loop {
+            if let Some(ev) = self.buffered.pop_front() {
+                return Ok(ev);
+            }
+            let stream = match self.stream.as_mut() {
+                Some(s) => s,
+                None => match self
+                    .client
+                    .open_watch(&self.prefix, self.next_revision)
+                    .await
+                {
+                    Ok(s) => self.stream.insert(s),
+                    Err(e) if e.is_retryable() && failures < 50 => {
+                        failures += 1;
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            match read_frame::<Reply>(stream, self.client.limits.reply_size_max_bytes).await {
+                Ok(Some(Reply::WatchEvents { revision, events })) => {
+                    self.next_revision = revision + 1;
+                    self.buffered.extend(events);
+                }
+                Ok(Some(Reply::WatchProgress { revision })) => {
+                    if self.next_revision == 0 || revision + 1 > self.next_revision {
+                        self.next_revision = revision + 1;
+                    }
+                }
+                Ok(Some(Reply::Error(e))) => {
+                    self.stream = None;
+                    if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Ok(Some(other)) => return Err(unexpected(other)),
+                // The member went away: dial again from where we are.
+                Ok(None) | Err(_) => {
+                    self.stream = None;
+                    failures += 1;
+                    if failures > 50 {
+                        return Err(StoreError::Unreachable {
+                            addr: self.client.peers.join(","),
+                            reason: "watch stream keeps breaking".into(),
+                        });
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// The revision to resume from.
+    pub fn next_revision(&self) -> u64 {
+        self.next_revision
+    }
+}

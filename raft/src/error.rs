@@ -1,0 +1,68 @@
+//! What can go wrong in the store, split by what a caller can do about it.
+
+use crate::types::NodeId;
+
+/// Errors from the store's API, local or remote.
+#[derive(Debug, Clone, thiserror::Error, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub enum StoreError {
+    /// The request itself is wrong (too large, empty key...). Not retryable.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// A value is over `value_size_max_bytes`.
+    #[error("value of {size} bytes is over the limit of {limit} bytes")]
+    ValueTooLarge { size: usize, limit: usize },
+    /// A watch asked for history that compaction removed.
+    #[error("revision {requested} is compacted; the oldest revision still held is {compact_revision}: list again and watch from the list's revision")]
+    Compacted {
+        requested: u64,
+        compact_revision: u64,
+    },
+    /// The cluster has no leader right now (election in progress, or no
+    /// majority reachable). Retryable.
+    #[error("no leader: {0}; retry once a majority of members is up")]
+    NoLeader(String),
+    /// A peer did not answer in time. Retryable.
+    #[error("{addr} did not answer within {timeout_ms} ms: is a flotilla server listening there?")]
+    Timeout { addr: String, timeout_ms: u64 },
+    /// A peer could not be reached. Retryable.
+    #[error("cannot reach {addr}: {reason}")]
+    Unreachable { addr: String, reason: String },
+    /// The token or certificate was refused. Not retryable with the same token.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// A watcher fell too far behind and was cut off. Resume from the last revision seen.
+    #[error("watch fell more than {queue_max} changes behind and was cut off; resume from the last revision received")]
+    WatchOverflow { queue_max: usize },
+    /// Membership change refused.
+    #[error("membership: {0}")]
+    Membership(String),
+    /// The member is shutting down or its storage failed. Not retryable on this member.
+    #[error("store failure on member {member}: {reason}")]
+    Fatal { member: NodeId, reason: String },
+    /// A protocol violation from a peer (bad frame, wrong version).
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl StoreError {
+    /// Whether the same request may succeed if sent again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. }
+        )
+    }
+}
+
+/// Errors opening or creating a member's data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    /// Wrong or unreadable files on disk; the message says which and what to do.
+    #[error("data directory {dir}: {reason}")]
+    Invalid { dir: String, reason: String },
+    /// RocksDB refused to open (corrupt files, or another process holds the lock).
+    #[error("data directory {dir}: cannot open the database: {reason}")]
+    Database { dir: String, reason: String },
+    #[error("data directory {dir}: {source}")]
+    Io { dir: String, source: std::io::Error },
+}

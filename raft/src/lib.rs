@@ -1,0 +1,36 @@
+//! flotilla's replicated store: a versioned key-value store with etcd's
+//! semantics (revisions, transactions, prefix ranges, resumable watches,
+//! compaction), replicated with openraft over QUIC and kept in RocksDB.
+//!
+//! It knows nothing of pods or nodes; the object model in `flotilla-actors`
+//! stores its objects here. [`Member`] is a running member (used in-process
+//! by the server); [`StoreClient`] is the operator's remote client.
+
+pub mod client;
+pub mod data_dir;
+pub mod db;
+pub mod error;
+pub mod kv_apply;
+pub mod limits;
+pub mod log_store;
+pub mod member;
+pub mod network;
+pub mod server;
+pub mod state_machine;
+pub mod tls;
+pub mod transport;
+pub mod types;
+pub mod watch;
+pub mod wire;
+
+pub use client::{ResumingWatch, StoreClient};
+pub use error::{DataDirError, StoreError};
+pub use limits::Limits;
+pub use member::{Consistency, Member, StartError, StartMode, StoreConfig};
+pub use transport::{Fault, Faults};
+pub use types::{
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, NodeId,
+    Outcome, RangePage, Revisions, TxnOp, TxnOpResult,
+};
+pub use watch::{WatchItem, Watcher};
+pub use wire::{MemberInfo, Role};

@@ -1,0 +1,94 @@
+//! Every limit of the store in one place, with units in the names. A limit
+//! that a caller hits gives an error that names it.
+
+use std::time::Duration;
+
+/// The store's limits. `Limits::default()` is what `flotilla server` runs with.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest value a key may hold (etcd's default request limit).
+    pub value_size_max_bytes: usize,
+    /// Largest key.
+    pub key_size_max_bytes: usize,
+    /// Largest request frame accepted from the network.
+    pub request_size_max_bytes: usize,
+    /// Largest reply frame a client reads (replies carry ranges and snapshot chunks).
+    pub reply_size_max_bytes: usize,
+    /// Changes a watcher may fall behind by before it is cut off with an error.
+    pub watch_queue_max: usize,
+    /// Writes proposed on a member and not yet answered; past it, callers wait.
+    pub inflight_proposals_max: usize,
+    /// Open watches one member serves.
+    pub watches_max: usize,
+    /// Keys a range returns at most in one page.
+    pub range_page_max: usize,
+    /// Revisions of history kept for watches; older ones are compacted.
+    pub history_retain_revisions: u64,
+    /// Deadline for one Raft RPC between members.
+    pub raft_rpc_timeout_ms: u64,
+    /// Deadline for one client RPC (including forwarding to the leader).
+    pub client_rpc_timeout_ms: u64,
+    /// Deadline for dialling a peer.
+    pub connect_timeout_ms: u64,
+    /// QUIC keep-alive; a silent connection is probed this often.
+    pub keep_alive_ms: u64,
+    /// A connection with no traffic (keep-alives included) for this long is dead.
+    pub idle_timeout_ms: u64,
+    /// Raft heartbeat.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout range.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries applied since the last snapshot before a new one is built.
+    pub snapshot_every_entries: u64,
+    /// Log entries kept behind a snapshot, so a slightly lagging follower
+    /// catches up from the log instead of a snapshot.
+    pub log_kept_behind_snapshot: u64,
+    /// Entries in one AppendEntries RPC.
+    pub append_entries_max: u64,
+    /// Bytes of one snapshot chunk.
+    pub snapshot_chunk_bytes: u64,
+    /// How long a joining member waits to be caught up and promoted.
+    pub join_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            value_size_max_bytes: 1536 * 1024,
+            key_size_max_bytes: 4096,
+            request_size_max_bytes: 3 * 1024 * 1024,
+            reply_size_max_bytes: 64 * 1024 * 1024,
+            watch_queue_max: 4096,
+            inflight_proposals_max: 4096,
+            watches_max: 10_000,
+            range_page_max: 10_000,
+            history_retain_revisions: 50_000,
+            raft_rpc_timeout_ms: 2_000,
+            client_rpc_timeout_ms: 10_000,
+            connect_timeout_ms: 2_000,
+            keep_alive_ms: 500,
+            idle_timeout_ms: 3_000,
+            heartbeat_ms: 50,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            snapshot_every_entries: 20_000,
+            log_kept_behind_snapshot: 2_000,
+            append_entries_max: 1_000,
+            snapshot_chunk_bytes: 4 * 1024 * 1024,
+            join_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn raft_rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.raft_rpc_timeout_ms)
+    }
+    pub fn client_rpc_timeout(&self) -> Duration {
+        Duration::from_millis(self.client_rpc_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}

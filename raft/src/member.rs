@@ -1,0 +1,916 @@
+//! A store member: opens (or creates, or joins with) a data directory,
+//! runs openraft over RocksDB, serves the peer port, and offers the store's
+//! API to the rest of the process. Writes and linearizable reads sent to a
+//! follower are carried to the leader; callers need not know who leads.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use tokio::sync::Semaphore;
+
+use crate::data_dir::{DataDir, MemberFile};
+use crate::db;
+use crate::error::{DataDirError, StoreError};
+use crate::limits::Limits;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::state_machine::{StateMachine, StoreReader};
+use crate::tls::{ClusterCa, JoinToken, TlsError};
+use crate::transport::{Fault, Faults, Transport};
+use crate::types::{
+    Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, RangePage,
+    Revisions, Txn, TxnOp,
+};
+use crate::watch::{WatchHub, Watcher};
+use crate::wire::{JoinGrant, MemberInfo, Reply, Request, Role, PROTOCOL_VERSION};
+
+/// How a member comes up when its data directory is new. A directory that
+/// already holds a member always restarts that member.
+#[derive(Clone, Debug)]
+pub enum StartMode {
+    /// Create a new cluster with this member as its only voter.
+    Bootstrap,
+    /// Join the cluster that `via` belongs to.
+    Join { via: String, token: String },
+    /// Only restart: the data directory must hold a member.
+    Restart,
+}
+
+/// Everything needed to start a member.
+#[derive(Clone)]
+pub struct StoreConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// Where the peer port listens and what peers are told to dial.
+    pub peer_addr: String,
+    pub start: StartMode,
+    pub limits: Limits,
+    /// Fault injection for tests; empty otherwise.
+    pub faults: Faults,
+}
+
+impl StoreConfig {
+    pub fn new(
+        id: NodeId,
+        data_dir: impl Into<PathBuf>,
+        peer_addr: impl Into<String>,
+        start: StartMode,
+    ) -> Self {
+        StoreConfig {
+            id,
+            data_dir: data_dir.into(),
+            peer_addr: peer_addr.into(),
+            start,
+            limits: Limits::default(),
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Why a member could not start. Each message says what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Joining failed (wrong token, unreachable peer, refused id).
+    #[error("join: {0}")]
+    Join(StoreError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Whether a read must reflect every write acknowledged before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Consistency {
+    /// Confirmed with a majority (read-index); the default.
+    Linearizable,
+    /// This member's applied state; fast, possibly stale.
+    Serializable,
+}
+
+/// A running store member.
+pub struct Member {
+    id: NodeId,
+    raft: Raft<crate::types::TypeConfig>,
+    reader: StoreReader,
+    transport: Arc<Transport>,
+    limits: Limits,
+    token: JoinToken,
+    ca: ClusterCa,
+    peer_addr: String,
+    proposals: Semaphore,
+    faults: Faults,
+    endpoint: quinn::Endpoint,
+    server_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member")
+            .field("id", &self.id)
+            .field("peer_addr", &self.peer_addr)
+            .finish()
+    }
+}
+
+async fn resolve_bind(addr: &str) -> Result<SocketAddr, StartError> {
+    if let Ok(sa) = addr.parse() {
+        return Ok(sa);
+    }
+    tokio::net::lookup_host(addr)
+        .await
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| StartError::Bind {
+            addr: addr.into(),
+            reason: "not an address (expected HOST:PORT)".into(),
+        })
+}
+
+/// Asks a cluster member to admit us, proving the token.
+async fn request_join(
+    via: &str,
+    token: &JoinToken,
+    id: NodeId,
+    addr: &str,
+    limits: &Limits,
+) -> Result<JoinGrant, StoreError> {
+    let transport = token_transport(token, limits)?;
+    let request = Request::Join {
+        secret: token.secret.clone(),
+        node_id: id,
+        addr: addr.into(),
+    };
+    match transport
+        .call(via, &request, limits.client_rpc_timeout())
+        .await?
+    {
+        Reply::Joined(grant) => Ok(grant),
+        other => Err(StoreError::Protocol(format!(
+            "unexpected join reply {other:?}"
+        ))),
+    }
+}
+
+/// A transport for a token holder (no member certificate).
+pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, StoreError> {
+    let config = token
+        .client_config(limits)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok(Transport::new(
+        Transport::client_endpoint()?,
+        config,
+        Some(token.secret.clone()),
+        limits.clone(),
+    ))
+}
+
+impl Member {
+    /// Starts a member as `config` says. Returns once the member serves its
+    /// peer port; for a join, once it is a voter.
+    pub async fn start(config: StoreConfig) -> Result<Arc<Member>, StartError> {
+        let dir = DataDir::new(&config.data_dir);
+        let limits = config.limits.clone();
+        let mut initialize = false;
+        let member_file = if dir.has_member() {
+            let file = dir.read_member()?;
+            if file.id != config.id {
+                return Err(DataDirError::Invalid {
+                    dir: dir.path.display().to_string(),
+                    reason: format!(
+                        "holds member {} but --id is {}; use --id {} or another directory",
+                        file.id, config.id, file.id
+                    ),
+                }
+                .into());
+            }
+            if let StartMode::Join { token, .. } = &config.start {
+                let token = JoinToken::parse(token)?;
+                let ca = dir.read_ca(&file.cluster_id)?;
+                if ca.fingerprint()? != token.ca_fingerprint {
+                    return Err(DataDirError::Invalid {
+                        dir: dir.path.display().to_string(),
+                        reason: format!(
+                            "belongs to cluster {}, not the cluster of the given token; use an empty directory to join that cluster",
+                            file.cluster_id
+                        ),
+                    }
+                    .into());
+                }
+            }
+            file
+        } else {
+            match &config.start {
+                StartMode::Restart => {
+                    dir.read_member()?;
+                    unreachable!("read_member fails without member.json")
+                }
+                StartMode::Bootstrap => {
+                    dir.create_empty()?;
+                    let cluster_id = hex::encode(rand::random::<[u8; 8]>());
+                    let ca = ClusterCa::generate(&cluster_id)?;
+                    dir.write_ca(&ca)?;
+                    dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
+                    dir.write_token(&JoinToken::new(&ca)?)?;
+                    let file = MemberFile {
+                        id: config.id,
+                        cluster_id,
+                        peer_addr: config.peer_addr.clone(),
+                        join_via: None,
+                    };
+                    dir.write_member(&file)?;
+                    initialize = true;
+                    file
+                }
+                StartMode::Join { via, token } => {
+                    let token = JoinToken::parse(token)?;
+                    let grant = request_join(via, &token, config.id, &config.peer_addr, &limits)
+                        .await
+                        .map_err(StartError::Join)?;
+                    dir.create_empty()?;
+                    let ca = ClusterCa {
+                        cluster_id: grant.cluster_id.clone(),
+                        cert_pem: grant.ca_cert_pem,
+                        key_pem: grant.ca_key_pem,
+                    };
+                    if ca.fingerprint()? != token.ca_fingerprint {
+                        return Err(StartError::Join(StoreError::Unauthorized(
+                            "the joined member sent a CA that does not match the token".into(),
+                        )));
+                    }
+                    dir.write_ca(&ca)?;
+                    dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
+                    dir.write_token(&token)?;
+                    let file = MemberFile {
+                        id: config.id,
+                        cluster_id: grant.cluster_id,
+                        peer_addr: config.peer_addr.clone(),
+                        join_via: Some(via.clone()),
+                    };
+                    dir.write_member(&file)?;
+                    file
+                }
+            }
+        };
+
+        let ca = dir.read_ca(&member_file.cluster_id)?;
+        let identity = dir.read_identity()?;
+        let token = dir.read_token()?;
+        let database = db::open(&dir.db_path(), true)?;
+        let hub = Arc::new(WatchHub::new(limits.watch_queue_max, limits.watches_max));
+        let sm = StateMachine::open(
+            database.clone(),
+            hub.clone(),
+            dir.snapshot_path(),
+            limits.history_retain_revisions,
+        )
+        .map_err(|reason| DataDirError::Invalid {
+            dir: dir.path.display().to_string(),
+            reason: format!("state machine is corrupt: {reason}"),
+        })?;
+        let reader = StoreReader::new(database.clone(), hub);
+        let log_store = LogStore::new(database);
+
+        let bind = resolve_bind(&config.peer_addr).await?;
+        let endpoint =
+            quinn::Endpoint::server(identity.server_config(&limits)?, bind).map_err(|e| {
+                StartError::Bind {
+                    addr: config.peer_addr.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let client_config = identity.client_config(&limits)?;
+        let transport = Arc::new(Transport::new(
+            endpoint.clone(),
+            client_config,
+            None,
+            limits.clone(),
+        ));
+        let network = Network {
+            from: config.id,
+            transport: transport.clone(),
+            faults: config.faults.clone(),
+        };
+
+        let raft_config = Config {
+            cluster_name: member_file.cluster_id.clone(),
+            heartbeat_interval: limits.heartbeat_ms,
+            election_timeout_min: limits.election_timeout_min_ms,
+            election_timeout_max: limits.election_timeout_max_ms,
+            install_snapshot_timeout: limits.raft_rpc_timeout_ms * 5,
+            max_payload_entries: limits.append_entries_max,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(limits.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: limits.log_kept_behind_snapshot,
+            snapshot_max_chunk_size: limits.snapshot_chunk_bytes,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+
+        let member = Arc::new(Member {
+            id: config.id,
+            raft,
+            reader,
+            transport,
+            proposals: Semaphore::new(limits.inflight_proposals_max),
+            faults: config.faults.clone(),
+            limits,
+            token,
+            ca,
+            peer_addr: config.peer_addr.clone(),
+            endpoint: endpoint.clone(),
+            server_task: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(crate::server::serve(endpoint, Arc::downgrade(&member)));
+        *member.server_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+
+        if initialize {
+            let nodes = BTreeMap::from([(
+                config.id,
+                MemberNode {
+                    addr: config.peer_addr.clone(),
+                },
+            )]);
+            member
+                .raft
+                .initialize(nodes)
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            tracing::info!(member = config.id, cluster = %member_file.cluster_id, "bootstrapped a new cluster");
+        }
+        if let Some(via) = &member_file.join_via {
+            member.finish_join(via).await.map_err(StartError::Join)?;
+            dir.write_member(&MemberFile {
+                join_via: None,
+                ..member_file.clone()
+            })?;
+            tracing::info!(member = config.id, via = %via, "joined the cluster");
+        }
+        Ok(member)
+    }
+
+    /// Second step of a join: asks the cluster to add us, retrying through
+    /// elections until the join deadline.
+    async fn finish_join(&self, via: &str) -> Result<(), StoreError> {
+        let transport = token_transport(&self.token, &self.limits)?;
+        let request = Request::AddMember {
+            node_id: self.id,
+            addr: self.peer_addr.clone(),
+        };
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.limits.join_timeout_ms);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match transport.call(via, &request, left).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_retryable() && !left.is_zero() => {
+                    tracing::warn!(error = %e, "join not finished yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn peer_addr(&self) -> &str {
+        &self.peer_addr
+    }
+
+    /// The address the peer port is bound to (useful with port 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.endpoint.local_addr().ok()
+    }
+
+    pub fn token(&self) -> &JoinToken {
+        &self.token
+    }
+
+    pub fn cluster_id(&self) -> &str {
+        &self.ca.cluster_id
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn raft(&self) -> &Raft<crate::types::TypeConfig> {
+        &self.raft
+    }
+
+    pub fn reader(&self) -> &StoreReader {
+        &self.reader
+    }
+
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
+    pub fn ca(&self) -> &ClusterCa {
+        &self.ca
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        self.reader.revisions()
+    }
+
+    fn fatal(&self, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Fatal {
+            member: self.id,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The address of the leader when it is another member; `None` when this
+    /// member leads. Waits up to four election timeouts for a leader. Traffic
+    /// to a leader the fault table cuts off fails as unreachable.
+    async fn leader_addr(&self) -> Result<Option<String>, StoreError> {
+        let wait = Duration::from_millis(self.limits.election_timeout_max_ms * 4);
+        let metrics = self
+            .raft
+            .wait(Some(wait))
+            .metrics(|m| m.current_leader.is_some(), "a leader")
+            .await
+            .map_err(|_| {
+                StoreError::NoLeader(format!("no leader elected within {} ms", wait.as_millis()))
+            })?;
+        let leader = metrics.current_leader.expect("waited for a leader");
+        if leader == self.id && metrics.state == ServerState::Leader {
+            return Ok(None);
+        }
+        let node = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned();
+        if let Some(Fault::Drop) = self.faults.get(self.id, leader) {
+            return Err(StoreError::Unreachable {
+                addr: node.map(|n| n.addr).unwrap_or_default(),
+                reason: "dropped by fault injection".into(),
+            });
+        }
+        match node {
+            Some(n) => Ok(Some(n.addr)),
+            None => Err(StoreError::NoLeader(format!(
+                "leader {leader} is not in this member's membership yet"
+            ))),
+        }
+    }
+
+    fn validate(&self, command: &Command) -> Result<(), StoreError> {
+        let check_key = |key: &[u8]| {
+            if key.is_empty() {
+                return Err(StoreError::Invalid("empty key".into()));
+            }
+            if key.len() > self.limits.key_size_max_bytes {
+                return Err(StoreError::Invalid(format!(
+                    "key of {} bytes is over the limit of {} bytes",
+                    key.len(),
+                    self.limits.key_size_max_bytes
+                )));
+            }
+            Ok(())
+        };
+        let check_put = |key: &[u8], value: &[u8]| {
+            check_key(key)?;
+            if value.len() > self.limits.value_size_max_bytes {
+                return Err(StoreError::ValueTooLarge {
+                    size: value.len(),
+                    limit: self.limits.value_size_max_bytes,
+                });
+            }
+            Ok(())
+        };
+        match command {
+            Command::Put { key, value } => check_put(key, value),
+            Command::Delete { key, prefix } => {
+                if *prefix {
+                    Ok(())
+                } else {
+                    check_key(key)
+                }
+            }
+            Command::Txn(txn) => {
+                let mut total = 0usize;
+                for op in txn.success.iter().chain(&txn.failure) {
+                    match op {
+                        TxnOp::Put { key, value } => {
+                            check_put(key, value)?;
+                            total += key.len() + value.len();
+                        }
+                        TxnOp::Delete { key, prefix: false } | TxnOp::Get { key } => {
+                            check_key(key)?
+                        }
+                        TxnOp::Delete { prefix: true, .. } => {}
+                    }
+                }
+                if total > self.limits.request_size_max_bytes {
+                    return Err(StoreError::Invalid(format!(
+                        "transaction of {total} bytes is over the request limit of {} bytes",
+                        self.limits.request_size_max_bytes
+                    )));
+                }
+                Ok(())
+            }
+            Command::Compact { .. } => Ok(()),
+        }
+    }
+
+    /// Proposes a write and waits until it is committed and applied. On a
+    /// follower the write is carried to the leader.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
+        self.validate(&command)?;
+        let _permit = self
+            .proposals
+            .acquire()
+            .await
+            .map_err(|_| self.fatal("shutting down"))?;
+        let timeout = self.limits.client_rpc_timeout();
+        match tokio::time::timeout(timeout, self.propose_unchecked(command)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::NoLeader(format!(
+                "write not committed within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn propose_unchecked(&self, command: Command) -> Result<CommandResult, StoreError> {
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    let addr = match self.leader_addr().await {
+                        Ok(Some(addr)) => addr,
+                        Ok(None) => continue,
+                        Err(e) if e.is_retryable() => {
+                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
+                                .await;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let reply = self
+                        .transport
+                        .call(
+                            &addr,
+                            &Request::Write(command.clone()),
+                            self.limits.client_rpc_timeout(),
+                        )
+                        .await;
+                    match reply {
+                        Ok(Reply::Written(result)) => return Ok(result),
+                        Ok(other) => {
+                            return Err(StoreError::Protocol(format!(
+                                "unexpected write reply {other:?}"
+                            )))
+                        }
+                        // The leader moved or died: find the new one.
+                        Err(e) if e.is_retryable() => {
+                            tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
+                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
+                                .await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(RaftError::APIError(e)) => return Err(StoreError::Membership(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
+            }
+        }
+    }
+
+    /// Waits until this member has applied everything committed before the
+    /// call, confirmed by a majority (read-index). On a follower the leader
+    /// supplies the index.
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        let timeout = self.limits.client_rpc_timeout();
+        let work = async {
+            loop {
+                match self.raft.ensure_linearizable().await {
+                    Ok(_) => return Ok(()),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                        let addr = match self.leader_addr().await {
+                            Ok(Some(addr)) => addr,
+                            Ok(None) => continue,
+                            Err(e) if e.is_retryable() => {
+                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
+                                    .await;
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        match self
+                            .transport
+                            .call(&addr, &Request::ReadIndex, self.limits.client_rpc_timeout())
+                            .await
+                        {
+                            Ok(Reply::ReadIndex(index)) => {
+                                self.raft
+                                    .wait(Some(timeout))
+                                    .applied_index_at_least(index, "linearizable read")
+                                    .await
+                                    .map_err(|e| {
+                                        StoreError::NoLeader(format!(
+                                            "this member did not catch up: {e}"
+                                        ))
+                                    })?;
+                                return Ok(());
+                            }
+                            Ok(other) => {
+                                return Err(StoreError::Protocol(format!(
+                                    "unexpected read-index reply {other:?}"
+                                )))
+                            }
+                            Err(e) if e.is_retryable() => {
+                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
+                                    .await
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                        return Err(StoreError::NoLeader(format!(
+                            "leadership not confirmed by a majority: {e}"
+                        )))
+                    }
+                    Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
+                }
+            }
+        };
+        tokio::time::timeout(timeout, work).await.map_err(|_| {
+            StoreError::NoLeader(format!(
+                "read not confirmed within {} ms",
+                timeout.as_millis()
+            ))
+        })?
+    }
+
+    /// The leader's side of a follower's read-index request.
+    pub async fn read_index(&self) -> Result<Option<u64>, StoreError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => Ok(read_log_id.map(|l| l.index)),
+            Err(RaftError::APIError(e)) => Err(StoreError::NoLeader(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(self.fatal(e)),
+        }
+    }
+
+    pub async fn put(
+        &self,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Result<CommandResult, StoreError> {
+        self.propose(Command::Put {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// Deletes a key (or a prefix); answers how many keys went away.
+    pub async fn delete(
+        &self,
+        key: impl Into<Vec<u8>>,
+        prefix: bool,
+    ) -> Result<(u64, u64), StoreError> {
+        let r = self
+            .propose(Command::Delete {
+                key: key.into(),
+                prefix,
+            })
+            .await?;
+        match r.outcome {
+            Outcome::Delete { deleted } => Ok((deleted, r.revision)),
+            other => Err(StoreError::Protocol(format!(
+                "unexpected delete outcome {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs a transaction; answers whether the compares held, the results,
+    /// and the revision after it.
+    pub async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    ) -> Result<CommandResult, StoreError> {
+        self.propose(Command::Txn(Txn {
+            compares,
+            success,
+            failure,
+        }))
+        .await
+    }
+
+    pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
+        match self.propose(Command::Compact { revision }).await?.outcome {
+            Outcome::Rejected(reason) => Err(StoreError::Invalid(reason)),
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn get(
+        &self,
+        key: &[u8],
+        consistency: Consistency,
+    ) -> Result<(Option<KeyValue>, u64), StoreError> {
+        if consistency == Consistency::Linearizable {
+            self.read_barrier().await?;
+        }
+        self.reader.get(key).map_err(|e| self.fatal(e))
+    }
+
+    pub async fn range(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        continue_from: Option<&[u8]>,
+        consistency: Consistency,
+    ) -> Result<RangePage, StoreError> {
+        if consistency == Consistency::Linearizable {
+            self.read_barrier().await?;
+        }
+        let limit = if limit == 0 {
+            self.limits.range_page_max
+        } else {
+            limit.min(self.limits.range_page_max)
+        };
+        self.reader
+            .range(prefix, limit, continue_from)
+            .map_err(|e| self.fatal(e))
+    }
+
+    /// Watches `prefix` from `from_revision` (inclusive; 0 = from now).
+    pub fn watch(&self, prefix: Vec<u8>, from_revision: u64) -> Result<Watcher, StoreError> {
+        Watcher::open(self.reader.clone(), prefix, from_revision)
+    }
+
+    /// The members as this member knows them.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| MemberInfo {
+                id: *id,
+                addr: node.addr.clone(),
+                role: if Some(*id) == metrics.current_leader {
+                    Role::Leader
+                } else if voters.contains(id) {
+                    Role::Follower
+                } else {
+                    Role::Learner
+                },
+            })
+            .collect()
+    }
+
+    /// Checks a join request's token and id; grants the CA if both are good.
+    pub fn grant_join(
+        &self,
+        secret: &str,
+        node_id: NodeId,
+        addr: &str,
+    ) -> Result<JoinGrant, StoreError> {
+        if !self.token.secret_matches(secret) {
+            return Err(StoreError::Unauthorized(
+                "wrong join token; use the token the first server printed".into(),
+            ));
+        }
+        if let Some(existing) = self.members().into_iter().find(|m| m.id == node_id) {
+            if existing.addr != addr {
+                return Err(StoreError::Membership(format!(
+                    "member {node_id} is already in the cluster at {}; remove it first with `flotilla store remove-member {node_id}`, or choose another --id",
+                    existing.addr
+                )));
+            }
+            // Same id and address: a member that lost its disk. Adding it
+            // back over its old log would make the leader see a log that went
+            // backwards, so it must be removed first.
+            return Err(StoreError::Membership(format!(
+                "member {node_id} at {addr} is already in the cluster; if it lost its data directory, remove it with `flotilla store remove-member {node_id}` and join again"
+            )));
+        }
+        Ok(JoinGrant {
+            cluster_id: self.ca.cluster_id.clone(),
+            ca_cert_pem: self.ca.cert_pem.clone(),
+            ca_key_pem: self.ca.key_pem.clone(),
+        })
+    }
+
+    /// Adds a member: as a learner until it has caught up, then as a voter.
+    pub async fn add_member(&self, node_id: NodeId, addr: String) -> Result<(), StoreError> {
+        if let Some(leader) = self.leader_addr().await? {
+            let timeout = Duration::from_millis(self.limits.join_timeout_ms);
+            return self
+                .transport
+                .call(&leader, &Request::AddMember { node_id, addr }, timeout)
+                .await
+                .map(|_| ());
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node_id)
+        {
+            return Ok(());
+        }
+        self.raft
+            .add_learner(node_id, MemberNode { addr }, true)
+            .await
+            .map_err(|e| StoreError::Membership(format!("adding learner {node_id}: {e}")))?;
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await
+            .map_err(|e| StoreError::Membership(format!("promoting {node_id} to voter: {e}")))?;
+        Ok(())
+    }
+
+    /// Removes a member (voter or learner) from the cluster.
+    pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
+        if let Some(leader) = self.leader_addr().await? {
+            return self
+                .transport
+                .call(
+                    &leader,
+                    &Request::RemoveMember { node_id },
+                    self.limits.client_rpc_timeout(),
+                )
+                .await
+                .map(|_| ());
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let change = if voters.contains(&node_id) {
+            if voters.len() == 1 {
+                return Err(StoreError::Membership(format!(
+                    "member {node_id} is the only voter; a cluster cannot remove its last voter"
+                )));
+            }
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else if membership.get_node(&node_id).is_some() {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        } else {
+            return Err(StoreError::Membership(format!(
+                "there is no member {node_id}"
+            )));
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| StoreError::Membership(format!("removing {node_id}: {e}")))?;
+        Ok(())
+    }
+
+    /// Stops Raft and the peer port. The data directory can be opened again
+    /// once every handle to this member is dropped.
+    pub async fn shutdown(&self) {
+        if let Some(task) = self
+            .server_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        self.endpoint.close(0u32.into(), b"member shutting down");
+        // Let peers see the close, so the port is free for a restart.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// The version of the peer protocol this member speaks.
+    pub fn protocol_version(&self) -> u32 {
+        PROTOCOL_VERSION
+    }
+}

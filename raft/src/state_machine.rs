@@ -1,0 +1,562 @@
+//! The replicated state machine in RocksDB: applies committed commands with
+//! [`crate::kv_apply`], keeps the change history for watches, builds and
+//! installs snapshots, and publishes every applied revision to the
+//! [`WatchHub`].
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{
+    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
+    StoredMembership,
+};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{cf, history_key, history_key_revision, Db, CF_HISTORY, CF_KV, CF_SM_META};
+use crate::kv_apply::{apply_command, auto_compact, KvFault, KvState};
+use crate::types::{
+    CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig,
+};
+use crate::watch::{WatchBatch, WatchHub};
+use crate::wire::{decode, encode};
+
+const KEY_REVS: &[u8] = b"revs";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_MEMBERSHIP: &[u8] = b"membership";
+
+type StoreResult<T> = Result<T, StorageError<NodeId>>;
+
+fn sm_read_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::read_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+fn sm_write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+/// What a snapshot holds: every key and the retained history.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    revs: Revisions,
+    kvs: Vec<KeyValue>,
+    history: Vec<(u64, u32, Event)>,
+}
+
+/// A built snapshot as kept on disk.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: Vec<u8>,
+}
+
+/// openraft's state machine over RocksDB.
+pub struct StateMachine {
+    db: Db,
+    hub: Arc<WatchHub>,
+    revs: Revisions,
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, Member>,
+    snapshot_path: PathBuf,
+    history_retain_revisions: u64,
+}
+
+impl StateMachine {
+    /// Loads the state machine's bookkeeping from `db`.
+    pub fn open(
+        db: Db,
+        hub: Arc<WatchHub>,
+        snapshot_path: PathBuf,
+        history_retain_revisions: u64,
+    ) -> Result<Self, String> {
+        let meta = |key: &[u8]| {
+            db.get_cf(cf(&db, CF_SM_META), key)
+                .map_err(|e| e.to_string())
+        };
+        let revs = match meta(KEY_REVS)? {
+            Some(b) => decode(&b).map_err(|e| format!("state machine revisions: {e}"))?,
+            None => Revisions::default(),
+        };
+        let last_applied = match meta(KEY_APPLIED)? {
+            Some(b) => decode(&b).map_err(|e| format!("state machine applied index: {e}"))?,
+            None => None,
+        };
+        let membership = match meta(KEY_MEMBERSHIP)? {
+            Some(b) => decode(&b).map_err(|e| format!("state machine membership: {e}"))?,
+            None => StoredMembership::default(),
+        };
+        hub.set_revisions(revs);
+        Ok(StateMachine {
+            db,
+            hub,
+            revs,
+            last_applied,
+            membership,
+            snapshot_path,
+            history_retain_revisions,
+        })
+    }
+
+    fn write_meta(&self, batch: &mut WriteBatch) -> StoreResult<()> {
+        let meta = cf(&self.db, CF_SM_META);
+        batch.put_cf(meta, KEY_REVS, encode(&self.revs).map_err(sm_write_err)?);
+        batch.put_cf(
+            meta,
+            KEY_APPLIED,
+            encode(&self.last_applied).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            meta,
+            KEY_MEMBERSHIP,
+            encode(&self.membership).map_err(sm_write_err)?,
+        );
+        Ok(())
+    }
+
+    fn read_stored_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
+        match std::fs::read(&self.snapshot_path) {
+            Ok(bytes) => decode(&bytes).map(Some).map_err(sm_read_err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(sm_read_err(e)),
+        }
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash leaves the old or the new file,
+/// never a torn one.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// A [`KvState`] over RocksDB with an overlay, so commands in one apply
+/// batch see each other's writes before the batch is written.
+struct BatchKv<'a> {
+    db: &'a DB,
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    batch: WriteBatch,
+    events: Vec<(u64, Event)>,
+    next_index: (u64, u32),
+}
+
+impl<'a> BatchKv<'a> {
+    fn new(db: &'a DB) -> Self {
+        BatchKv {
+            db,
+            overlay: BTreeMap::new(),
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+            next_index: (0, 0),
+        }
+    }
+}
+
+impl KvState for BatchKv<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, KvFault> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match self
+            .db
+            .get_cf(cf(self.db, CF_KV), key)
+            .map_err(|e| KvFault(e.to_string()))?
+        {
+            None => Ok(None),
+            Some(b) => decode(&b).map(Some).map_err(|e| KvFault(e.to_string())),
+        }
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, KvFault> {
+        let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
+        let it = self.db.iterator_cf(
+            cf(self.db, CF_KV),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(|e| KvFault(e.to_string()))?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            merged.insert(k.to_vec(), decode(&v).map_err(|e| KvFault(e.to_string()))?);
+        }
+        for (k, v) in self
+            .overlay
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+        {
+            match v {
+                Some(kv) => merged.insert(k.clone(), kv.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged.into_values().collect())
+    }
+
+    fn put(&mut self, kv: KeyValue) {
+        // Encoding plain data into a Vec cannot fail.
+        let bytes = encode(&kv).unwrap_or_default();
+        self.batch.put_cf(cf(self.db, CF_KV), &kv.key, bytes);
+        self.overlay.insert(kv.key.clone(), Some(kv));
+    }
+
+    fn delete(&mut self, key: &[u8]) {
+        self.batch.delete_cf(cf(self.db, CF_KV), key);
+        self.overlay.insert(key.to_vec(), None);
+    }
+
+    fn record(&mut self, revision: u64, event: Event) {
+        let index = if self.next_index.0 == revision {
+            self.next_index.1
+        } else {
+            0
+        };
+        self.next_index = (revision, index + 1);
+        self.batch.put_cf(
+            cf(self.db, CF_HISTORY),
+            history_key(revision, index),
+            encode(&event).unwrap_or_default(),
+        );
+        self.events.push((revision, event));
+    }
+
+    fn compact(&mut self, revision: u64) {
+        self.batch.delete_range_cf(
+            cf(self.db, CF_HISTORY),
+            history_key(0, 0),
+            history_key(revision, 0),
+        );
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> StoreResult<Vec<CommandResult>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let db = self.db.clone();
+        let mut kv = BatchKv::new(&db);
+        let mut results = Vec::new();
+        for entry in entries {
+            self.last_applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::None,
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Outcome::None
+                }
+                EntryPayload::Normal(command) => {
+                    let outcome =
+                        apply_command(&mut kv, &mut self.revs, &command).map_err(sm_read_err)?;
+                    auto_compact(&mut kv, &mut self.revs, self.history_retain_revisions);
+                    outcome
+                }
+            };
+            results.push(CommandResult {
+                revision: self.revs.revision,
+                outcome,
+            });
+        }
+        let BatchKv {
+            mut batch, events, ..
+        } = kv;
+        self.write_meta(&mut batch)?;
+        db.write(batch).map_err(sm_write_err)?;
+        self.hub.publish(self.revs, group_by_revision(events));
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: self.db.clone(),
+            snapshot_path: self.snapshot_path.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> StoreResult<()> {
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload = decode(&data).map_err(sm_read_err)?;
+        let mut batch = WriteBatch::default();
+        let (kv_cf, hist_cf) = (cf(&self.db, CF_KV), cf(&self.db, CF_HISTORY));
+        // Keys are arbitrary bytes; this bound is past any key flotilla allows.
+        batch.delete_range_cf(kv_cf, Vec::<u8>::new(), vec![0xffu8; 8192]);
+        batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
+        for kv in &payload.kvs {
+            batch.put_cf(kv_cf, &kv.key, encode(kv).map_err(sm_write_err)?);
+        }
+        for (rev, idx, ev) in &payload.history {
+            batch.put_cf(
+                hist_cf,
+                history_key(*rev, *idx),
+                encode(ev).map_err(sm_write_err)?,
+            );
+        }
+        self.revs = payload.revs;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.write_meta(&mut batch)?;
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(sm_write_err)?;
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?)
+            .map_err(sm_write_err)?;
+        tracing::info!(
+            revision = self.revs.revision,
+            "installed snapshot {}",
+            meta.snapshot_id
+        );
+        self.hub.resync(self.revs);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
+        Ok(self.read_stored_snapshot()?.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+fn group_by_revision(events: Vec<(u64, Event)>) -> Vec<WatchBatch> {
+    let mut out: Vec<WatchBatch> = Vec::new();
+    for (rev, ev) in events {
+        match out.last_mut() {
+            Some(b) if b.revision == rev => b.events.push(ev),
+            _ => out.push(WatchBatch {
+                revision: rev,
+                events: vec![ev],
+            }),
+        }
+    }
+    out
+}
+
+/// Builds snapshots from a consistent RocksDB snapshot, so applying may go
+/// on while it runs.
+pub struct SnapshotBuilder {
+    db: Db,
+    snapshot_path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        // Everything the snapshot covers must be durable before the log
+        // behind it may be purged.
+        self.db.flush_wal(true).map_err(sm_write_err)?;
+        let snap = self.db.snapshot();
+        let meta_get = |key: &[u8]| {
+            snap.get_cf(cf(&self.db, CF_SM_META), key)
+                .map_err(sm_read_err)
+        };
+        let revs: Revisions = meta_get(KEY_REVS)?
+            .map(|b| decode(&b))
+            .transpose()
+            .map_err(sm_read_err)?
+            .unwrap_or_default();
+        let last_applied: Option<LogId<NodeId>> = meta_get(KEY_APPLIED)?
+            .map(|b| decode(&b))
+            .transpose()
+            .map_err(sm_read_err)?
+            .flatten();
+        let membership: StoredMembership<NodeId, Member> = meta_get(KEY_MEMBERSHIP)?
+            .map(|b| decode(&b))
+            .transpose()
+            .map_err(sm_read_err)?
+            .unwrap_or_default();
+        let mut kvs = Vec::new();
+        for item in snap.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
+            let (_, v) = item.map_err(sm_read_err)?;
+            kvs.push(decode(&v).map_err(sm_read_err)?);
+        }
+        let mut history = Vec::new();
+        for item in snap.iterator_cf(cf(&self.db, CF_HISTORY), IteratorMode::Start) {
+            let (k, v) = item.map_err(sm_read_err)?;
+            let rev = history_key_revision(&k).ok_or_else(|| sm_read_err("short history key"))?;
+            let idx = u32::from_be_bytes(k[8..12].try_into().map_err(sm_read_err)?);
+            history.push((rev, idx, decode(&v).map_err(sm_read_err)?));
+        }
+        let data = encode(&SnapshotPayload { revs, kvs, history }).map_err(sm_write_err)?;
+        let meta = SnapshotMeta {
+            last_log_id: last_applied,
+            last_membership: membership,
+            snapshot_id: format!(
+                "{}-{}",
+                last_applied.map_or(0, |l| l.index),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            ),
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        };
+        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?)
+            .map_err(sm_write_err)?;
+        tracing::info!(
+            revision = revs.revision,
+            bytes = stored.data.len(),
+            "built snapshot {}",
+            meta.snapshot_id
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        })
+    }
+}
+
+/// Reads of the local state machine, shared by API handlers and watchers.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Db,
+    hub: Arc<WatchHub>,
+}
+
+impl StoreReader {
+    pub fn new(db: Db, hub: Arc<WatchHub>) -> Self {
+        StoreReader { db, hub }
+    }
+
+    pub fn hub(&self) -> &Arc<WatchHub> {
+        &self.hub
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        self.hub.revisions()
+    }
+
+    fn read_revs(
+        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
+        db: &DB,
+    ) -> Result<Revisions, String> {
+        match snap
+            .get_cf(cf(db, CF_SM_META), KEY_REVS)
+            .map_err(|e| e.to_string())?
+        {
+            Some(b) => decode(&b).map_err(|e| e.to_string()),
+            None => Ok(Revisions::default()),
+        }
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), String> {
+        let snap = self.db.snapshot();
+        let revs = Self::read_revs(&snap, &self.db)?;
+        let kv = match snap
+            .get_cf(cf(&self.db, CF_KV), key)
+            .map_err(|e| e.to_string())?
+        {
+            Some(b) => Some(decode(&b).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok((kv, revs.revision))
+    }
+
+    /// Up to `limit` keys starting with `prefix`, after `continue_from`
+    /// (exclusive) when given, read at one revision.
+    pub fn range(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+        continue_from: Option<&[u8]>,
+    ) -> Result<RangePage, String> {
+        let snap = self.db.snapshot();
+        let revs = Self::read_revs(&snap, &self.db)?;
+        let start = match continue_from {
+            Some(c) if c > prefix => c.to_vec(),
+            _ => prefix.to_vec(),
+        };
+        let mut kvs = Vec::new();
+        let mut more = false;
+        for item in snap.iterator_cf(
+            cf(&self.db, CF_KV),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if continue_from.is_some_and(|c| k.as_ref() <= c) {
+                continue;
+            }
+            if kvs.len() == limit {
+                more = true;
+                break;
+            }
+            kvs.push(decode(&v).map_err(|e| e.to_string())?);
+        }
+        Ok(RangePage {
+            kvs,
+            more,
+            revision: revs.revision,
+        })
+    }
+
+    /// History from `from_revision` (inclusive) on, at most `max_events`
+    /// events, whole revisions only (a revision is never split).
+    pub fn history(
+        &self,
+        prefix: &[u8],
+        from_revision: u64,
+        max_events: usize,
+    ) -> Result<(Vec<Event>, u64), String> {
+        let snap = self.db.snapshot();
+        let revs = Self::read_revs(&snap, &self.db)?;
+        let mut events = Vec::new();
+        let mut scanned_to = from_revision.saturating_sub(1);
+        let mut scanned = 0usize;
+        for item in snap.iterator_cf(
+            cf(&self.db, CF_HISTORY),
+            IteratorMode::From(&history_key(from_revision, 0), Direction::Forward),
+        ) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let rev = history_key_revision(&k).ok_or("short history key")?;
+            if rev > revs.revision {
+                break;
+            }
+            if rev != scanned_to && scanned >= max_events {
+                break;
+            }
+            scanned_to = rev;
+            scanned += 1;
+            let event: Event = decode(&v).map_err(|e| e.to_string())?;
+            if event.kv.key.starts_with(prefix) {
+                events.push(event);
+            }
+        }
+        if scanned < max_events {
+            scanned_to = revs.revision.max(scanned_to);
+        }
+        Ok((events, scanned_to))
+    }
+}

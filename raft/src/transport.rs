@@ -1,0 +1,309 @@
+//! QUIC connections to peers: dialled once, reused, re-dialled after a
+//! fault; every call has a deadline. A [`Faults`] table lets tests drop,
+//! delay or cut traffic between chosen members.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::error::StoreError;
+use crate::limits::Limits;
+use crate::tls::SERVER_NAME;
+use crate::types::NodeId;
+use crate::wire::{read_frame, write_frame, Reply, Request, PROTOCOL_VERSION};
+
+/// What happens to traffic from one member to another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Every RPC fails as if the peer were unreachable.
+    Drop,
+    /// Every RPC waits this long first.
+    Delay(Duration),
+}
+
+/// Fault rules keyed by (from, to) member ids. Shared between the members of
+/// an in-process test cluster; empty in production.
+#[derive(Clone, Default)]
+pub struct Faults {
+    rules: Arc<Mutex<HashMap<(NodeId, NodeId), Fault>>>,
+}
+
+impl Faults {
+    pub fn set(&self, from: NodeId, to: NodeId, fault: Fault) {
+        self.lock().insert((from, to), fault);
+    }
+    /// Cuts `a` off from every member in `others`, both ways.
+    pub fn partition(&self, a: NodeId, others: &[NodeId]) {
+        for &b in others {
+            self.set(a, b, Fault::Drop);
+            self.set(b, a, Fault::Drop);
+        }
+    }
+    pub fn heal(&self) {
+        self.lock().clear();
+    }
+    pub fn get(&self, from: NodeId, to: NodeId) -> Option<Fault> {
+        self.lock().get(&(from, to)).copied()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(NodeId, NodeId), Fault>> {
+        // A panic elsewhere while holding this lock leaves plain data behind;
+        // keep using it.
+        self.rules.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Dials peers and carries requests. Members dial with their certificate;
+/// operators' clients dial with a token and say `Hello` on each connection.
+pub struct Transport {
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    hello_secret: Option<String>,
+    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    limits: Limits,
+}
+
+impl Transport {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        client_config: quinn::ClientConfig,
+        hello_secret: Option<String>,
+        limits: Limits,
+    ) -> Self {
+        Transport {
+            endpoint,
+            client_config,
+            hello_secret,
+            connections: Default::default(),
+            limits,
+        }
+    }
+
+    /// A client-only endpoint on an ephemeral port, for token holders.
+    pub fn client_endpoint() -> Result<quinn::Endpoint, StoreError> {
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")).map_err(|e| {
+            StoreError::Unreachable {
+                addr: "0.0.0.0:0".into(),
+                reason: format!("cannot open a UDP socket: {e}"),
+            }
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn endpoint(&self) -> &quinn::Endpoint {
+        &self.endpoint
+    }
+
+    async fn resolve(addr: &str) -> Result<SocketAddr, StoreError> {
+        if let Ok(sa) = addr.parse() {
+            return Ok(sa);
+        }
+        tokio::net::lookup_host(addr)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                addr: addr.into(),
+                reason: format!("cannot resolve: {e}"),
+            })?
+            .next()
+            .ok_or_else(|| StoreError::Unreachable {
+                addr: addr.into(),
+                reason: "name has no address".into(),
+            })
+    }
+
+    async fn connection(&self, addr: &str) -> Result<quinn::Connection, StoreError> {
+        let sa = Self::resolve(addr).await?;
+        let mut conns = self.connections.lock().await;
+        if let Some(c) = conns.get(&sa) {
+            if c.close_reason().is_none() {
+                return Ok(c.clone());
+            }
+            conns.remove(&sa);
+        }
+        let timeout = self.limits.connect_timeout();
+        let connecting = self
+            .endpoint
+            .connect_with(self.client_config.clone(), sa, SERVER_NAME)
+            .map_err(|e| StoreError::Unreachable {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Err(_) => {
+                return Err(StoreError::Timeout {
+                    addr: addr.into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+            Ok(Err(e)) => return Err(connect_error(addr, e)),
+            Ok(Ok(c)) => c,
+        };
+        if let Some(secret) = &self.hello_secret {
+            let hello = Request::Hello {
+                version: PROTOCOL_VERSION,
+                secret: secret.clone(),
+            };
+            match tokio::time::timeout(
+                timeout,
+                exchange(&conn, &hello, self.limits.reply_size_max_bytes),
+            )
+            .await
+            {
+                Err(_) => {
+                    return Err(StoreError::Timeout {
+                        addr: addr.into(),
+                        timeout_ms: timeout.as_millis() as u64,
+                    })
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(Reply::Ok)) => {}
+                Ok(Ok(Reply::Error(e))) => return Err(e),
+                Ok(Ok(other)) => {
+                    return Err(StoreError::Protocol(format!(
+                        "unexpected hello reply {other:?}"
+                    )))
+                }
+            }
+        }
+        conns.insert(sa, conn.clone());
+        Ok(conn)
+    }
+
+    async fn forget(&self, addr: &str) {
+        if let Ok(sa) = Self::resolve(addr).await {
+            self.connections.lock().await.remove(&sa);
+        }
+    }
+
+    /// One request, one reply, within `timeout`. A failed connection is
+    /// dropped from the cache so the next call dials again.
+    pub async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<Reply, StoreError> {
+        let attempt = async {
+            let conn = self.connection(addr).await?;
+            exchange(&conn, request, self.limits.reply_size_max_bytes).await
+        };
+        let result = match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => Err(StoreError::Timeout {
+                addr: addr.into(),
+                timeout_ms: timeout.as_millis() as u64,
+            }),
+            Ok(r) => r,
+        };
+        if let Err(e) = &result {
+            if matches!(
+                e,
+                StoreError::Timeout { .. }
+                    | StoreError::Unreachable { .. }
+                    | StoreError::Protocol(_)
+            ) {
+                self.forget(addr).await;
+            }
+        }
+        match result? {
+            Reply::Error(e) => Err(e),
+            reply => Ok(reply),
+        }
+    }
+
+    /// Opens a stream for a request with many reply frames (a watch).
+    pub async fn open_stream(
+        &self,
+        addr: &str,
+        request: &Request,
+    ) -> Result<quinn::RecvStream, StoreError> {
+        let timeout = self.limits.client_rpc_timeout();
+        let attempt = async {
+            let conn = self.connection(addr).await?;
+            let (mut send, recv) = conn.open_bi().await.map_err(|e| StoreError::Unreachable {
+                addr: addr.into(),
+                reason: e.to_string(),
+            })?;
+            write_frame(&mut send, request).await?;
+            send.finish()
+                .map_err(|e| StoreError::Protocol(e.to_string()))?;
+            Ok(recv)
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Err(_) => {
+                self.forget(addr).await;
+                Err(StoreError::Timeout {
+                    addr: addr.into(),
+                    timeout_ms: timeout.as_millis() as u64,
+                })
+            }
+            Ok(Err(e)) => {
+                self.forget(addr).await;
+                Err(e)
+            }
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+fn connect_error(addr: &str, e: quinn::ConnectionError) -> StoreError {
+    match e {
+        quinn::ConnectionError::TransportError(t)
+            if t.code.to_string().contains("crypto")
+                || t.to_string().contains("certificate")
+                || t.to_string().contains("another cluster") =>
+        {
+            StoreError::Unauthorized(format!("TLS handshake with {addr} failed: {t}"))
+        }
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            StoreError::Unauthorized(format!("{addr} closed the connection: {c}"))
+        }
+        quinn::ConnectionError::TimedOut => StoreError::Timeout {
+            addr: addr.into(),
+            timeout_ms: 0,
+        },
+        other => StoreError::Unreachable {
+            addr: addr.into(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+async fn exchange(
+    conn: &quinn::Connection,
+    request: &Request,
+    max_reply: usize,
+) -> Result<Reply, StoreError> {
+    let addr = conn.remote_address().to_string();
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| StoreError::Unreachable {
+        addr: addr.clone(),
+        reason: e.to_string(),
+    })?;
+    write_frame(&mut send, request)
+        .await
+        .map_err(|e| with_addr(e, &addr))?;
+    send.finish()
+        .map_err(|e| StoreError::Protocol(e.to_string()))?;
+    match read_frame::<Reply>(&mut recv, max_reply)
+        .await
+        .map_err(|e| with_addr(e, &addr))?
+    {
+        Some(reply) => Ok(reply),
+        None => Err(StoreError::Unreachable {
+            addr,
+            reason: "peer closed the stream without a reply".into(),
+        }),
+    }
+}
+
+fn with_addr(e: StoreError, addr: &str) -> StoreError {
+    match e {
+        StoreError::Unreachable { addr: a, reason } if a.is_empty() => StoreError::Unreachable {
+            addr: addr.into(),
+            reason,
+        },
+        other => other,
+    }
+}

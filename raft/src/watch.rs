@@ -1,0 +1,232 @@
+//! Watches: every applied revision is published to a [`WatchHub`]; each
+//! [`Watcher`] first replays history from its start revision out of
+//! RocksDB, then follows the live stream. A watcher that falls more than
+//! `watch_queue_max` revisions behind is cut off instead of holding writers
+//! back; it resumes from the last revision it saw.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::error::StoreError;
+use crate::state_machine::StoreReader;
+use crate::types::{Event, Revisions};
+
+/// Events replayed from history per step, so replay does not hold a whole
+/// history in memory.
+const REPLAY_CHUNK_EVENTS: usize = 1_000;
+
+/// All events of one revision.
+#[derive(Clone, Debug)]
+pub struct WatchBatch {
+    pub revision: u64,
+    pub events: Vec<Event>,
+}
+
+#[derive(Clone, Debug)]
+enum HubMessage {
+    Batch(Arc<WatchBatch>),
+    /// The state was replaced by a snapshot: re-read history.
+    Resync,
+}
+
+/// The member's fan-out point for applied changes.
+pub struct WatchHub {
+    tx: broadcast::Sender<HubMessage>,
+    revs: watch::Sender<Revisions>,
+    active: AtomicUsize,
+    watches_max: usize,
+    queue_max: usize,
+}
+
+impl WatchHub {
+    pub fn new(queue_max: usize, watches_max: usize) -> Self {
+        let (tx, _) = broadcast::channel(queue_max.max(1));
+        let (revs, _) = watch::channel(Revisions::default());
+        WatchHub {
+            tx,
+            revs,
+            active: AtomicUsize::new(0),
+            watches_max,
+            queue_max,
+        }
+    }
+
+    /// Called by the state machine after each applied batch is written.
+    pub fn publish(&self, revs: Revisions, batches: Vec<WatchBatch>) {
+        for b in batches {
+            // No receivers is fine: nobody is watching.
+            let _ = self.tx.send(HubMessage::Batch(Arc::new(b)));
+        }
+        self.revs.send_replace(revs);
+    }
+
+    pub fn resync(&self, revs: Revisions) {
+        let _ = self.tx.send(HubMessage::Resync);
+        self.revs.send_replace(revs);
+    }
+
+    pub fn set_revisions(&self, revs: Revisions) {
+        self.revs.send_replace(revs);
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        *self.revs.borrow()
+    }
+
+    /// Notified whenever the applied revision changes.
+    pub fn subscribe_revisions(&self) -> watch::Receiver<Revisions> {
+        self.revs.subscribe()
+    }
+
+    pub fn active_watches(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// What a watcher yields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchItem {
+    /// Matching changes, in order, up to and including `revision`.
+    Events { revision: u64, events: Vec<Event> },
+}
+
+/// One watch on a key prefix.
+pub struct Watcher {
+    reader: StoreReader,
+    prefix: Vec<u8>,
+    rx: broadcast::Receiver<HubMessage>,
+    next_revision: u64,
+    replay_until: Option<u64>,
+    hub: Arc<WatchHub>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.hub.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Watcher {
+    /// Watches `prefix` from `from_revision` (inclusive); 0 means "changes
+    /// after now".
+    pub fn open(
+        reader: StoreReader,
+        prefix: Vec<u8>,
+        from_revision: u64,
+    ) -> Result<Self, StoreError> {
+        let hub = reader.hub().clone();
+        if hub.active.fetch_add(1, Ordering::Relaxed) >= hub.watches_max {
+            hub.active.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::Invalid(format!(
+                "this member already serves {} watches (the limit); watch through another member or close some",
+                hub.watches_max
+            )));
+        }
+        // Subscribe before reading the revision: anything applied after the
+        // read arrives on the channel, anything before is in history.
+        let rx = hub.tx.subscribe();
+        let revs = hub.revisions();
+        let mut watcher = Watcher {
+            reader,
+            prefix,
+            rx,
+            next_revision: revs.revision + 1,
+            replay_until: None,
+            hub,
+        };
+        if from_revision != 0 {
+            if from_revision < revs.compact_revision {
+                return Err(StoreError::Compacted {
+                    requested: from_revision,
+                    compact_revision: revs.compact_revision,
+                });
+            }
+            watcher.next_revision = from_revision;
+            if from_revision <= revs.revision {
+                watcher.replay_until = Some(revs.revision);
+            }
+        }
+        Ok(watcher)
+    }
+
+    /// The last revision this watcher has fully delivered.
+    pub fn progress_revision(&self) -> u64 {
+        self.next_revision.saturating_sub(1)
+    }
+
+    /// The next matching changes. Cancel-safe.
+    pub async fn next(&mut self) -> Result<WatchItem, StoreError> {
+        loop {
+            if let Some(until) = self.replay_until {
+                if self.next_revision > until {
+                    self.replay_until = None;
+                    continue;
+                }
+                let (events, covered) = self
+                    .reader
+                    .history(&self.prefix, self.next_revision, REPLAY_CHUNK_EVENTS)
+                    .map_err(|reason| StoreError::Fatal { member: 0, reason })?;
+                let compact = self.reader.revisions().compact_revision;
+                if self.next_revision < compact {
+                    return Err(StoreError::Compacted {
+                        requested: self.next_revision,
+                        compact_revision: compact,
+                    });
+                }
+                self.next_revision = covered.max(self.next_revision.saturating_sub(1)) + 1;
+                if covered >= until {
+                    self.replay_until = None;
+                }
+                if !events.is_empty() {
+                    return Ok(WatchItem::Events {
+                        revision: covered,
+                        events,
+                    });
+                }
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(HubMessage::Batch(batch)) => {
+                    if batch.revision < self.next_revision {
+                        continue;
+                    }
+                    if batch.revision > self.next_revision {
+                        // A gap (after a resync): the batch is already in
+                        // history, so replay through it.
+                        self.replay_until = Some(batch.revision);
+                        continue;
+                    }
+                    self.next_revision = batch.revision + 1;
+                    let events: Vec<Event> = batch
+                        .events
+                        .iter()
+                        .filter(|e| e.kv.key.starts_with(&self.prefix))
+                        .cloned()
+                        .collect();
+                    if !events.is_empty() {
+                        return Ok(WatchItem::Events {
+                            revision: batch.revision,
+                            events,
+                        });
+                    }
+                }
+                Ok(HubMessage::Resync) => {
+                    self.replay_until = Some(self.reader.revisions().revision);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(StoreError::WatchOverflow {
+                        queue_max: self.hub.queue_max,
+                    });
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(StoreError::Fatal {
+                        member: 0,
+                        reason: "the store is shutting down".into(),
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The HTTP API: Kubernetes' REST paths and JSON shapes over the registry,
+//! served by every server member. Paths are parsed by hand from the one
+//! table of resources, so a kind added there is served everywhere.
+
+pub mod discovery;
+pub mod objects;
+pub mod status;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use flotilla_actors::Registry;
+
+use status::ApiError;
+
+/// Largest request body accepted (Kubernetes' limit).
+pub const REQUEST_BODY_MAX_BYTES: usize = 3 * 1024 * 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+    pub http_addr: String,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/version", get(|| async { Json(discovery::version()) }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route(
+            "/api",
+            get(|State(s): State<Arc<ApiState>>| async move {
+                Json(discovery::api_versions(&s.http_addr))
+            }),
+        )
+        .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
+        .fallback(resource_entry)
+        .with_state(Arc::new(state))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
+    match s.registry.member().current_leader() {
+        Some(_) => "ok".into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, "no leader").into_response(),
+    }
+}
+
+/// A parsed resource path.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ResourcePath {
+    pub group: String,
+    pub version: String,
+    pub namespace: Option<String>,
+    /// None for a group-version's discovery document.
+    pub plural: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+/// Parses `/api/v1/...` and `/apis/GROUP/VERSION/...`.
+pub fn parse_path(path: &str) -> Option<ResourcePath> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let mut p = ResourcePath {
+        group: group.into(),
+        version: version.into(),
+        namespace: None,
+        plural: None,
+        name: None,
+        subresource: None,
+    };
+    let is_namespaced_plural = |s: &str| {
+        flotilla_actors::model::resources::by_path(group, version, s).is_some_and(|r| r.namespaced)
+    };
+    match rest {
+        [] => {}
+        ["namespaces", ns, plural, tail @ ..] if is_namespaced_plural(plural) => {
+            p.namespace = Some((*ns).into());
+            p.plural = Some((*plural).into());
+            match tail {
+                [] => {}
+                [name] => p.name = Some((*name).into()),
+                [name, sub] => {
+                    p.name = Some((*name).into());
+                    p.subresource = Some((*sub).into());
+                }
+                _ => return None,
+            }
+        }
+        [plural] => p.plural = Some((*plural).into()),
+        [plural, name] => {
+            p.plural = Some((*plural).into());
+            p.name = Some((*name).into());
+        }
+        [plural, name, sub] => {
+            p.plural = Some((*plural).into());
+            p.name = Some((*name).into());
+            p.subresource = Some((*sub).into());
+        }
+        _ => return None,
+    }
+    Some(p)
+}
+
+async fn resource_entry(State(state): State<Arc<ApiState>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let headers = request.headers().clone();
+    let span = tracing::info_span!("api_request", %method, path = %path);
+    let _enter = span.enter();
+    drop(_enter);
+    if path == "/apis" || path.starts_with("/apis/") {
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        if segs.len() == 2 && method == Method::GET {
+            return match discovery::api_group(segs[1]) {
+                Some(g) => Json(g).into_response(),
+                None => ApiError::not_found(format!("the server could not find the requested resource: API group {:?} is not served", segs[1])).into_response(),
+            };
+        }
+    }
+    let Some(parsed) = parse_path(&path) else {
+        return ApiError::not_found(format!(
+            "the server could not find the requested resource ({path})"
+        ))
+        .into_response();
+    };
+    let body = match read_body(request).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    objects::handle(&state, method, parsed, &query, &headers, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    let limited = http_body_util::Limited::new(request.into_body(), REQUEST_BODY_MAX_BYTES);
+    match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(REQUEST_BODY_MAX_BYTES))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the request body: {e}"
+        ))),
+    }
+}
+
+/// Serves the API on `addr` until the task is dropped.
+pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, router(state)).await
+}
+
+/// True when the client asked for a server-side Table.
+pub fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_parse_like_kubernetes() {
+        let p = parse_path("/api/v1/namespaces/default/pods/web/status").unwrap();
+        assert_eq!(
+            (
+                p.namespace.as_deref(),
+                p.plural.as_deref(),
+                p.name.as_deref(),
+                p.subresource.as_deref()
+            ),
+            (Some("default"), Some("pods"), Some("web"), Some("status"))
+        );
+        let ns = parse_path("/api/v1/namespaces/default").unwrap();
+        assert_eq!(
+            (ns.namespace, ns.plural.as_deref(), ns.name.as_deref()),
+            (None, Some("namespaces"), Some("default"))
+        );
+        let all = parse_path("/apis/apps/v1/deployments").unwrap();
+        assert_eq!(
+            (all.group.as_str(), all.plural.as_deref(), all.name),
+            ("apps", Some("deployments"), None)
+        );
+        let disc = parse_path("/api/v1").unwrap();
+        assert_eq!(disc.plural, None);
+        assert!(parse_path("/healthz").is_none());
+    }
+}

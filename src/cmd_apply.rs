@@ -1,0 +1,189 @@
+//! `flotilla apply -f FILE|DIR|-`: creates what is missing and updates what
+//! changed, keeping the applied configuration in the
+//! `kubectl.kubernetes.io/last-applied-configuration` annotation so fields
+//! removed from a manifest are removed from the object (a three-way merge).
+
+use flotilla_actors::model::resources::{by_kind, Resource};
+use flotilla_actors::registry::merge_patch;
+use serde_json::{json, Map, Value};
+
+use crate::client::{resource_path, ApiClient};
+use crate::manifest;
+
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// The merge patch that takes `last` (what was applied before) to `desired`:
+/// fields in `last` missing from `desired` become null (removed).
+pub fn three_way_patch(last: &Value, desired: &Value) -> Value {
+    match (last, desired) {
+        (Value::Object(l), Value::Object(d)) => {
+            let mut patch = Map::new();
+            for (k, v) in d {
+                let sub = match l.get(k) {
+                    Some(lv) if lv.is_object() && v.is_object() => three_way_patch(lv, v),
+                    _ => v.clone(),
+                };
+                patch.insert(k.clone(), sub);
+            }
+            for k in l.keys() {
+                if !d.contains_key(k) {
+                    patch.insert(k.clone(), Value::Null);
+                }
+            }
+            Value::Object(patch)
+        }
+        (_, d) => d.clone(),
+    }
+}
+
+fn strip_server_fields(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        for f in [
+            "resourceVersion",
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "managedFields",
+        ] {
+            m.remove(f);
+        }
+    }
+    v
+}
+
+pub async fn run(
+    client: &ApiClient,
+    files: &[String],
+    namespace: Option<&str>,
+) -> Result<i32, String> {
+    let mut objects = Vec::new();
+    for f in files {
+        objects.extend(manifest::read(f)?);
+    }
+    if objects.is_empty() {
+        return Err(format!("no objects found in {}", files.join(", ")));
+    }
+    let mut failed = 0;
+    for m in objects {
+        match apply_one(client, &m.object, namespace).await {
+            Ok(line) => println!("{line}"),
+            Err(e) => {
+                eprintln!("error: {}: {e}", m.source);
+                failed += 1;
+            }
+        }
+    }
+    Ok(if failed > 0 { 1 } else { 0 })
+}
+
+fn display_name(res: &Resource, name: &str) -> String {
+    if res.group.is_empty() {
+        format!("{}/{name}", res.singular)
+    } else {
+        format!("{}.{}/{name}", res.singular, res.group)
+    }
+}
+
+async fn apply_one(
+    client: &ApiClient,
+    object: &Value,
+    namespace: Option<&str>,
+) -> Result<String, String> {
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .ok_or("the object has no apiVersion")?;
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .ok_or("the object has no kind")?;
+    let res = by_kind(api_version, kind)
+        .ok_or_else(|| format!("kind {kind:?} in {api_version:?} is not served by flotilla"))?;
+    let name = object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("{kind} has no metadata.name"))?;
+    let ns = if res.namespaced {
+        Some(
+            object
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .or(namespace)
+                .unwrap_or("default")
+                .to_string(),
+        )
+    } else {
+        None
+    };
+    let mut desired = object.clone();
+    let applied_text = serde_json::to_string(&desired).map_err(|e| e.to_string())?;
+    desired["metadata"]["annotations"] = {
+        let mut a = desired
+            .pointer("/metadata/annotations")
+            .cloned()
+            .unwrap_or(json!({}));
+        a[LAST_APPLIED] = json!(applied_text);
+        a
+    };
+    let path = resource_path(res, ns.as_deref(), Some(name));
+    let shown = display_name(res, name);
+    match client.get(&path, false).await {
+        Err(e) if e.code == 404 => {
+            let body = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
+            client
+                .call(
+                    reqwest::Method::POST,
+                    &resource_path(res, ns.as_deref(), None),
+                    false,
+                    Some(("application/json", body)),
+                )
+                .await
+                .map_err(|e| e.message)?;
+            Ok(format!("{shown} created"))
+        }
+        Err(e) => Err(e.message),
+        Ok(existing) => {
+            let last: Value = existing
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    LAST_APPLIED.replace('/', "~1")
+                ))
+                .and_then(Value::as_str)
+                .and_then(|s| serde_json::from_str(s).ok())
+                .unwrap_or(json!({}));
+            let patch = three_way_patch(&last, &desired);
+            let mut merged = existing.clone();
+            merge_patch(&mut merged, &patch);
+            if strip_server_fields(&merged) == strip_server_fields(&existing) {
+                return Ok(format!("{shown} unchanged"));
+            }
+            let body = serde_json::to_vec(&merged).map_err(|e| e.to_string())?;
+            client
+                .call(
+                    reqwest::Method::PUT,
+                    &path,
+                    false,
+                    Some(("application/json", body)),
+                )
+                .await
+                .map_err(|e| e.message)?;
+            Ok(format!("{shown} configured"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removed_fields_become_null() {
+        let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
+        let desired = json!({"metadata": {"labels": {"a": "1"}}, "data": {"x": "2"}});
+        assert_eq!(
+            three_way_patch(&last, &desired),
+            json!({"metadata": {"labels": {"a": "1", "b": null}}, "data": {"x": "2"}})
+        );
+    }
+}

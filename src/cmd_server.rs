@@ -1,0 +1,114 @@
+//! `flotilla server`: runs one control-plane member until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use flotilla_raft::{Member, StartMode, StoreConfig};
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// This member's id in the cluster (a positive number, unique per member).
+    #[arg(long)]
+    id: u64,
+    /// Where the member keeps its database, certificates and join token.
+    #[arg(long, default_value = "./flotilla-data")]
+    data_dir: PathBuf,
+    /// Address of the peer (QUIC) port, to listen on and to advertise.
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    peer: String,
+    /// Address of the HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Create a new cluster with this member as its first voter.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Join the cluster of the member at PEER_ADDR.
+    #[arg(long, value_name = "PEER_ADDR", requires = "token")]
+    join: Option<String>,
+    /// The cluster's join token (else $FLOTILLA_TOKEN).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+pub async fn run(args: ServerArgs) -> Result<i32, String> {
+    if args.id == 0 {
+        return Err("--id must be a positive number".into());
+    }
+    let start = match (&args.join, args.bootstrap) {
+        (Some(via), _) => StartMode::Join {
+            via: via.clone(),
+            token: args.token.clone().unwrap_or_default(),
+        },
+        (None, true) => StartMode::Bootstrap,
+        (None, false) => StartMode::Restart,
+    };
+    let bootstrapping =
+        matches!(start, StartMode::Bootstrap) && !args.data_dir.join("member.json").exists();
+    let config = StoreConfig::new(args.id, &args.data_dir, &args.peer, start);
+    let http: std::net::SocketAddr = args.http.parse().map_err(|_| {
+        format!(
+            "--http {:?} must be an address such as 127.0.0.1:8080",
+            args.http
+        )
+    })?;
+    let listener = tokio::net::TcpListener::bind(http)
+        .await
+        .map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
+    let member = Member::start(config).await.map_err(|e| e.to_string())?;
+    let registry = flotilla_actors::Registry::new(member.clone());
+    let state = crate::api::ApiState {
+        registry: registry.clone(),
+        http_addr: http.to_string(),
+    };
+    let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
+    tokio::spawn(ensure_namespaces(registry));
+    println!(
+        "flotilla server: member {} of cluster {} serving peers on {}, API on http://{http}",
+        member.id(),
+        member.cluster_id(),
+        member.peer_addr()
+    );
+    if bootstrapping {
+        println!("join token: {}", member.token());
+        println!(
+            "(also written to {})",
+            args.data_dir.join("join-token").display()
+        );
+    }
+    wait_for_signal().await;
+    eprintln!("flotilla server: shutting down member {}", member.id());
+    api.abort();
+    member.shutdown().await;
+    Ok(0)
+}
+
+/// Creates `default` and `flotilla-system` once the cluster has a leader;
+/// every member tries, and creating an existing namespace is a no-op.
+async fn ensure_namespaces(registry: flotilla_actors::Registry) {
+    for attempt in 0u32.. {
+        match registry.ensure_builtin_namespaces().await {
+            Ok(()) => return,
+            Err(e) => {
+                if attempt % 20 == 19 {
+                    tracing::warn!(error = %e, "built-in namespaces not created yet; retrying");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

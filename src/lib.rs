@@ -1,0 +1,15 @@
+//! The `flotilla` binary's library: the HTTP API, the client commands and
+//! the wiring of server processes. The store lives in `flotilla-raft`, the
+//! object model and actors in `flotilla-actors`; this crate puts them
+//! together.
+
+pub mod api;
+pub mod bench_api;
+pub mod client;
+pub mod cmd_apply;
+pub mod cmd_change;
+pub mod cmd_get;
+pub mod cmd_server;
+pub mod cmd_store;
+pub mod manifest;
+pub mod store_bench;

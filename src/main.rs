@@ -1,0 +1,199 @@
+//! The `flotilla` binary: parses the command line and runs the command
+//! from the `flotilla` library.
+
+use clap::{Parser, Subcommand};
+use flotilla::{bench_api, client, cmd_apply, cmd_change, cmd_get, cmd_server, cmd_store};
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla",
+    version,
+    about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary"
+)]
+struct Cli {
+    /// API server URL for client commands (else $FLOTILLA_SERVER, else http://127.0.0.1:8080).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct NamespaceArgs {
+    /// Namespace (default: "default").
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a control-plane member: replicated store and HTTP API.
+    Server(cmd_server::ServerArgs),
+    /// The operator's low-level store tool (what etcdctl is to etcd).
+    Store(cmd_store::StoreArgs),
+    /// Create or update objects from YAML or JSON.
+    Apply {
+        /// File, directory or - for stdin (repeatable).
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+    },
+    /// List objects or show one.
+    Get {
+        kind: String,
+        name: Option<String>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        /// Across all namespaces.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<cmd_get::Output>,
+        /// Label selector (app=web,tier!=db).
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Keep watching for changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show an object in detail, with its recent events.
+    Describe {
+        kind: String,
+        name: String,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+    },
+    /// Delete objects by kind and name, or those in a manifest.
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<String>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+    },
+    /// Set the replica count of a deployment or replicaset.
+    Scale {
+        kind: String,
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// List events (newest last).
+    Events {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// API create/update latency against running servers.
+    Api(bench_api::ApiBenchArgs),
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<i32, String> {
+    let client = || client::ApiClient::new(cli.server.clone());
+    match cli.command {
+        Command::Server(args) => cmd_server::run(args).await,
+        Command::Store(args) => cmd_store::run(args).await,
+        Command::Apply { ref files, ref ns } => {
+            cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await
+        }
+        Command::Get {
+            ref kind,
+            ref name,
+            ref ns,
+            all_namespaces,
+            output,
+            ref selector,
+            watch,
+        } => {
+            let opts = cmd_get::GetOptions {
+                namespace: ns.namespace.clone(),
+                all_namespaces,
+                output,
+                selector: selector.clone(),
+                watch,
+            };
+            cmd_get::get(&client()?, kind, name.as_deref(), opts).await
+        }
+        Command::Describe {
+            ref kind,
+            ref name,
+            ref ns,
+        } => cmd_get::describe(&client()?, kind, name, ns.namespace.clone()).await,
+        Command::Delete {
+            ref kind,
+            ref names,
+            ref files,
+            ref ns,
+        } => {
+            cmd_change::delete(
+                &client()?,
+                kind.as_deref(),
+                names,
+                files,
+                ns.namespace.as_deref(),
+            )
+            .await
+        }
+        Command::Scale {
+            ref kind,
+            ref name,
+            replicas,
+            ref ns,
+        } => cmd_change::scale(&client()?, kind, name, replicas, ns.namespace.as_deref()).await,
+        Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await,
+        Command::Events {
+            ref ns,
+            all_namespaces,
+            watch,
+        } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => std::process::exit(code),
+        Err(message) => {
+            eprintln!("error: {message}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,715 @@
+//! API tests against real server members in the test process: HTTP on a
+//! loopback port, the registry over a real replicated store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla::api::{router, ApiState};
+use flotilla_actors::Registry;
+use flotilla_raft::{Member, StartMode, StoreConfig};
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn free_udp() -> String {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("udp")
+        .local_addr()
+        .expect("addr")
+        .to_string()
+}
+
+struct Api {
+    member: Arc<Member>,
+    base: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Api {
+    async fn start(member: Arc<Member>) -> Api {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind http");
+        let addr = listener.local_addr().expect("addr");
+        let registry = Registry::new(member.clone());
+        let state = ApiState {
+            registry: registry.clone(),
+            http_addr: addr.to_string(),
+        };
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router(state)).await;
+        });
+        let start = tokio::time::Instant::now();
+        while registry.ensure_builtin_namespaces().await.is_err() {
+            assert!(start.elapsed() < DEADLINE, "namespaces never created");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Api {
+            member,
+            base: format!("http://{addr}"),
+            task,
+        }
+    }
+}
+
+async fn single() -> (tempfile::TempDir, Api) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let member = Member::start(StoreConfig::new(
+        1,
+        dir.path().join("m1"),
+        free_udp(),
+        StartMode::Bootstrap,
+    ))
+    .await
+    .expect("member");
+    let api = Api::start(member).await;
+    (dir, api)
+}
+
+async fn call(method: reqwest::Method, url: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new().request(method, url);
+    if !content_type.is_empty() {
+        req = req.header("Content-Type", content_type);
+    }
+    if !body.is_empty() {
+        req = req.body(body.to_string());
+    }
+    let resp = req.send().await.expect("request");
+    let code = resp.status().as_u16();
+    let v = resp.json::<Value>().await.unwrap_or(Value::Null);
+    (code, v)
+}
+
+const CM: &str = "/api/v1/namespaces/default/configmaps";
+const DEPLOY: &str = "/apis/apps/v1/namespaces/default/deployments";
+
+fn deployment(name: &str, replicas: i64) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "c", "image": "flotilla/busybox:latest"}]}}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crud_with_optimistic_concurrency_and_selectors() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let (code, created) = call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "labels": {"tier": "fe"}}, "data": {"k": "v"}}).to_string()).await;
+    assert_eq!(code, 201, "{created}");
+    let rv = created["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    assert_eq!(created["metadata"]["namespace"], "default");
+    assert!(created["metadata"]["uid"]
+        .as_str()
+        .is_some_and(|u| u.len() == 36));
+
+    let (code, got) = call(reqwest::Method::GET, &format!("{b}{CM}/app"), "", "").await;
+    assert_eq!((code, got["data"]["k"].clone()), (200, json!("v")));
+    assert_eq!(got["metadata"]["resourceVersion"], json!(rv));
+
+    // Replace with the current resourceVersion, then again with the stale one.
+    let mut changed = got.clone();
+    changed["data"]["k"] = json!("v2");
+    let (code, updated) = call(
+        reqwest::Method::PUT,
+        &format!("{b}{CM}/app"),
+        "application/json",
+        &changed.to_string(),
+    )
+    .await;
+    assert_eq!(code, 200, "{updated}");
+    let (code, stale) = call(
+        reqwest::Method::PUT,
+        &format!("{b}{CM}/app"),
+        "application/json",
+        &changed.to_string(),
+    )
+    .await;
+    assert_eq!(code, 409);
+    assert_eq!(stale["reason"], "Conflict");
+
+    // Merge patch.
+    let (code, patched) = call(
+        reqwest::Method::PATCH,
+        &format!("{b}{CM}/app"),
+        "application/merge-patch+json",
+        r#"{"data":{"extra":"1"}}"#,
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(patched["data"], json!({"k": "v2", "extra": "1"}));
+
+    // Label and field selectors.
+    call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n  labels: {tier: db}\n",
+    )
+    .await;
+    let (_, list) = call(
+        reqwest::Method::GET,
+        &format!("{b}{CM}?labelSelector=tier%3Dfe"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(list["kind"], "ConfigMapList");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
+    let (_, list) = call(
+        reqwest::Method::GET,
+        &format!("{b}{CM}?fieldSelector=metadata.name%3Dother"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(list["items"][0]["metadata"]["name"], "other");
+
+    // Delete, then it is gone.
+    let (code, _) = call(reqwest::Method::DELETE, &format!("{b}{CM}/app"), "", "").await;
+    assert_eq!(code, 200);
+    let (code, gone) = call(reqwest::Method::GET, &format!("{b}{CM}/app"), "", "").await;
+    assert_eq!((code, gone["reason"].clone()), (404, json!("NotFound")));
+
+    // Scale subresource.
+    call(
+        reqwest::Method::POST,
+        &format!("{b}{DEPLOY}"),
+        "application/json",
+        &deployment("web", 2).to_string(),
+    )
+    .await;
+    let (code, scale) = call(
+        reqwest::Method::PATCH,
+        &format!("{b}{DEPLOY}/web/scale"),
+        "application/merge-patch+json",
+        r#"{"spec":{"replicas":5}}"#,
+    )
+    .await;
+    assert_eq!(
+        (
+            code,
+            scale["kind"].clone(),
+            scale["spec"]["replicas"].clone()
+        ),
+        (200, json!("Scale"), json!(5))
+    );
+    let (_, d) = call(reqwest::Method::GET, &format!("{b}{DEPLOY}/web"), "", "").await;
+    assert_eq!(d["spec"]["replicas"], 5);
+    assert_eq!(d["metadata"]["generation"], 2);
+    api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"exists"}}"#,
+    )
+    .await;
+    let before = api.member.revisions().revision;
+    let big = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
+        "x".repeat(3 * 1024 * 1024 + 10)
+    );
+    let mismatched = deployment("web", 1).to_string().replace(
+        r#""labels":{"app":"web"}},"spec":{"containers""#,
+        r#""labels":{"app":"other"}},"spec":{"containers""#,
+    );
+    // (method, path, content type, body, status, message fragment)
+    let cases: Vec<(reqwest::Method, String, &str, String, u16, &str)> = vec![
+        (reqwest::Method::POST, CM.into(), "application/json", "{not json".into(), 400, "not valid JSON"),
+        (reqwest::Method::POST, CM.into(), "application/yaml", "a: [".into(), 400, "not valid YAML"),
+        (reqwest::Method::POST, CM.into(), "application/json", r#"{"apiVersion":"v1","kind":"Widget","metadata":{"name":"w"}}"#.into(), 400, "does not match the resource"),
+        (reqwest::Method::POST, CM.into(), "application/json", r#"{"apiVersion":"v9","kind":"ConfigMap","metadata":{"name":"w"}}"#.into(), 400, "apiVersion"),
+        (reqwest::Method::POST, "/api/v1/namespaces/default/widgets".into(), "application/json", "{}".into(), 404, "does not serve resource"),
+        (reqwest::Method::POST, CM.into(), "application/json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#.into(), 422, "name or generateName is required"),
+        (reqwest::Method::POST, CM.into(), "application/json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"Bad_Name"}}"#.into(), 422, "DNS-1123 subdomain"),
+        (reqwest::Method::POST, "/api/v1/namespaces/default/pods".into(), "application/json", r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"c","image":"i","resources":{"requests":{"cpu":"lots"}}}]}}"#.into(), 422, "spec.containers[0].resources.requests.cpu"),
+        (reqwest::Method::POST, DEPLOY.into(), "application/json", mismatched, 422, "`selector` does not match template `labels`"),
+        (reqwest::Method::POST, DEPLOY.into(), "application/json", deployment("neg", -1).to_string(), 422, "spec.replicas"),
+        (reqwest::Method::POST, CM.into(), "application/json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"exists"}}"#.into(), 409, "already exists"),
+        (reqwest::Method::PUT, format!("{CM}/exists"), "application/json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"exists","resourceVersion":"1"}}"#.into(), 409, "has been modified"),
+        (reqwest::Method::DELETE, format!("{CM}/missing"), "", "".into(), 404, "not found"),
+        (reqwest::Method::POST, "/api/v1/namespaces/nowhere/configmaps".into(), "application/json", r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x"}}"#.into(), 404, "namespace \"nowhere\" not found"),
+        (reqwest::Method::POST, CM.into(), "application/json", big, 413, "over the limit"),
+        (reqwest::Method::POST, CM.into(), "text/plain", "hello".into(), 415, "not supported"),
+        (reqwest::Method::PUT, CM.into(), "application/json", "{}".into(), 405, "not supported"),
+        (reqwest::Method::GET, format!("{CM}?watch=true&resourceVersion=abc"), "", "".into(), 400, "resourceVersion"),
+        (reqwest::Method::GET, format!("{CM}?labelSelector=app%20in%20(a"), "", "".into(), 400, "invalid selector"),
+    ];
+    for (method, path, ct, body, code, fragment) in cases {
+        let (got, status) = call(method.clone(), &format!("{b}{path}"), ct, &body).await;
+        assert_eq!(got, code, "{method} {path}: {status}");
+        assert_eq!(status["kind"], "Status", "{method} {path}");
+        assert_eq!(status["code"], code);
+        let message = status["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(fragment),
+            "{method} {path}: {message:?} lacks {fragment:?}"
+        );
+    }
+    assert_eq!(
+        api.member.revisions().revision,
+        before,
+        "no bad request changed stored data"
+    );
+
+    // Watch from a compacted revision: 410 Gone with reason Expired.
+    for i in 0..5 {
+        let body =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}})
+                .to_string();
+        call(
+            reqwest::Method::POST,
+            &format!("{b}{CM}"),
+            "application/json",
+            &body,
+        )
+        .await;
+    }
+    let now = api.member.revisions().revision;
+    api.member.compact(now).await.expect("compact");
+    let (code, status) = call(
+        reqwest::Method::GET,
+        &format!("{b}{CM}?watch=true&resourceVersion=2"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        (code, status["reason"].clone()),
+        (410, json!("Expired")),
+        "{status}"
+    );
+    api.task.abort();
+}
+
+async fn read_events(resp: reqwest::Response, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut body = resp.bytes_stream();
+    while out.len() < n {
+        let chunk = tokio::time::timeout(DEADLINE, body.next())
+            .await
+            .expect("watch event in time")
+            .expect("stream open")
+            .expect("chunk");
+        buf.extend_from_slice(&chunk);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            let ev: Value = serde_json::from_slice(&line).expect("event json");
+            if ev["type"] != "BOOKMARK" {
+                out.push(ev);
+            }
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_resumed_from_its_last_resource_version_misses_nothing_and_repeats_nothing() {
+    let (_dir, api) = single().await;
+    let b = api.base.clone();
+    let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
+    let mut rv: u64 = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .parse()
+        .expect("number");
+    let writer = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"i": i.to_string()}}).to_string();
+                let (code, _) = call(
+                    reqwest::Method::POST,
+                    &format!("{b}{CM}"),
+                    "application/json",
+                    &body,
+                )
+                .await;
+                assert_eq!(code, 201);
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 60 {
+        let resp = reqwest::get(format!("{b}{CM}?watch=true&resourceVersion={rv}"))
+            .await
+            .expect("watch");
+        assert_eq!(resp.status(), 200);
+        // Read a few events, then drop the connection and resume.
+        let take = (60 - seen.len()).min(7);
+        for ev in read_events(resp, take).await {
+            assert_eq!(ev["type"], "ADDED");
+            rv = ev["object"]["metadata"]["resourceVersion"]
+                .as_str()
+                .expect("rv")
+                .parse()
+                .expect("number");
+            seen.push(
+                ev["object"]["metadata"]["name"]
+                    .as_str()
+                    .expect("name")
+                    .to_string(),
+            );
+        }
+    }
+    writer.await.expect("writer");
+    let expected: Vec<String> = (0..60).map(|i| format!("w{i}")).collect();
+    assert_eq!(seen, expected);
+    api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_an_owner_or_a_namespace_deletes_what_it_holds() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let (_, owner) = call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"owner"}}"#,
+    )
+    .await;
+    let uid = owner["metadata"]["uid"].as_str().expect("uid");
+    for i in 0..3 {
+        let dep = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("dep{i}"), "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+        call(
+            reqwest::Method::POST,
+            &format!("{b}{CM}"),
+            "application/json",
+            &dep.to_string(),
+        )
+        .await;
+    }
+    call(reqwest::Method::DELETE, &format!("{b}{CM}/owner"), "", "").await;
+    let start = tokio::time::Instant::now();
+    loop {
+        let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
+        let names: Vec<&str> = list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|o| o["metadata"]["name"].as_str())
+            .collect();
+        if !names.iter().any(|n| n.starts_with("dep")) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "dependents left: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (code, _) = call(
+        reqwest::Method::POST,
+        &format!("{b}/api/v1/namespaces"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"team-a"}}"#,
+    )
+    .await;
+    assert_eq!(code, 201);
+    let (_, ns) = call(
+        reqwest::Method::GET,
+        &format!("{b}/api/v1/namespaces/team-a"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(
+        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
+        "team-a"
+    );
+    for i in 0..3 {
+        let body =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}})
+                .to_string();
+        let (code, _) = call(
+            reqwest::Method::POST,
+            &format!("{b}/api/v1/namespaces/team-a/configmaps"),
+            "application/json",
+            &body,
+        )
+        .await;
+        assert_eq!(code, 201);
+    }
+    let (code, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{b}/api/v1/namespaces/team-a"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let start = tokio::time::Instant::now();
+    loop {
+        let (code, _) = call(
+            reqwest::Method::GET,
+            &format!("{b}/api/v1/namespaces/team-a"),
+            "",
+            "",
+        )
+        .await;
+        let (_, list) = call(
+            reqwest::Method::GET,
+            &format!("{b}/api/v1/namespaces/team-a/configmaps"),
+            "",
+            "",
+        )
+        .await;
+        if code == 404 && list["items"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "namespace not cleaned up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{b}/api/v1/namespaces/default"),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 400, "the default namespace cannot be deleted");
+    api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn discovery_and_tables_for_kubectl() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let (_, version) = call(reqwest::Method::GET, &format!("{b}/version"), "", "").await;
+    assert_eq!(version["major"], "1");
+    let (_, apis) = call(reqwest::Method::GET, &format!("{b}/apis"), "", "").await;
+    assert_eq!(apis["kind"], "APIGroupList");
+    let (_, core) = call(reqwest::Method::GET, &format!("{b}/api/v1"), "", "").await;
+    assert!(core["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .any(|r| r["name"] == "pods" && r["namespaced"] == true));
+    let (_, apps) = call(reqwest::Method::GET, &format!("{b}/apis/apps/v1"), "", "").await;
+    assert!(apps["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .any(|r| r["name"] == "deployments/scale"));
+    let table = reqwest::Client::new()
+        .get(format!("{b}/api/v1/namespaces"))
+        .header(
+            "Accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .send()
+        .await
+        .expect("table")
+        .json::<Value>()
+        .await
+        .expect("json");
+    assert_eq!(table["kind"], "Table");
+    let names: Vec<&str> = table["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r["cells"][0].as_str())
+        .collect();
+    assert_eq!(names, vec!["default", "flotilla-system"]);
+    api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_kubectl_lists_gets_and_deletes() {
+    let Ok(out) = std::process::Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+    else {
+        eprintln!("SKIPPED stock_kubectl_lists_gets_and_deletes: kubectl is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    let (_dir, api) = single().await;
+    let b = api.base.clone();
+    call(
+        reqwest::Method::POST,
+        &format!("{b}{DEPLOY}"),
+        "application/json",
+        &deployment("web", 2).to_string(),
+    )
+    .await;
+    call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{"a":"1"}}"#,
+    )
+    .await;
+    let kinds = [
+        "namespaces",
+        "nodes",
+        "pods",
+        "deployments",
+        "replicasets",
+        "services",
+        "endpoints",
+        "configmaps",
+        "events",
+        "networkpolicies",
+    ];
+    let base = b.clone();
+    let results = tokio::task::spawn_blocking(move || {
+        let kubectl = |args: &[&str]| {
+            let out = std::process::Command::new("kubectl")
+                .arg("-s")
+                .arg(&base)
+                .args(args)
+                .env("KUBECONFIG", "/dev/null")
+                .output()
+                .expect("run kubectl");
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let mut results = Vec::new();
+        for kind in kinds {
+            results.push((kind, kubectl(&["get", kind])));
+        }
+        results.push((
+            "deploy-yaml",
+            kubectl(&["get", "deployment", "web", "-o", "yaml"]),
+        ));
+        results.push((
+            "cm-json",
+            kubectl(&["get", "configmap", "settings", "-o", "json"]),
+        ));
+        results.push(("delete", kubectl(&["delete", "configmap", "settings"])));
+        results.push(("after-delete", kubectl(&["get", "configmap", "settings"])));
+        results
+    })
+    .await
+    .expect("kubectl runs");
+    for (what, (ok, stdout, stderr)) in &results[..10] {
+        assert!(ok, "kubectl get {what} failed: {stderr}");
+        let _ = stdout;
+    }
+    let (_, ns_out, _) = &results[0].1;
+    assert!(
+        ns_out.contains("NAME") && ns_out.contains("default") && ns_out.contains("Active"),
+        "{ns_out}"
+    );
+    let (_, deploy_out, _) = &results[3].1;
+    assert!(
+        deploy_out.contains("READY") && deploy_out.contains("web"),
+        "{deploy_out}"
+    );
+    let (ok, yaml, err) = &results[10].1;
+    assert!(
+        *ok && yaml.contains("kind: Deployment") && yaml.contains("replicas: 2"),
+        "{yaml}{err}"
+    );
+    let (ok, json_out, err) = &results[11].1;
+    assert!(*ok && json_out.contains("\"settings\""), "{json_out}{err}");
+    let (ok, out, err) = &results[12].1;
+    assert!(*ok && out.contains("deleted"), "{out}{err}");
+    let (ok, _, err) = &results[13].1;
+    assert!(
+        !*ok && (err.contains("NotFound") || err.contains("not found")),
+        "{err}"
+    );
+    api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_member_serves_the_api_and_it_survives_the_leader() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = Member::start(StoreConfig::new(
+        1,
+        dir.path().join("m1"),
+        free_udp(),
+        StartMode::Bootstrap,
+    ))
+    .await
+    .expect("m1");
+    let token = first.token().to_string();
+    let via = first.peer_addr().to_string();
+    let mut members = vec![first];
+    for id in 2..=3 {
+        let m = Member::start(StoreConfig::new(
+            id,
+            dir.path().join(format!("m{id}")),
+            free_udp(),
+            StartMode::Join {
+                via: via.clone(),
+                token: token.clone(),
+            },
+        ))
+        .await
+        .expect("join");
+        members.push(m);
+    }
+    let mut apis = Vec::new();
+    for m in &members {
+        apis.push(Api::start(m.clone()).await);
+    }
+    // A write through each member is readable through every other.
+    for (i, api) in apis.iter().enumerate() {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("from-{i}")}}).to_string();
+        let (code, v) = call(
+            reqwest::Method::POST,
+            &format!("{}{CM}", api.base),
+            "application/json",
+            &body,
+        )
+        .await;
+        assert_eq!(code, 201, "{v}");
+    }
+    for api in &apis {
+        let (_, list) = call(reqwest::Method::GET, &format!("{}{CM}", api.base), "", "").await;
+        assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
+    }
+    // Stop the leader; the others keep serving after the election.
+    let leader = members
+        .iter()
+        .position(|m| m.is_leader())
+        .expect("a leader");
+    members[leader].shutdown().await;
+    apis[leader].task.abort();
+    let survivor = &apis[(leader + 1) % 3];
+    let start = tokio::time::Instant::now();
+    loop {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}})
+            .to_string();
+        let (code, _) = call(
+            reqwest::Method::POST,
+            &format!("{}{CM}", survivor.base),
+            "application/json",
+            &body,
+        )
+        .await;
+        if code == 201 || code == 409 {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no write accepted after the leader stopped (last code {code})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, got) = call(
+        reqwest::Method::GET,
+        &format!("{}{CM}/after", apis[(leader + 2) % 3].base),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200, "{got}");
+}
