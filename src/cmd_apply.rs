@@ -12,28 +12,44 @@ use crate::manifest;
 
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// The merge patch that takes `last` (what was applied before) to `desired`:
-/// fields in `last` missing from `desired` become null (removed).
-pub fn three_way_patch(last: &Value, desired: &Value) -> Value {
-    match (last, desired) {
-        (Value::Object(l), Value::Object(d)) => {
-            let mut patch = Map::new();
-            for (k, v) in d {
-                let sub = match l.get(k) {
-                    Some(lv) if lv.is_object() && v.is_object() => three_way_patch(lv, v),
-                    _ => v.clone(),
-                };
-                patch.insert(k.clone(), sub);
-            }
-            for k in l.keys() {
-                if !d.contains_key(k) {
-                    patch.insert(k.clone(), Value::Null);
+/// The merge patch from what was applied before (`last`), what is applied
+/// now (`desired`) and what the server holds (`live`): fields the manifest
+/// sets are set where they differ from the live object, fields dropped from
+/// the manifest since `last` are removed (null), and fields only the server
+/// filled in (defaults, status) are left alone. Lists are replaced whole,
+/// and only when the manifest changed them, so server-side defaults inside
+/// lists do not make every apply a change.
+pub fn three_way_patch(last: &Value, desired: &Value, live: &Value) -> Value {
+    let mut patch = Map::new();
+    let (Some(d), l, v) = (desired.as_object(), last.as_object(), live.as_object()) else {
+        return desired.clone();
+    };
+    for (k, dv) in d {
+        let lv = l.and_then(|m| m.get(k));
+        let vv = v.and_then(|m| m.get(k));
+        match (dv, vv) {
+            (Value::Object(_), Some(Value::Object(_))) => {
+                let sub =
+                    three_way_patch(lv.unwrap_or(&Value::Null), dv, vv.unwrap_or(&Value::Null));
+                if sub.as_object().is_some_and(|m| !m.is_empty()) {
+                    patch.insert(k.clone(), sub);
                 }
             }
-            Value::Object(patch)
+            (Value::Array(_), Some(_)) if lv == Some(dv) => {}
+            _ if vv == Some(dv) => {}
+            _ => {
+                patch.insert(k.clone(), dv.clone());
+            }
         }
-        (_, d) => d.clone(),
     }
+    if let Some(l) = l {
+        for k in l.keys() {
+            if !d.contains_key(k) && v.is_some_and(|m| m.contains_key(k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+        }
+    }
+    Value::Object(patch)
 }
 
 fn strip_server_fields(v: &Value) -> Value {
@@ -152,7 +168,7 @@ async fn apply_one(
                 .and_then(Value::as_str)
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or(json!({}));
-            let patch = three_way_patch(&last, &desired);
+            let patch = three_way_patch(&last, &desired, &existing);
             let mut merged = existing.clone();
             merge_patch(&mut merged, &patch);
             if strip_server_fields(&merged) == strip_server_fields(&existing) {
@@ -178,12 +194,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn removed_fields_become_null() {
+    fn removed_fields_become_null_and_server_defaults_stay() {
         let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
         let desired = json!({"metadata": {"labels": {"a": "1"}}, "data": {"x": "2"}});
+        let live =
+            json!({"metadata": {"labels": {"a": "1", "b": "2"}, "uid": "u"}, "data": {"x": "1"}});
         assert_eq!(
-            three_way_patch(&last, &desired),
-            json!({"metadata": {"labels": {"a": "1", "b": null}}, "data": {"x": "2"}})
+            three_way_patch(&last, &desired, &live),
+            json!({"metadata": {"labels": {"b": null}}, "data": {"x": "2"}})
+        );
+        // A list the server filled defaults into is left alone while the
+        // manifest does not change it.
+        let applied = json!({"spec": {"containers": [{"name": "c"}], "replicas": 1}});
+        let defaulted = json!({"spec": {"containers": [{"name": "c", "imagePullPolicy": "Always"}], "replicas": 1, "strategy": {}}});
+        assert_eq!(three_way_patch(&applied, &applied, &defaulted), json!({}));
+        let scaled = json!({"spec": {"containers": [{"name": "c"}], "replicas": 3}});
+        assert_eq!(
+            three_way_patch(&applied, &scaled, &defaulted),
+            json!({"spec": {"replicas": 3}})
         );
     }
 }

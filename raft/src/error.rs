@@ -36,6 +36,9 @@ pub enum StoreError {
     /// Membership change refused.
     #[error("membership: {0}")]
     Membership(String),
+    /// Another membership change is in progress. Retryable.
+    #[error("busy: {0}; retry shortly")]
+    Busy(String),
     /// The member is shutting down or its storage failed. Not retryable on this member.
     #[error("store failure on member {member}: {reason}")]
     Fatal { member: NodeId, reason: String },
@@ -49,7 +52,10 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. }
+            StoreError::NoLeader(_)
+                | StoreError::Timeout { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::Busy(_)
         )
     }
 }

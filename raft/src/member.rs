@@ -161,6 +161,25 @@ async fn request_join(
     }
 }
 
+/// A concurrent membership change is retryable; anything else is not.
+fn membership_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>,
+    what: &str,
+) -> StoreError {
+    use openraft::error::ChangeMembershipError;
+    match e {
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(
+            ChangeMembershipError::InProgress(p),
+        )) => StoreError::Busy(format!(
+            "{what}: another membership change is in progress ({p})"
+        )),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            StoreError::NoLeader(format!("{what}: leadership moved"))
+        }
+        other => StoreError::Membership(format!("{what}: {other}")),
+    }
+}
+
 /// A transport for a token holder (no member certificate).
 pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, StoreError> {
     let config = token
@@ -562,7 +581,7 @@ impl Member {
         loop {
             match self.raft.client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                     let addr = match self.leader_addr().await {
                         Ok(Some(addr)) => addr,
                         Ok(None) => continue,
@@ -845,11 +864,11 @@ impl Member {
         self.raft
             .add_learner(node_id, MemberNode { addr }, true)
             .await
-            .map_err(|e| StoreError::Membership(format!("adding learner {node_id}: {e}")))?;
+            .map_err(|e| membership_error(e, &format!("adding learner {node_id}")))?;
         self.raft
             .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
             .await
-            .map_err(|e| StoreError::Membership(format!("promoting {node_id} to voter: {e}")))?;
+            .map_err(|e| membership_error(e, &format!("promoting {node_id} to voter")))?;
         Ok(())
     }
 
@@ -886,7 +905,7 @@ impl Member {
         self.raft
             .change_membership(change, false)
             .await
-            .map_err(|e| StoreError::Membership(format!("removing {node_id}: {e}")))?;
+            .map_err(|e| membership_error(e, &format!("removing {node_id}")))?;
         Ok(())
     }
 

@@ -87,7 +87,12 @@ pub fn parse_path(path: &str) -> Option<ResourcePath> {
     };
     match rest {
         [] => {}
-        ["namespaces", ns, plural, tail @ ..] if is_namespaced_plural(plural) => {
+        // Under a namespace, anything but the namespace's own subresources
+        // names a namespaced resource (unknown ones get a 404 later).
+        ["namespaces", ns, plural, tail @ ..]
+            if is_namespaced_plural(plural)
+                || !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
+        {
             p.namespace = Some((*ns).into());
             p.plural = Some((*plural).into());
             match tail {
