@@ -658,3 +658,68 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     assert!(err.to_string().contains(&silent), "{err}");
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_can_be_removed_and_the_rest_go_on() {
+    let mut cluster = Cluster::start(3, test_limits()).await;
+    let leader = cluster.leader().await;
+    let victim = cluster
+        .running()
+        .into_iter()
+        .map(|m| m.id())
+        .find(|id| *id != leader.id())
+        .expect("a follower");
+    leader
+        .remove_member(victim)
+        .await
+        .expect("remove a follower");
+    let ids: BTreeSet<u64> = leader.members().iter().map(|m| m.id).collect();
+    assert!(!ids.contains(&victim), "{ids:?}");
+    cluster.stop(victim).await;
+    leader
+        .put("after-removal", "ok")
+        .await
+        .expect("two members still commit");
+    assert!(matches!(
+        leader.remove_member(99).await,
+        Err(StoreError::Membership(_))
+    ));
+    // The removed id cannot simply come back under a different address.
+    let other = cluster
+        .running()
+        .into_iter()
+        .find(|m| m.id() != leader.id())
+        .expect("the other member");
+    assert!(other.members().iter().all(|m| m.id != victim));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_watcher_is_cut_off_and_never_holds_writers_back() {
+    let limits = Limits {
+        watch_queue_max: 8,
+        ..test_limits()
+    };
+    let cluster = Cluster::start(1, limits).await;
+    let m = cluster.leader().await;
+    let mut slow = m.watch(b"s/".to_vec(), 0).expect("watch");
+    let start = tokio::time::Instant::now();
+    for i in 0..100 {
+        m.put(format!("s/{i}"), "v")
+            .await
+            .expect("writes go on while the watcher sleeps");
+    }
+    assert!(start.elapsed() < Duration::from_secs(20));
+    match slow.next().await {
+        Err(StoreError::WatchOverflow { queue_max: 8 }) => {}
+        other => panic!("expected WatchOverflow, got {other:?}"),
+    }
+    // It resumes from history where it left off.
+    let mut resumed = m
+        .watch(b"s/".to_vec(), slow.progress_revision() + 1)
+        .expect("resume");
+    let flotilla_raft::WatchItem::Events { events, .. } = resumed.next().await.expect("history");
+    assert_eq!(
+        events.first().map(|e| e.kv.key.clone()),
+        Some(b"s/0".to_vec())
+    );
+}
