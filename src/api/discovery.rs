@@ -59,9 +59,11 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     }
     let mut resources = Vec::new();
     for r in served {
+        // kubectl's `get all` expands the "all" category.
+        let categories: &[&str] = if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") { &["all"] } else { &[] };
         resources.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": verbs(r), "shortNames": r.short_names,
+            "kind": r.kind, "verbs": verbs(r), "shortNames": r.short_names, "categories": categories,
         }));
         for sub in r.subresources {
             let kind = if *sub == "scale" { "Scale" } else { r.kind };
