@@ -38,19 +38,14 @@ pub async fn run(args: ApiBenchArgs) -> Result<i32, String> {
     if args.clients == 0 || args.objects == 0 || args.servers.is_empty() {
         return Err("--clients, --objects and --servers must not be empty or zero".into());
     }
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.clients)
-        .build()
-        .map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let ns = Arc::new(args.namespace.clone());
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let http = http.clone();
-        let base = args.servers[c % args.servers.len()]
-            .trim_end_matches('/')
-            .to_string();
+        let base = args.servers[c % args.servers.len()].trim_end_matches('/').to_string();
         let (run_id, ns, n) = (run_id.clone(), ns.clone(), args.objects);
         tasks.push(tokio::spawn(async move {
             let url = format!("{base}/api/v1/namespaces/{ns}/configmaps");
@@ -97,12 +92,7 @@ pub async fn run(args: ApiBenchArgs) -> Result<i32, String> {
     );
     println!("  op       p50 ms   p99 ms   max ms");
     for (name, v) in [("create", &creates), ("update", &updates), ("all", &all)] {
-        println!(
-            "  {name:<7}{:>8.2} {:>8.2} {:>8.2}",
-            ms(v, 0.5),
-            ms(v, 0.99),
-            ms(v, 1.0)
-        );
+        println!("  {name:<7}{:>8.2} {:>8.2} {:>8.2}", ms(v, 0.5), ms(v, 0.99), ms(v, 1.0));
     }
     println!("  mutations/s: {per_sec:.1}");
     if args.json {

@@ -33,23 +33,14 @@ impl std::fmt::Display for CallError {
 impl ApiClient {
     pub fn new(server: Option<String>) -> Result<ApiClient, String> {
         let base = server
-            .or_else(|| {
-                std::env::var("FLOTILLA_SERVER")
-                    .ok()
-                    .filter(|s| !s.is_empty())
-            })
+            .or_else(|| std::env::var("FLOTILLA_SERVER").ok().filter(|s| !s.is_empty()))
             .unwrap_or_else(|| DEFAULT_SERVER.to_string())
             .trim_end_matches('/')
             .to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(format!(
-                "server URL {base:?} must start with http:// (for example {DEFAULT_SERVER})"
-            ));
+            return Err(format!("server URL {base:?} must start with http:// (for example {DEFAULT_SERVER})"));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| e.to_string())?;
         Ok(ApiClient { base, http })
     }
 
@@ -64,10 +55,7 @@ impl ApiClient {
             cause = s.to_string();
             source = s.source();
         }
-        CallError {
-            code: 0,
-            message: format!("cannot reach flotilla at {}: {cause}", self.base),
-        }
+        CallError { code: 0, message: format!("cannot reach flotilla at {}: {cause}", self.base) }
     }
 
     /// Sends a request; answers the parsed JSON body of a 2xx reply.
@@ -78,15 +66,9 @@ impl ApiClient {
         accept_table: bool,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Value, CallError> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .timeout(REQUEST_TIMEOUT);
+        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
         if accept_table {
-            req = req.header(
-                "Accept",
-                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-            );
+            req = req.header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         }
         if let Some((content_type, bytes)) = body {
             req = req.header("Content-Type", content_type).body(bytes);
@@ -102,16 +84,8 @@ impl ApiClient {
             .get("message")
             .and_then(Value::as_str)
             .map(String::from)
-            .unwrap_or_else(|| {
-                format!(
-                    "the server answered {status}: {}",
-                    String::from_utf8_lossy(&bytes).trim()
-                )
-            });
-        Err(CallError {
-            code: status.as_u16(),
-            message,
-        })
+            .unwrap_or_else(|| format!("the server answered {status}: {}", String::from_utf8_lossy(&bytes).trim()));
+        Err(CallError { code: status.as_u16(), message })
     }
 
     pub async fn get(&self, path: &str, table: bool) -> Result<Value, CallError> {
@@ -122,10 +96,7 @@ impl ApiClient {
     pub async fn stream(&self, path: &str, table: bool) -> Result<reqwest::Response, CallError> {
         let mut req = self.http.get(format!("{}{path}", self.base));
         if table {
-            req = req.header(
-                "Accept",
-                "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-            );
+            req = req.header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         }
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         if !resp.status().is_success() {
@@ -133,11 +104,7 @@ impl ApiClient {
             let v: Value = resp.json().await.unwrap_or(Value::Null);
             return Err(CallError {
                 code: status.as_u16(),
-                message: v
-                    .get("message")
-                    .and_then(Value::as_str)
-                    .unwrap_or("watch failed")
-                    .to_string(),
+                message: v.get("message").and_then(Value::as_str).unwrap_or("watch failed").to_string(),
             });
         }
         Ok(resp)
@@ -145,16 +112,8 @@ impl ApiClient {
 }
 
 /// The API path of a resource (or one object) in a namespace.
-pub fn resource_path(
-    res: &flotilla_actors::model::resources::Resource,
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> String {
-    let base = if res.group.is_empty() {
-        format!("/api/{}", res.version)
-    } else {
-        format!("/apis/{}/{}", res.group, res.version)
-    };
+pub fn resource_path(res: &flotilla_actors::model::resources::Resource, namespace: Option<&str>, name: Option<&str>) -> String {
+    let base = if res.group.is_empty() { format!("/api/{}", res.version) } else { format!("/apis/{}/{}", res.group, res.version) };
     let ns = match (res.namespaced, namespace) {
         (true, Some(ns)) => format!("/namespaces/{ns}"),
         _ => String::new(),

@@ -29,8 +29,7 @@ pub fn three_way_patch(last: &Value, desired: &Value, live: &Value) -> Value {
         let vv = v.and_then(|m| m.get(k));
         match (dv, vv) {
             (Value::Object(_), Some(Value::Object(_))) => {
-                let sub =
-                    three_way_patch(lv.unwrap_or(&Value::Null), dv, vv.unwrap_or(&Value::Null));
+                let sub = three_way_patch(lv.unwrap_or(&Value::Null), dv, vv.unwrap_or(&Value::Null));
                 if sub.as_object().is_some_and(|m| !m.is_empty()) {
                     patch.insert(k.clone(), sub);
                 }
@@ -55,24 +54,14 @@ pub fn three_way_patch(last: &Value, desired: &Value, live: &Value) -> Value {
 fn strip_server_fields(v: &Value) -> Value {
     let mut v = v.clone();
     if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        for f in [
-            "resourceVersion",
-            "uid",
-            "creationTimestamp",
-            "generation",
-            "managedFields",
-        ] {
+        for f in ["resourceVersion", "uid", "creationTimestamp", "generation", "managedFields"] {
             m.remove(f);
         }
     }
     v
 }
 
-pub async fn run(
-    client: &ApiClient,
-    files: &[String],
-    namespace: Option<&str>,
-) -> Result<i32, String> {
+pub async fn run(client: &ApiClient, files: &[String], namespace: Option<&str>) -> Result<i32, String> {
     let mut objects = Vec::new();
     for f in files {
         objects.extend(manifest::read(f)?);
@@ -101,44 +90,20 @@ fn display_name(res: &Resource, name: &str) -> String {
     }
 }
 
-async fn apply_one(
-    client: &ApiClient,
-    object: &Value,
-    namespace: Option<&str>,
-) -> Result<String, String> {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .ok_or("the object has no apiVersion")?;
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .ok_or("the object has no kind")?;
-    let res = by_kind(api_version, kind)
-        .ok_or_else(|| format!("kind {kind:?} in {api_version:?} is not served by flotilla"))?;
-    let name = object
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("{kind} has no metadata.name"))?;
+async fn apply_one(client: &ApiClient, object: &Value, namespace: Option<&str>) -> Result<String, String> {
+    let api_version = object.get("apiVersion").and_then(Value::as_str).ok_or("the object has no apiVersion")?;
+    let kind = object.get("kind").and_then(Value::as_str).ok_or("the object has no kind")?;
+    let res = by_kind(api_version, kind).ok_or_else(|| format!("kind {kind:?} in {api_version:?} is not served by flotilla"))?;
+    let name = object.pointer("/metadata/name").and_then(Value::as_str).ok_or_else(|| format!("{kind} has no metadata.name"))?;
     let ns = if res.namespaced {
-        Some(
-            object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .or(namespace)
-                .unwrap_or("default")
-                .to_string(),
-        )
+        Some(object.pointer("/metadata/namespace").and_then(Value::as_str).or(namespace).unwrap_or("default").to_string())
     } else {
         None
     };
     let mut desired = object.clone();
     let applied_text = serde_json::to_string(&desired).map_err(|e| e.to_string())?;
     desired["metadata"]["annotations"] = {
-        let mut a = desired
-            .pointer("/metadata/annotations")
-            .cloned()
-            .unwrap_or(json!({}));
+        let mut a = desired.pointer("/metadata/annotations").cloned().unwrap_or(json!({}));
         a[LAST_APPLIED] = json!(applied_text);
         a
     };
@@ -148,12 +113,7 @@ async fn apply_one(
         Err(e) if e.code == 404 => {
             let body = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
             client
-                .call(
-                    reqwest::Method::POST,
-                    &resource_path(res, ns.as_deref(), None),
-                    false,
-                    Some(("application/json", body)),
-                )
+                .call(reqwest::Method::POST, &resource_path(res, ns.as_deref(), None), false, Some(("application/json", body)))
                 .await
                 .map_err(|e| e.message)?;
             Ok(format!("{shown} created"))
@@ -161,10 +121,7 @@ async fn apply_one(
         Err(e) => Err(e.message),
         Ok(existing) => {
             let last: Value = existing
-                .pointer(&format!(
-                    "/metadata/annotations/{}",
-                    LAST_APPLIED.replace('/', "~1")
-                ))
+                .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
                 .and_then(Value::as_str)
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or(json!({}));
@@ -175,15 +132,7 @@ async fn apply_one(
                 return Ok(format!("{shown} unchanged"));
             }
             let body = serde_json::to_vec(&merged).map_err(|e| e.to_string())?;
-            client
-                .call(
-                    reqwest::Method::PUT,
-                    &path,
-                    false,
-                    Some(("application/json", body)),
-                )
-                .await
-                .map_err(|e| e.message)?;
+            client.call(reqwest::Method::PUT, &path, false, Some(("application/json", body))).await.map_err(|e| e.message)?;
             Ok(format!("{shown} configured"))
         }
     }
@@ -197,21 +146,14 @@ mod tests {
     fn removed_fields_become_null_and_server_defaults_stay() {
         let last = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "data": {"x": "1"}});
         let desired = json!({"metadata": {"labels": {"a": "1"}}, "data": {"x": "2"}});
-        let live =
-            json!({"metadata": {"labels": {"a": "1", "b": "2"}, "uid": "u"}, "data": {"x": "1"}});
-        assert_eq!(
-            three_way_patch(&last, &desired, &live),
-            json!({"metadata": {"labels": {"b": null}}, "data": {"x": "2"}})
-        );
+        let live = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "uid": "u"}, "data": {"x": "1"}});
+        assert_eq!(three_way_patch(&last, &desired, &live), json!({"metadata": {"labels": {"b": null}}, "data": {"x": "2"}}));
         // A list the server filled defaults into is left alone while the
         // manifest does not change it.
         let applied = json!({"spec": {"containers": [{"name": "c"}], "replicas": 1}});
         let defaulted = json!({"spec": {"containers": [{"name": "c", "imagePullPolicy": "Always"}], "replicas": 1, "strategy": {}}});
         assert_eq!(three_way_patch(&applied, &applied, &defaulted), json!({}));
         let scaled = json!({"spec": {"containers": [{"name": "c"}], "replicas": 3}});
-        assert_eq!(
-            three_way_patch(&applied, &scaled, &defaulted),
-            json!({"spec": {"replicas": 3}})
-        );
+        assert_eq!(three_way_patch(&applied, &scaled, &defaulted), json!({"spec": {"replicas": 3}}));
     }
 }

@@ -25,40 +25,23 @@ pub async fn delete(
     let mut targets = Vec::new();
     for f in files {
         for m in manifest::read(f)? {
-            let api_version = m
-                .object
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("");
+            let api_version = m.object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
             let k = m.object.get("kind").and_then(Value::as_str).unwrap_or("");
-            let res = by_kind(api_version, k).ok_or_else(|| {
-                format!(
-                    "{}: kind {k:?} in {api_version:?} is not served by flotilla",
-                    m.source
-                )
-            })?;
+            let res =
+                by_kind(api_version, k).ok_or_else(|| format!("{}: kind {k:?} in {api_version:?} is not served by flotilla", m.source))?;
             let name = m
                 .object
                 .pointer("/metadata/name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("{}: {k} has no metadata.name", m.source))?;
-            let ns = m
-                .object
-                .pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .or(namespace)
-                .unwrap_or("default")
-                .to_string();
+            let ns = m.object.pointer("/metadata/namespace").and_then(Value::as_str).or(namespace).unwrap_or("default").to_string();
             targets.push((res, ns, name.to_string()));
         }
     }
     if let Some(kind) = kind {
         let res = resolve(kind)?;
         if names.is_empty() {
-            return Err(format!(
-                "name a {} to delete (flotilla delete {kind} NAME), or use -f FILE",
-                res.singular
-            ));
+            return Err(format!("name a {} to delete (flotilla delete {kind} NAME), or use -f FILE", res.singular));
         }
         for n in names {
             targets.push((res, namespace.unwrap_or("default").to_string(), n.clone()));
@@ -70,16 +53,9 @@ pub async fn delete(
     let mut failed = false;
     for (res, ns, name) in targets {
         let path = resource_path(res, Some(&ns), Some(&name));
-        let body = serde_json::to_vec(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"})).unwrap_or_default();
-        match client
-            .call(
-                reqwest::Method::DELETE,
-                &path,
-                false,
-                Some(("application/json", body)),
-            )
-            .await
-        {
+        let body = serde_json::to_vec(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}))
+            .unwrap_or_default();
+        match client.call(reqwest::Method::DELETE, &path, false, Some(("application/json", body))).await {
             Ok(_) => println!("{} deleted", shown(res, &name)),
             Err(e) => {
                 eprintln!("error: {}: {}", shown(res, &name), e.message);
@@ -90,32 +66,15 @@ pub async fn delete(
     Ok(i32::from(failed))
 }
 
-pub async fn scale(
-    client: &ApiClient,
-    kind: &str,
-    name: &str,
-    replicas: u32,
-    namespace: Option<&str>,
-) -> Result<i32, String> {
+pub async fn scale(client: &ApiClient, kind: &str, name: &str, replicas: u32, namespace: Option<&str>) -> Result<i32, String> {
     let res = resolve(kind)?;
     if !res.subresources.contains(&"scale") {
-        return Err(format!(
-            "{} cannot be scaled; scale a deployment or replicaset",
-            res.plural
-        ));
+        return Err(format!("{} cannot be scaled; scale a deployment or replicaset", res.plural));
     }
-    let path = format!(
-        "{}/scale",
-        resource_path(res, Some(namespace.unwrap_or("default")), Some(name))
-    );
+    let path = format!("{}/scale", resource_path(res, Some(namespace.unwrap_or("default")), Some(name)));
     let body = serde_json::to_vec(&json!({"spec": {"replicas": replicas}})).unwrap_or_default();
     client
-        .call(
-            reqwest::Method::PATCH,
-            &path,
-            false,
-            Some(("application/merge-patch+json", body)),
-        )
+        .call(reqwest::Method::PATCH, &path, false, Some(("application/merge-patch+json", body)))
         .await
         .map_err(|e| format!("{}: {}", shown(res, name), e.message))?;
     if res.group.is_empty() {

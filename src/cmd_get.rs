@@ -27,23 +27,13 @@ pub struct GetOptions {
 
 pub fn resolve(kind: &str) -> Result<&'static Resource, String> {
     lookup(kind).ok_or_else(|| {
-        let known: Vec<&str> = flotilla_actors::model::resources::RESOURCES
-            .iter()
-            .map(|r| r.plural)
-            .collect();
-        format!(
-            "the server doesn't have a resource type {kind:?} (known: {})",
-            known.join(", ")
-        )
+        let known: Vec<&str> = flotilla_actors::model::resources::RESOURCES.iter().map(|r| r.plural).collect();
+        format!("the server doesn't have a resource type {kind:?} (known: {})", known.join(", "))
     })
 }
 
 fn list_path(res: &Resource, opts: &GetOptions) -> String {
-    let ns = if opts.all_namespaces {
-        None
-    } else {
-        Some(opts.namespace.as_deref().unwrap_or("default"))
-    };
+    let ns = if opts.all_namespaces { None } else { Some(opts.namespace.as_deref().unwrap_or("default")) };
     let mut path = resource_path(res, ns, None);
     let mut q = Vec::new();
     if let Some(s) = &opts.selector {
@@ -59,10 +49,7 @@ fn list_path(res: &Resource, opts: &GetOptions) -> String {
 }
 
 pub fn urlencode(s: &str) -> String {
-    serde_urlencoded::to_string([("v", s)])
-        .unwrap_or_default()
-        .trim_start_matches("v=")
-        .to_string()
+    serde_urlencoded::to_string([("v", s)]).unwrap_or_default().trim_start_matches("v=").to_string()
 }
 
 fn cell_text(v: &Value) -> String {
@@ -83,65 +70,28 @@ pub struct TablePrinter {
 
 impl TablePrinter {
     pub fn new(wide: bool, with_namespace: bool) -> Self {
-        TablePrinter {
-            wide,
-            with_namespace,
-            widths: Vec::new(),
-            header_done: false,
-        }
+        TablePrinter { wide, with_namespace, widths: Vec::new(), header_done: false }
     }
 
     fn rows(&self, table: &Value) -> (Vec<String>, Vec<Vec<String>>) {
-        let cols = table
-            .get("columnDefinitions")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+        let cols = table.get("columnDefinitions").and_then(Value::as_array).cloned().unwrap_or_default();
         let keep: Vec<usize> = cols
             .iter()
             .enumerate()
-            .filter(|(_, c)| {
-                self.wide || c.get("priority").and_then(Value::as_i64).unwrap_or(0) == 0
-            })
+            .filter(|(_, c)| self.wide || c.get("priority").and_then(Value::as_i64).unwrap_or(0) == 0)
             .map(|(i, _)| i)
             .collect();
-        let mut header: Vec<String> = keep
-            .iter()
-            .map(|&i| {
-                cols[i]
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_ascii_uppercase()
-            })
-            .collect();
+        let mut header: Vec<String> =
+            keep.iter().map(|&i| cols[i].get("name").and_then(Value::as_str).unwrap_or("").to_ascii_uppercase()).collect();
         if self.with_namespace {
             header.insert(0, "NAMESPACE".into());
         }
         let mut rows = Vec::new();
-        for row in table
-            .get("rows")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let cells = row
-                .get("cells")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let mut r: Vec<String> = keep
-                .iter()
-                .map(|&i| cells.get(i).map(cell_text).unwrap_or_default())
-                .collect();
+        for row in table.get("rows").and_then(Value::as_array).into_iter().flatten() {
+            let cells = row.get("cells").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut r: Vec<String> = keep.iter().map(|&i| cells.get(i).map(cell_text).unwrap_or_default()).collect();
             if self.with_namespace {
-                r.insert(
-                    0,
-                    row.pointer("/object/metadata/namespace")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string(),
-                );
+                r.insert(0, row.pointer("/object/metadata/namespace").and_then(Value::as_str).unwrap_or("").to_string());
             }
             rows.push(r);
         }
@@ -194,10 +144,7 @@ impl TablePrinter {
             if i + 1 == cells.len() {
                 out.push_str(c);
             } else {
-                out.push_str(&format!(
-                    "{c:<w$}   ",
-                    w = self.widths.get(i).copied().unwrap_or(0)
-                ));
+                out.push_str(&format!("{c:<w$}   ", w = self.widths.get(i).copied().unwrap_or(0)));
             }
         }
         println!("{}", out.trim_end());
@@ -206,28 +153,16 @@ impl TablePrinter {
 
 pub fn print_value(v: &Value, output: Output) -> Result<(), String> {
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
-        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?),
         _ => print!("{}", serde_yaml::to_string(v).map_err(|e| e.to_string())?),
     }
     Ok(())
 }
 
-pub async fn get(
-    client: &ApiClient,
-    kind: &str,
-    name: Option<&str>,
-    opts: GetOptions,
-) -> Result<i32, String> {
+pub async fn get(client: &ApiClient, kind: &str, name: Option<&str>, opts: GetOptions) -> Result<i32, String> {
     let res = resolve(kind)?;
     let ns = opts.namespace.clone().unwrap_or_else(|| "default".into());
-    let ns_opt = if res.namespaced {
-        Some(ns.as_str())
-    } else {
-        None
-    };
+    let ns_opt = if res.namespaced { Some(ns.as_str()) } else { None };
     let structured = matches!(opts.output, Some(Output::Yaml) | Some(Output::Json));
     if let Some(name) = name {
         let path = resource_path(res, ns_opt, Some(name));
@@ -258,28 +193,13 @@ pub async fn get(
     }
     if opts.output == Some(Output::Name) {
         let v = client.get(&path, false).await.map_err(|e| e.message)?;
-        for item in v
-            .get("items")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "{}/{}",
-                res.singular,
-                item.pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-            );
+        for item in v.get("items").and_then(Value::as_array).into_iter().flatten() {
+            println!("{}/{}", res.singular, item.pointer("/metadata/name").and_then(Value::as_str).unwrap_or(""));
         }
         return Ok(0);
     }
     let t = client.get(&path, true).await.map_err(|e| e.message)?;
-    let shown = TablePrinter::new(
-        opts.output == Some(Output::Wide),
-        opts.all_namespaces && res.namespaced,
-    )
-    .print_all(&t);
+    let shown = TablePrinter::new(opts.output == Some(Output::Wide), opts.all_namespaces && res.namespaced).print_all(&t);
     if shown == 0 {
         if res.namespaced && !opts.all_namespaces {
             eprintln!("No resources found in {ns} namespace.");
@@ -293,10 +213,7 @@ pub async fn get(
 async fn watch(client: &ApiClient, res: &Resource, opts: &GetOptions) -> Result<i32, String> {
     let path = list_path(res, opts);
     let resp = client.stream(&path, true).await.map_err(|e| e.message)?;
-    let mut printer = TablePrinter::new(
-        opts.output == Some(Output::Wide),
-        opts.all_namespaces && res.namespaced,
-    );
+    let mut printer = TablePrinter::new(opts.output == Some(Output::Wide), opts.all_namespaces && res.namespaced);
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = body.next().await {
@@ -308,13 +225,7 @@ async fn watch(client: &ApiClient, res: &Resource, opts: &GetOptions) -> Result<
                 continue;
             };
             match ev.get("type").and_then(Value::as_str) {
-                Some("ERROR") => {
-                    return Err(ev
-                        .pointer("/object/message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("watch failed")
-                        .to_string())
-                }
+                Some("ERROR") => return Err(ev.pointer("/object/message").and_then(Value::as_str).unwrap_or("watch failed").to_string()),
                 Some("BOOKMARK") => {}
                 _ => {
                     if let Some(t) = ev.get("object") {
@@ -327,19 +238,8 @@ async fn watch(client: &ApiClient, res: &Resource, opts: &GetOptions) -> Result<
     Ok(0)
 }
 
-pub async fn events(
-    client: &ApiClient,
-    namespace: Option<String>,
-    all_namespaces: bool,
-    watch_flag: bool,
-) -> Result<i32, String> {
-    let opts = GetOptions {
-        namespace,
-        all_namespaces,
-        output: None,
-        selector: None,
-        watch: watch_flag,
-    };
+pub async fn events(client: &ApiClient, namespace: Option<String>, all_namespaces: bool, watch_flag: bool) -> Result<i32, String> {
+    let opts = GetOptions { namespace, all_namespaces, output: None, selector: None, watch: watch_flag };
     get(client, "events", None, opts).await
 }
 
@@ -356,32 +256,18 @@ fn yaml_block(title: &str, v: Option<&Value>) -> String {
 
 fn map_text(v: Option<&Value>) -> String {
     match v.and_then(Value::as_object) {
-        Some(m) if !m.is_empty() => m
-            .iter()
-            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string())))
-            .collect::<Vec<_>>()
-            .join("\n              "),
+        Some(m) if !m.is_empty() => {
+            m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(&v.to_string()))).collect::<Vec<_>>().join("\n              ")
+        }
         _ => "<none>".into(),
     }
 }
 
-pub async fn describe(
-    client: &ApiClient,
-    kind: &str,
-    name: &str,
-    namespace: Option<String>,
-) -> Result<i32, String> {
+pub async fn describe(client: &ApiClient, kind: &str, name: &str, namespace: Option<String>) -> Result<i32, String> {
     let res = resolve(kind)?;
     let ns = namespace.unwrap_or_else(|| "default".into());
-    let ns_opt = if res.namespaced {
-        Some(ns.as_str())
-    } else {
-        None
-    };
-    let obj = client
-        .get(&resource_path(res, ns_opt, Some(name)), false)
-        .await
-        .map_err(|e| e.message)?;
+    let ns_opt = if res.namespaced { Some(ns.as_str()) } else { None };
+    let obj = client.get(&resource_path(res, ns_opt, Some(name)), false).await.map_err(|e| e.message)?;
     let meta = obj.get("metadata").cloned().unwrap_or(json!({}));
     println!("Name:         {name}");
     if res.namespaced {
@@ -394,29 +280,14 @@ pub async fn describe(
         .and_then(Value::as_object)
         .map(|m| {
             Value::Object(
-                m.iter()
-                    .filter(|(k, _)| k.as_str() != crate::cmd_apply::LAST_APPLIED)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                m.iter().filter(|(k, _)| k.as_str() != crate::cmd_apply::LAST_APPLIED).map(|(k, v)| (k.clone(), v.clone())).collect(),
             )
         })
         .unwrap_or(Value::Null);
     println!("Annotations:  {}", map_text(Some(&annotations)));
-    println!(
-        "Created:      {}",
-        meta.get("creationTimestamp")
-            .and_then(Value::as_str)
-            .unwrap_or("<unknown>")
-    );
-    println!(
-        "UID:          {}",
-        meta.get("uid").and_then(Value::as_str).unwrap_or("")
-    );
-    if let Some(owner) = meta
-        .get("ownerReferences")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first())
-    {
+    println!("Created:      {}", meta.get("creationTimestamp").and_then(Value::as_str).unwrap_or("<unknown>"));
+    println!("UID:          {}", meta.get("uid").and_then(Value::as_str).unwrap_or(""));
+    if let Some(owner) = meta.get("ownerReferences").and_then(Value::as_array).and_then(|a| a.first()) {
         println!(
             "Controlled By: {}/{}",
             owner.get("kind").and_then(Value::as_str).unwrap_or(""),
@@ -424,22 +295,9 @@ pub async fn describe(
         );
     }
     if res.kind == "Pod" {
-        println!(
-            "Node:         {}",
-            obj.pointer("/spec/nodeName")
-                .and_then(Value::as_str)
-                .unwrap_or("<none>")
-        );
-        println!(
-            "Status:       {}",
-            flotilla_actors::model::table::pod_status(&obj)
-        );
-        println!(
-            "IP:           {}",
-            obj.pointer("/status/podIP")
-                .and_then(Value::as_str)
-                .unwrap_or("<none>")
-        );
+        println!("Node:         {}", obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>"));
+        println!("Status:       {}", flotilla_actors::model::table::pod_status(&obj));
+        println!("IP:           {}", obj.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>"));
     }
     print!("{}", yaml_block("Spec", obj.get("spec")));
     print!("{}", yaml_block("Status", obj.get("status")));
@@ -450,37 +308,18 @@ pub async fn describe(
     let ev_res = resolve("events")?;
     let path = format!(
         "{}?fieldSelector={}",
-        resource_path(
-            ev_res,
-            Some(if res.namespaced {
-                ns.as_str()
-            } else {
-                "default"
-            }),
-            None
-        ),
+        resource_path(ev_res, Some(if res.namespaced { ns.as_str() } else { "default" }), None),
         urlencode(&format!("involvedObject.name={name}"))
     );
     let events = client.get(&path, false).await.map_err(|e| e.message)?;
-    let mut items: Vec<Value> = events
-        .get("items")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut items: Vec<Value> = events.get("items").and_then(Value::as_array).cloned().unwrap_or_default();
     items.retain(|e| e.pointer("/involvedObject/kind").and_then(Value::as_str) == Some(res.kind));
-    items.sort_by(|a, b| {
-        a.get("lastTimestamp")
-            .and_then(Value::as_str)
-            .cmp(&b.get("lastTimestamp").and_then(Value::as_str))
-    });
+    items.sort_by(|a, b| a.get("lastTimestamp").and_then(Value::as_str).cmp(&b.get("lastTimestamp").and_then(Value::as_str)));
     if items.is_empty() {
         println!("Events:       <none>");
     } else {
         println!("Events:");
-        println!(
-            "  {:<8} {:<20} {:<22} MESSAGE",
-            "TYPE", "REASON", "LAST SEEN"
-        );
+        println!("  {:<8} {:<20} {:<22} MESSAGE", "TYPE", "REASON", "LAST SEEN");
         for e in items.iter().rev().take(20).rev() {
             println!(
                 "  {:<8} {:<20} {:<22} {}",

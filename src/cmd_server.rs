@@ -35,31 +35,18 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         return Err("--id must be a positive number".into());
     }
     let start = match (&args.join, args.bootstrap) {
-        (Some(via), _) => StartMode::Join {
-            via: via.clone(),
-            token: args.token.clone().unwrap_or_default(),
-        },
+        (Some(via), _) => StartMode::Join { via: via.clone(), token: args.token.clone().unwrap_or_default() },
         (None, true) => StartMode::Bootstrap,
         (None, false) => StartMode::Restart,
     };
-    let bootstrapping =
-        matches!(start, StartMode::Bootstrap) && !args.data_dir.join("member.json").exists();
+    let bootstrapping = matches!(start, StartMode::Bootstrap) && !args.data_dir.join("member.json").exists();
     let config = StoreConfig::new(args.id, &args.data_dir, &args.peer, start);
-    let http: std::net::SocketAddr = args.http.parse().map_err(|_| {
-        format!(
-            "--http {:?} must be an address such as 127.0.0.1:8080",
-            args.http
-        )
-    })?;
-    let listener = tokio::net::TcpListener::bind(http)
-        .await
-        .map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
+    let http: std::net::SocketAddr =
+        args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone());
-    let state = crate::api::ApiState {
-        registry: registry.clone(),
-        http_addr: http.to_string(),
-    };
+    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string() };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     tokio::spawn(ensure_namespaces(registry));
     println!(
@@ -70,10 +57,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     );
     if bootstrapping {
         println!("join token: {}", member.token());
-        println!(
-            "(also written to {})",
-            args.data_dir.join("join-token").display()
-        );
+        println!("(also written to {})", args.data_dir.join("join-token").display());
     }
     wait_for_signal().await;
     eprintln!("flotilla server: shutting down member {}", member.id());

@@ -7,12 +7,7 @@ use flotilla_raft::{EventKind, StoreClient};
 #[derive(Args)]
 pub struct StoreArgs {
     /// Member(s) to talk to, comma-separated; tried in order.
-    #[arg(
-        long,
-        global = true,
-        default_value = "127.0.0.1:7400",
-        value_delimiter = ','
-    )]
+    #[arg(long, global = true, default_value = "127.0.0.1:7400", value_delimiter = ',')]
     peer: Vec<String>,
     /// The cluster's join token (else $FLOTILLA_TOKEN, else ./flotilla-data/join-token).
     #[arg(long, global = true, env = "FLOTILLA_TOKEN", hide_env_values = true)]
@@ -61,9 +56,9 @@ fn token(args: &StoreArgs) -> Result<String, String> {
     if let Some(t) = &args.token {
         return Ok(t.clone());
     }
-    std::fs::read_to_string("flotilla-data/join-token")
-        .map(|t| t.trim().to_string())
-        .map_err(|_| "no token: pass --token TOKEN or set FLOTILLA_TOKEN (the first server printed it; it is in DATA_DIR/join-token)".to_string())
+    std::fs::read_to_string("flotilla-data/join-token").map(|t| t.trim().to_string()).map_err(|_| {
+        "no token: pass --token TOKEN or set FLOTILLA_TOKEN (the first server printed it; it is in DATA_DIR/join-token)".to_string()
+    })
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -81,23 +76,19 @@ pub async fn run(args: StoreArgs) -> Result<i32, String> {
                 None => {
                     use std::io::Read;
                     let mut buf = Vec::new();
-                    std::io::stdin()
-                        .read_to_end(&mut buf)
-                        .map_err(|err| format!("reading the value from stdin: {err}"))?;
+                    std::io::stdin().read_to_end(&mut buf).map_err(|err| format!("reading the value from stdin: {err}"))?;
                     buf
                 }
             };
             println!("{}", client.put(key.as_bytes(), &value).await.map_err(e)?);
         }
-        StoreOp::Get { key, serializable } => {
-            match client.get(key.as_bytes(), !serializable).await.map_err(e)? {
-                (Some(kv), _) => println!("{}", text(&kv.value)),
-                (None, _) => {
-                    eprintln!("{key}: not found");
-                    return Ok(1);
-                }
+        StoreOp::Get { key, serializable } => match client.get(key.as_bytes(), !serializable).await.map_err(e)? {
+            (Some(kv), _) => println!("{}", text(&kv.value)),
+            (None, _) => {
+                eprintln!("{key}: not found");
+                return Ok(1);
             }
-        }
+        },
         StoreOp::Del { key, prefix } => {
             let (deleted, _) = client.delete(key.as_bytes(), prefix).await.map_err(e)?;
             println!("{deleted}");
@@ -115,12 +106,7 @@ pub async fn run(args: StoreArgs) -> Result<i32, String> {
                     EventKind::Put => "PUT",
                     EventKind::Delete => "DELETE",
                 };
-                println!(
-                    "{}\t{kind}\t{}\t{}",
-                    ev.kv.mod_revision,
-                    text(&ev.kv.key),
-                    text(&ev.kv.value)
-                );
+                println!("{}\t{kind}\t{}\t{}", ev.kv.mod_revision, text(&ev.kv.key), text(&ev.kv.value));
             }
         }
         StoreOp::Members => {

@@ -5,11 +5,7 @@ use clap::{Parser, Subcommand};
 use flotilla::{bench_api, client, cmd_apply, cmd_change, cmd_get, cmd_server, cmd_store};
 
 #[derive(Parser)]
-#[command(
-    name = "flotilla",
-    version,
-    about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary"
-)]
+#[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
 struct Cli {
     /// API server URL for client commands (else $FLOTILLA_SERVER, else http://127.0.0.1:8080).
     #[arg(long, global = true)]
@@ -105,14 +101,9 @@ enum BenchCommand {
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let filter = EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
 async fn run(cli: Cli) -> Result<i32, String> {
@@ -120,69 +111,27 @@ async fn run(cli: Cli) -> Result<i32, String> {
     match cli.command {
         Command::Server(args) => cmd_server::run(args).await,
         Command::Store(args) => cmd_store::run(args).await,
-        Command::Apply { ref files, ref ns } => {
-            cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await
-        }
-        Command::Get {
-            ref kind,
-            ref name,
-            ref ns,
-            all_namespaces,
-            output,
-            ref selector,
-            watch,
-        } => {
-            let opts = cmd_get::GetOptions {
-                namespace: ns.namespace.clone(),
-                all_namespaces,
-                output,
-                selector: selector.clone(),
-                watch,
-            };
+        Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,
+        Command::Get { ref kind, ref name, ref ns, all_namespaces, output, ref selector, watch } => {
+            let opts = cmd_get::GetOptions { namespace: ns.namespace.clone(), all_namespaces, output, selector: selector.clone(), watch };
             cmd_get::get(&client()?, kind, name.as_deref(), opts).await
         }
-        Command::Describe {
-            ref kind,
-            ref name,
-            ref ns,
-        } => cmd_get::describe(&client()?, kind, name, ns.namespace.clone()).await,
-        Command::Delete {
-            ref kind,
-            ref names,
-            ref files,
-            ref ns,
-        } => {
-            cmd_change::delete(
-                &client()?,
-                kind.as_deref(),
-                names,
-                files,
-                ns.namespace.as_deref(),
-            )
-            .await
+        Command::Describe { ref kind, ref name, ref ns } => cmd_get::describe(&client()?, kind, name, ns.namespace.clone()).await,
+        Command::Delete { ref kind, ref names, ref files, ref ns } => {
+            cmd_change::delete(&client()?, kind.as_deref(), names, files, ns.namespace.as_deref()).await
         }
-        Command::Scale {
-            ref kind,
-            ref name,
-            replicas,
-            ref ns,
-        } => cmd_change::scale(&client()?, kind, name, replicas, ns.namespace.as_deref()).await,
+        Command::Scale { ref kind, ref name, replicas, ref ns } => {
+            cmd_change::scale(&client()?, kind, name, replicas, ns.namespace.as_deref()).await
+        }
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await,
-        Command::Events {
-            ref ns,
-            all_namespaces,
-            watch,
-        } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
+        Command::Events { ref ns, all_namespaces, watch } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
     }
 }
 
 fn main() {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

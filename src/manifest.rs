@@ -19,8 +19,7 @@ fn parse_text(text: &str, source: &str) -> Result<Vec<Manifest>, String> {
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         let stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
         for (i, doc) in stream.enumerate() {
-            let doc =
-                doc.map_err(|e| format!("{source}: object {}: not valid JSON: {e}", i + 1))?;
+            let doc = doc.map_err(|e| format!("{source}: object {}: not valid JSON: {e}", i + 1))?;
             push(doc, source, &mut out)?;
         }
         return Ok(out);
@@ -31,8 +30,7 @@ fn parse_text(text: &str, source: &str) -> Result<Vec<Manifest>, String> {
         if value.is_null() {
             continue;
         }
-        let json = serde_json::to_value(value)
-            .map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
+        let json = serde_json::to_value(value).map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
         push(json, source, &mut out)?;
     }
     Ok(out)
@@ -40,30 +38,15 @@ fn parse_text(text: &str, source: &str) -> Result<Vec<Manifest>, String> {
 
 fn push(doc: Value, source: &str, out: &mut Vec<Manifest>) -> Result<(), String> {
     if !doc.is_object() {
-        return Err(format!(
-            "{source}: expected an object with apiVersion and kind, found {}",
-            short(&doc)
-        ));
+        return Err(format!("{source}: expected an object with apiVersion and kind, found {}", short(&doc)));
     }
-    if doc
-        .get("kind")
-        .and_then(Value::as_str)
-        .is_some_and(|k| k.ends_with("List"))
-    {
-        for item in doc
-            .get("items")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default()
-        {
+    if doc.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) {
+        for item in doc.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
             push(item, source, out)?;
         }
         return Ok(());
     }
-    out.push(Manifest {
-        source: source.to_string(),
-        object: doc,
-    });
+    out.push(Manifest { source: source.to_string(), object: doc });
     Ok(())
 }
 
@@ -80,8 +63,7 @@ fn short(v: &Value) -> String {
 pub fn read(path: &str) -> Result<Vec<Manifest>, String> {
     if path == "-" {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
-            .map_err(|e| format!("reading stdin: {e}"))?;
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|e| format!("reading stdin: {e}"))?;
         return parse_text(&text, "stdin");
     }
     let p = Path::new(path);
@@ -90,11 +72,7 @@ pub fn read(path: &str) -> Result<Vec<Manifest>, String> {
             .map_err(|e| format!("{path}: {e}"))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|f| {
-                f.extension()
-                    .and_then(|x| x.to_str())
-                    .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
-            })
+            .filter(|f| f.extension().and_then(|x| x.to_str()).is_some_and(|x| matches!(x, "yaml" | "yml" | "json")))
             .collect();
         files.sort();
         let mut out = Vec::new();
@@ -116,19 +94,10 @@ mod tests {
     fn multi_document_yaml_and_lists() {
         let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: ConfigMap, metadata: {name: b}}\n";
         let docs = parse_text(text, "t").unwrap();
-        assert_eq!(
-            docs.iter()
-                .map(|d| d.object["metadata"]["name"].as_str().unwrap())
-                .collect::<Vec<_>>(),
-            vec!["a", "b"]
-        );
+        assert_eq!(docs.iter().map(|d| d.object["metadata"]["name"].as_str().unwrap()).collect::<Vec<_>>(), vec!["a", "b"]);
         let json = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"}} {"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"d"}}"#;
         assert_eq!(parse_text(json, "t").unwrap().len(), 2);
-        assert!(parse_text("a: [", "t")
-            .unwrap_err()
-            .contains("not valid YAML"));
-        assert!(parse_text("- 1\n- 2\n", "t")
-            .unwrap_err()
-            .contains("expected an object"));
+        assert!(parse_text("a: [", "t").unwrap_err().contains("not valid YAML"));
+        assert!(parse_text("- 1\n- 2\n", "t").unwrap_err().contains("expected an object"));
     }
 }

@@ -44,11 +44,7 @@ pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, 
     // Send to the leader first, as etcd's client ends up doing.
     let probe = StoreClient::new(peers.to_vec(), token).map_err(|e| e.to_string())?;
     let members = probe.members().await.map_err(|e| e.to_string())?;
-    let mut ordered: Vec<String> = members
-        .iter()
-        .filter(|m| m.role == Role::Leader)
-        .map(|m| m.addr.clone())
-        .collect();
+    let mut ordered: Vec<String> = members.iter().filter(|m| m.role == Role::Leader).map(|m| m.addr.clone()).collect();
     for p in peers {
         if !ordered.contains(p) {
             ordered.push(p.clone());
@@ -57,9 +53,7 @@ pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, 
     let connections = args.clients.min(CONNECTIONS_MAX);
     let mut clients = Vec::with_capacity(connections);
     for _ in 0..connections {
-        clients.push(Arc::new(
-            StoreClient::new(ordered.clone(), token).map_err(|e| e.to_string())?,
-        ));
+        clients.push(Arc::new(StoreClient::new(ordered.clone(), token).map_err(|e| e.to_string())?));
     }
     // Dial every connection before the clock starts.
     for c in &clients {
@@ -80,10 +74,7 @@ pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, 
             for seq in 0..n {
                 let key = format!("bench/{run_id:08x}/{i}/{seq}");
                 let t = Instant::now();
-                client
-                    .put(key.as_bytes(), &value)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                client.put(key.as_bytes(), &value).await.map_err(|e| e.to_string())?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, String>(latencies)
@@ -96,11 +87,7 @@ pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, 
     let elapsed = started.elapsed();
     latencies.sort();
     let writes_per_sec = args.ops as f64 / elapsed.as_secs_f64();
-    let (p50, p99, max) = (
-        percentile(&latencies, 0.50),
-        percentile(&latencies, 0.99),
-        percentile(&latencies, 1.0),
-    );
+    let (p50, p99, max) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
     println!(
         "flotilla put benchmark: {} members, {} clients, {} ops, {}-byte values",
         members.len(),

@@ -13,11 +13,7 @@ use serde_json::{json, Value};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 fn free_udp() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("udp")
-        .local_addr()
-        .expect("addr")
-        .to_string()
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
 }
 
 struct Api {
@@ -28,15 +24,10 @@ struct Api {
 
 impl Api {
     async fn start(member: Arc<Member>) -> Api {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind http");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let addr = listener.local_addr().expect("addr");
         let registry = Registry::new(member.clone());
-        let state = ApiState {
-            registry: registry.clone(),
-            http_addr: addr.to_string(),
-        };
+        let state = ApiState { registry: registry.clone(), http_addr: addr.to_string() };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router(state)).await;
         });
@@ -45,24 +36,13 @@ impl Api {
             assert!(start.elapsed() < DEADLINE, "namespaces never created");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Api {
-            member,
-            base: format!("http://{addr}"),
-            task,
-        }
+        Api { member, base: format!("http://{addr}"), task }
     }
 }
 
 async fn single() -> (tempfile::TempDir, Api) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let member = Member::start(StoreConfig::new(
-        1,
-        dir.path().join("m1"),
-        free_udp(),
-        StartMode::Bootstrap,
-    ))
-    .await
-    .expect("member");
+    let member = Member::start(StoreConfig::new(1, dir.path().join("m1"), free_udp(), StartMode::Bootstrap)).await.expect("member");
     let api = Api::start(member).await;
     (dir, api)
 }
@@ -94,16 +74,18 @@ fn deployment(name: &str, replicas: i64) -> Value {
 async fn crud_with_optimistic_concurrency_and_selectors() {
     let (_dir, api) = single().await;
     let b = &api.base;
-    let (code, created) = call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "labels": {"tier": "fe"}}, "data": {"k": "v"}}).to_string()).await;
+    let (code, created) = call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/json",
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app", "labels": {"tier": "fe"}}, "data": {"k": "v"}})
+            .to_string(),
+    )
+    .await;
     assert_eq!(code, 201, "{created}");
-    let rv = created["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("rv")
-        .to_string();
+    let rv = created["metadata"]["resourceVersion"].as_str().expect("rv").to_string();
     assert_eq!(created["metadata"]["namespace"], "default");
-    assert!(created["metadata"]["uid"]
-        .as_str()
-        .is_some_and(|u| u.len() == 36));
+    assert!(created["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36));
 
     let (code, got) = call(reqwest::Method::GET, &format!("{b}{CM}/app"), "", "").await;
     assert_eq!((code, got["data"]["k"].clone()), (200, json!("v")));
@@ -112,32 +94,15 @@ async fn crud_with_optimistic_concurrency_and_selectors() {
     // Replace with the current resourceVersion, then again with the stale one.
     let mut changed = got.clone();
     changed["data"]["k"] = json!("v2");
-    let (code, updated) = call(
-        reqwest::Method::PUT,
-        &format!("{b}{CM}/app"),
-        "application/json",
-        &changed.to_string(),
-    )
-    .await;
+    let (code, updated) = call(reqwest::Method::PUT, &format!("{b}{CM}/app"), "application/json", &changed.to_string()).await;
     assert_eq!(code, 200, "{updated}");
-    let (code, stale) = call(
-        reqwest::Method::PUT,
-        &format!("{b}{CM}/app"),
-        "application/json",
-        &changed.to_string(),
-    )
-    .await;
+    let (code, stale) = call(reqwest::Method::PUT, &format!("{b}{CM}/app"), "application/json", &changed.to_string()).await;
     assert_eq!(code, 409);
     assert_eq!(stale["reason"], "Conflict");
 
     // Merge patch.
-    let (code, patched) = call(
-        reqwest::Method::PATCH,
-        &format!("{b}{CM}/app"),
-        "application/merge-patch+json",
-        r#"{"data":{"extra":"1"}}"#,
-    )
-    .await;
+    let (code, patched) =
+        call(reqwest::Method::PATCH, &format!("{b}{CM}/app"), "application/merge-patch+json", r#"{"data":{"extra":"1"}}"#).await;
     assert_eq!(code, 200);
     assert_eq!(patched["data"], json!({"k": "v2", "extra": "1"}));
 
@@ -149,22 +114,10 @@ async fn crud_with_optimistic_concurrency_and_selectors() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\n  labels: {tier: db}\n",
     )
     .await;
-    let (_, list) = call(
-        reqwest::Method::GET,
-        &format!("{b}{CM}?labelSelector=tier%3Dfe"),
-        "",
-        "",
-    )
-    .await;
+    let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}?labelSelector=tier%3Dfe"), "", "").await;
     assert_eq!(list["kind"], "ConfigMapList");
     assert_eq!(list["items"].as_array().map(Vec::len), Some(1));
-    let (_, list) = call(
-        reqwest::Method::GET,
-        &format!("{b}{CM}?fieldSelector=metadata.name%3Dother"),
-        "",
-        "",
-    )
-    .await;
+    let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}?fieldSelector=metadata.name%3Dother"), "", "").await;
     assert_eq!(list["items"][0]["metadata"]["name"], "other");
 
     // Delete, then it is gone.
@@ -174,28 +127,10 @@ async fn crud_with_optimistic_concurrency_and_selectors() {
     assert_eq!((code, gone["reason"].clone()), (404, json!("NotFound")));
 
     // Scale subresource.
-    call(
-        reqwest::Method::POST,
-        &format!("{b}{DEPLOY}"),
-        "application/json",
-        &deployment("web", 2).to_string(),
-    )
-    .await;
-    let (code, scale) = call(
-        reqwest::Method::PATCH,
-        &format!("{b}{DEPLOY}/web/scale"),
-        "application/merge-patch+json",
-        r#"{"spec":{"replicas":5}}"#,
-    )
-    .await;
-    assert_eq!(
-        (
-            code,
-            scale["kind"].clone(),
-            scale["spec"]["replicas"].clone()
-        ),
-        (200, json!("Scale"), json!(5))
-    );
+    call(reqwest::Method::POST, &format!("{b}{DEPLOY}"), "application/json", &deployment("web", 2).to_string()).await;
+    let (code, scale) =
+        call(reqwest::Method::PATCH, &format!("{b}{DEPLOY}/web/scale"), "application/merge-patch+json", r#"{"spec":{"replicas":5}}"#).await;
+    assert_eq!((code, scale["kind"].clone(), scale["spec"]["replicas"].clone()), (200, json!("Scale"), json!(5)));
     let (_, d) = call(reqwest::Method::GET, &format!("{b}{DEPLOY}/web"), "", "").await;
     assert_eq!(d["spec"]["replicas"], 5);
     assert_eq!(d["metadata"]["generation"], 2);
@@ -218,10 +153,9 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
         r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"big"}},"data":{{"x":"{}"}}}}"#,
         "x".repeat(3 * 1024 * 1024 + 10)
     );
-    let mismatched = deployment("web", 1).to_string().replace(
-        r#""labels":{"app":"web"}},"spec":{"containers""#,
-        r#""labels":{"app":"other"}},"spec":{"containers""#,
-    );
+    let mismatched = deployment("web", 1)
+        .to_string()
+        .replace(r#""labels":{"app":"web"}},"spec":{"containers""#, r#""labels":{"app":"other"}},"spec":{"containers""#);
     // (method, path, content type, body, status, message fragment)
     let cases: Vec<(reqwest::Method, String, &str, String, u16, &str)> = vec![
         (reqwest::Method::POST, CM.into(), "application/json", "{not json".into(), 400, "not valid JSON"),
@@ -250,44 +184,19 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
         assert_eq!(status["kind"], "Status", "{method} {path}");
         assert_eq!(status["code"], code);
         let message = status["message"].as_str().unwrap_or("");
-        assert!(
-            message.contains(fragment),
-            "{method} {path}: {message:?} lacks {fragment:?}"
-        );
+        assert!(message.contains(fragment), "{method} {path}: {message:?} lacks {fragment:?}");
     }
-    assert_eq!(
-        api.member.revisions().revision,
-        before,
-        "no bad request changed stored data"
-    );
+    assert_eq!(api.member.revisions().revision, before, "no bad request changed stored data");
 
     // Watch from a compacted revision: 410 Gone with reason Expired.
     for i in 0..5 {
-        let body =
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}})
-                .to_string();
-        call(
-            reqwest::Method::POST,
-            &format!("{b}{CM}"),
-            "application/json",
-            &body,
-        )
-        .await;
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}}).to_string();
+        call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &body).await;
     }
     let now = api.member.revisions().revision;
     api.member.compact(now).await.expect("compact");
-    let (code, status) = call(
-        reqwest::Method::GET,
-        &format!("{b}{CM}?watch=true&resourceVersion=2"),
-        "",
-        "",
-    )
-    .await;
-    assert_eq!(
-        (code, status["reason"].clone()),
-        (410, json!("Expired")),
-        "{status}"
-    );
+    let (code, status) = call(reqwest::Method::GET, &format!("{b}{CM}?watch=true&resourceVersion=2"), "", "").await;
+    assert_eq!((code, status["reason"].clone()), (410, json!("Expired")), "{status}");
     api.task.abort();
 }
 
@@ -296,11 +205,7 @@ async fn read_events(resp: reqwest::Response, n: usize) -> Vec<Value> {
     let mut buf = Vec::new();
     let mut body = resp.bytes_stream();
     while out.len() < n {
-        let chunk = tokio::time::timeout(DEADLINE, body.next())
-            .await
-            .expect("watch event in time")
-            .expect("stream open")
-            .expect("chunk");
+        let chunk = tokio::time::timeout(DEADLINE, body.next()).await.expect("watch event in time").expect("stream open").expect("chunk");
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buf.drain(..=pos).collect();
@@ -319,48 +224,29 @@ async fn a_watch_resumed_from_its_last_resource_version_misses_nothing_and_repea
     let (_dir, api) = single().await;
     let b = api.base.clone();
     let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
-    let mut rv: u64 = list["metadata"]["resourceVersion"]
-        .as_str()
-        .expect("rv")
-        .parse()
-        .expect("number");
+    let mut rv: u64 = list["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("number");
     let writer = {
         let b = b.clone();
         tokio::spawn(async move {
             for i in 0..60 {
-                let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"i": i.to_string()}}).to_string();
-                let (code, _) = call(
-                    reqwest::Method::POST,
-                    &format!("{b}{CM}"),
-                    "application/json",
-                    &body,
-                )
-                .await;
+                let body =
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("w{i}")}, "data": {"i": i.to_string()}})
+                        .to_string();
+                let (code, _) = call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &body).await;
                 assert_eq!(code, 201);
             }
         })
     };
     let mut seen = Vec::new();
     while seen.len() < 60 {
-        let resp = reqwest::get(format!("{b}{CM}?watch=true&resourceVersion={rv}"))
-            .await
-            .expect("watch");
+        let resp = reqwest::get(format!("{b}{CM}?watch=true&resourceVersion={rv}")).await.expect("watch");
         assert_eq!(resp.status(), 200);
         // Read a few events, then drop the connection and resume.
         let take = (60 - seen.len()).min(7);
         for ev in read_events(resp, take).await {
             assert_eq!(ev["type"], "ADDED");
-            rv = ev["object"]["metadata"]["resourceVersion"]
-                .as_str()
-                .expect("rv")
-                .parse()
-                .expect("number");
-            seen.push(
-                ev["object"]["metadata"]["name"]
-                    .as_str()
-                    .expect("name")
-                    .to_string(),
-            );
+            rv = ev["object"]["metadata"]["resourceVersion"].as_str().expect("rv").parse().expect("number");
+            seen.push(ev["object"]["metadata"]["name"].as_str().expect("name").to_string());
         }
     }
     writer.await.expect("writer");
@@ -383,24 +269,13 @@ async fn deleting_an_owner_or_a_namespace_deletes_what_it_holds() {
     let uid = owner["metadata"]["uid"].as_str().expect("uid");
     for i in 0..3 {
         let dep = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("dep{i}"), "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
-        call(
-            reqwest::Method::POST,
-            &format!("{b}{CM}"),
-            "application/json",
-            &dep.to_string(),
-        )
-        .await;
+        call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &dep.to_string()).await;
     }
     call(reqwest::Method::DELETE, &format!("{b}{CM}/owner"), "", "").await;
     let start = tokio::time::Instant::now();
     loop {
         let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
-        let names: Vec<&str> = list["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .filter_map(|o| o["metadata"]["name"].as_str())
-            .collect();
+        let names: Vec<&str> = list["items"].as_array().expect("items").iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
         if !names.iter().any(|n| n.starts_with("dep")) {
             break;
         }
@@ -416,67 +291,26 @@ async fn deleting_an_owner_or_a_namespace_deletes_what_it_holds() {
     )
     .await;
     assert_eq!(code, 201);
-    let (_, ns) = call(
-        reqwest::Method::GET,
-        &format!("{b}/api/v1/namespaces/team-a"),
-        "",
-        "",
-    )
-    .await;
-    assert_eq!(
-        ns["metadata"]["labels"]["kubernetes.io/metadata.name"],
-        "team-a"
-    );
+    let (_, ns) = call(reqwest::Method::GET, &format!("{b}/api/v1/namespaces/team-a"), "", "").await;
+    assert_eq!(ns["metadata"]["labels"]["kubernetes.io/metadata.name"], "team-a");
     for i in 0..3 {
-        let body =
-            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}})
-                .to_string();
-        let (code, _) = call(
-            reqwest::Method::POST,
-            &format!("{b}/api/v1/namespaces/team-a/configmaps"),
-            "application/json",
-            &body,
-        )
-        .await;
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}}).to_string();
+        let (code, _) = call(reqwest::Method::POST, &format!("{b}/api/v1/namespaces/team-a/configmaps"), "application/json", &body).await;
         assert_eq!(code, 201);
     }
-    let (code, _) = call(
-        reqwest::Method::DELETE,
-        &format!("{b}/api/v1/namespaces/team-a"),
-        "",
-        "",
-    )
-    .await;
+    let (code, _) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/namespaces/team-a"), "", "").await;
     assert_eq!(code, 200);
     let start = tokio::time::Instant::now();
     loop {
-        let (code, _) = call(
-            reqwest::Method::GET,
-            &format!("{b}/api/v1/namespaces/team-a"),
-            "",
-            "",
-        )
-        .await;
-        let (_, list) = call(
-            reqwest::Method::GET,
-            &format!("{b}/api/v1/namespaces/team-a/configmaps"),
-            "",
-            "",
-        )
-        .await;
+        let (code, _) = call(reqwest::Method::GET, &format!("{b}/api/v1/namespaces/team-a"), "", "").await;
+        let (_, list) = call(reqwest::Method::GET, &format!("{b}/api/v1/namespaces/team-a/configmaps"), "", "").await;
         if code == 404 && list["items"].as_array().is_some_and(Vec::is_empty) {
             break;
         }
         assert!(start.elapsed() < DEADLINE, "namespace not cleaned up");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (code, _) = call(
-        reqwest::Method::DELETE,
-        &format!("{b}/api/v1/namespaces/default"),
-        "",
-        "",
-    )
-    .await;
+    let (code, _) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/namespaces/default"), "", "").await;
     assert_eq!(code, 400, "the default namespace cannot be deleted");
     api.task.abort();
 }
@@ -490,23 +324,12 @@ async fn discovery_and_tables_for_kubectl() {
     let (_, apis) = call(reqwest::Method::GET, &format!("{b}/apis"), "", "").await;
     assert_eq!(apis["kind"], "APIGroupList");
     let (_, core) = call(reqwest::Method::GET, &format!("{b}/api/v1"), "", "").await;
-    assert!(core["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .any(|r| r["name"] == "pods" && r["namespaced"] == true));
+    assert!(core["resources"].as_array().expect("resources").iter().any(|r| r["name"] == "pods" && r["namespaced"] == true));
     let (_, apps) = call(reqwest::Method::GET, &format!("{b}/apis/apps/v1"), "", "").await;
-    assert!(apps["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .any(|r| r["name"] == "deployments/scale"));
+    assert!(apps["resources"].as_array().expect("resources").iter().any(|r| r["name"] == "deployments/scale"));
     let table = reqwest::Client::new()
         .get(format!("{b}/api/v1/namespaces"))
-        .header(
-            "Accept",
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        )
+        .header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
         .send()
         .await
         .expect("table")
@@ -514,36 +337,21 @@ async fn discovery_and_tables_for_kubectl() {
         .await
         .expect("json");
     assert_eq!(table["kind"], "Table");
-    let names: Vec<&str> = table["rows"]
-        .as_array()
-        .expect("rows")
-        .iter()
-        .filter_map(|r| r["cells"][0].as_str())
-        .collect();
+    let names: Vec<&str> = table["rows"].as_array().expect("rows").iter().filter_map(|r| r["cells"][0].as_str()).collect();
     assert_eq!(names, vec!["default", "flotilla-system"]);
     api.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stock_kubectl_lists_gets_and_deletes() {
-    let Ok(out) = std::process::Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
-        .output()
-    else {
+    let Ok(out) = std::process::Command::new("kubectl").arg("version").arg("--client").output() else {
         eprintln!("SKIPPED stock_kubectl_lists_gets_and_deletes: kubectl is not installed");
         return;
     };
     assert!(out.status.success());
     let (_dir, api) = single().await;
     let b = api.base.clone();
-    call(
-        reqwest::Method::POST,
-        &format!("{b}{DEPLOY}"),
-        "application/json",
-        &deployment("web", 2).to_string(),
-    )
-    .await;
+    call(reqwest::Method::POST, &format!("{b}{DEPLOY}"), "application/json", &deployment("web", 2).to_string()).await;
     call(
         reqwest::Method::POST,
         &format!("{b}{CM}"),
@@ -551,18 +359,8 @@ async fn stock_kubectl_lists_gets_and_deletes() {
         r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"settings"},"data":{"a":"1"}}"#,
     )
     .await;
-    let kinds = [
-        "namespaces",
-        "nodes",
-        "pods",
-        "deployments",
-        "replicasets",
-        "services",
-        "endpoints",
-        "configmaps",
-        "events",
-        "networkpolicies",
-    ];
+    let kinds =
+        ["namespaces", "nodes", "pods", "deployments", "replicasets", "services", "endpoints", "configmaps", "events", "networkpolicies"];
     let base = b.clone();
     let results = tokio::task::spawn_blocking(move || {
         let kubectl = |args: &[&str]| {
@@ -573,24 +371,14 @@ async fn stock_kubectl_lists_gets_and_deletes() {
                 .env("KUBECONFIG", "/dev/null")
                 .output()
                 .expect("run kubectl");
-            (
-                out.status.success(),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
+            (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
         };
         let mut results = Vec::new();
         for kind in kinds {
             results.push((kind, kubectl(&["get", kind])));
         }
-        results.push((
-            "deploy-yaml",
-            kubectl(&["get", "deployment", "web", "-o", "yaml"]),
-        ));
-        results.push((
-            "cm-json",
-            kubectl(&["get", "configmap", "settings", "-o", "json"]),
-        ));
+        results.push(("deploy-yaml", kubectl(&["get", "deployment", "web", "-o", "yaml"])));
+        results.push(("cm-json", kubectl(&["get", "configmap", "settings", "-o", "json"])));
         results.push(("delete", kubectl(&["delete", "configmap", "settings"])));
         results.push(("after-delete", kubectl(&["get", "configmap", "settings"])));
         results
@@ -602,43 +390,24 @@ async fn stock_kubectl_lists_gets_and_deletes() {
         let _ = stdout;
     }
     let (_, ns_out, _) = &results[0].1;
-    assert!(
-        ns_out.contains("NAME") && ns_out.contains("default") && ns_out.contains("Active"),
-        "{ns_out}"
-    );
+    assert!(ns_out.contains("NAME") && ns_out.contains("default") && ns_out.contains("Active"), "{ns_out}");
     let (_, deploy_out, _) = &results[3].1;
-    assert!(
-        deploy_out.contains("READY") && deploy_out.contains("web"),
-        "{deploy_out}"
-    );
+    assert!(deploy_out.contains("READY") && deploy_out.contains("web"), "{deploy_out}");
     let (ok, yaml, err) = &results[10].1;
-    assert!(
-        *ok && yaml.contains("kind: Deployment") && yaml.contains("replicas: 2"),
-        "{yaml}{err}"
-    );
+    assert!(*ok && yaml.contains("kind: Deployment") && yaml.contains("replicas: 2"), "{yaml}{err}");
     let (ok, json_out, err) = &results[11].1;
     assert!(*ok && json_out.contains("\"settings\""), "{json_out}{err}");
     let (ok, out, err) = &results[12].1;
     assert!(*ok && out.contains("deleted"), "{out}{err}");
     let (ok, _, err) = &results[13].1;
-    assert!(
-        !*ok && (err.contains("NotFound") || err.contains("not found")),
-        "{err}"
-    );
+    assert!(!*ok && (err.contains("NotFound") || err.contains("not found")), "{err}");
     api.task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_member_serves_the_api_and_it_survives_the_leader() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let first = Member::start(StoreConfig::new(
-        1,
-        dir.path().join("m1"),
-        free_udp(),
-        StartMode::Bootstrap,
-    ))
-    .await
-    .expect("m1");
+    let first = Member::start(StoreConfig::new(1, dir.path().join("m1"), free_udp(), StartMode::Bootstrap)).await.expect("m1");
     let token = first.token().to_string();
     let via = first.peer_addr().to_string();
     let mut members = vec![first];
@@ -647,10 +416,7 @@ async fn every_member_serves_the_api_and_it_survives_the_leader() {
             id,
             dir.path().join(format!("m{id}")),
             free_udp(),
-            StartMode::Join {
-                via: via.clone(),
-                token: token.clone(),
-            },
+            StartMode::Join { via: via.clone(), token: token.clone() },
         ))
         .await
         .expect("join");
@@ -663,13 +429,7 @@ async fn every_member_serves_the_api_and_it_survives_the_leader() {
     // A write through each member is readable through every other.
     for (i, api) in apis.iter().enumerate() {
         let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("from-{i}")}}).to_string();
-        let (code, v) = call(
-            reqwest::Method::POST,
-            &format!("{}{CM}", api.base),
-            "application/json",
-            &body,
-        )
-        .await;
+        let (code, v) = call(reqwest::Method::POST, &format!("{}{CM}", api.base), "application/json", &body).await;
         assert_eq!(code, 201, "{v}");
     }
     for api in &apis {
@@ -677,39 +437,20 @@ async fn every_member_serves_the_api_and_it_survives_the_leader() {
         assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
     }
     // Stop the leader; the others keep serving after the election.
-    let leader = members
-        .iter()
-        .position(|m| m.is_leader())
-        .expect("a leader");
+    let leader = members.iter().position(|m| m.is_leader()).expect("a leader");
     members[leader].shutdown().await;
     apis[leader].task.abort();
     let survivor = &apis[(leader + 1) % 3];
     let start = tokio::time::Instant::now();
     loop {
-        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}})
-            .to_string();
-        let (code, _) = call(
-            reqwest::Method::POST,
-            &format!("{}{CM}", survivor.base),
-            "application/json",
-            &body,
-        )
-        .await;
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after"}}).to_string();
+        let (code, _) = call(reqwest::Method::POST, &format!("{}{CM}", survivor.base), "application/json", &body).await;
         if code == 201 || code == 409 {
             break;
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "no write accepted after the leader stopped (last code {code})"
-        );
+        assert!(start.elapsed() < DEADLINE, "no write accepted after the leader stopped (last code {code})");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (code, got) = call(
-        reqwest::Method::GET,
-        &format!("{}{CM}/after", apis[(leader + 2) % 3].base),
-        "",
-        "",
-    )
-    .await;
+    let (code, got) = call(reqwest::Method::GET, &format!("{}{CM}/after", apis[(leader + 2) % 3].base), "", "").await;
     assert_eq!(code, 200, "{got}");
 }

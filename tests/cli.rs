@@ -17,19 +17,11 @@ impl Drop for Server {
 }
 
 fn free_tcp() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("tcp")
-        .local_addr()
-        .expect("addr")
-        .to_string()
+    std::net::TcpListener::bind("127.0.0.1:0").expect("tcp").local_addr().expect("addr").to_string()
 }
 
 fn free_udp() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("udp")
-        .local_addr()
-        .expect("addr")
-        .to_string()
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
 }
 
 fn flotilla(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
@@ -37,29 +29,16 @@ fn flotilla(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, S
     let mut child = Command::new(BIN)
         .args(args)
         .env("FLOTILLA_SERVER", server)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flotilla");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write");
+        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
     }
     let out = child.wait_with_output().expect("output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn start_server(dir: &std::path::Path) -> (Server, String) {
@@ -130,103 +109,41 @@ fn apply_get_describe_scale_delete_like_kubectl() {
 
     let (code, out, err) = flotilla(&url, &["apply", "-f", f], None);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out,
-        "namespace/shop created\ndeployment.apps/web created\nconfigmap/settings created\n"
-    );
+    assert_eq!(out, "namespace/shop created\ndeployment.apps/web created\nconfigmap/settings created\n");
     let (_, out, _) = flotilla(&url, &["apply", "-f", f], None);
-    assert_eq!(
-        out,
-        "namespace/shop unchanged\ndeployment.apps/web unchanged\nconfigmap/settings unchanged\n"
-    );
+    assert_eq!(out, "namespace/shop unchanged\ndeployment.apps/web unchanged\nconfigmap/settings unchanged\n");
     // Change one field and drop another: configured, and the dropped key goes.
-    let changed = MANIFEST
-        .replace("colour: blue", "size: large")
-        .replace("replicas: 2", "replicas: 3");
+    let changed = MANIFEST.replace("colour: blue", "size: large").replace("replicas: 2", "replicas: 3");
     let (_, out, _) = flotilla(&url, &["apply", "-f", "-"], Some(&changed));
-    assert_eq!(
-        out,
-        "namespace/shop unchanged\ndeployment.apps/web configured\nconfigmap/settings configured\n"
-    );
-    let (_, yaml, _) = flotilla(
-        &url,
-        &["get", "configmap", "settings", "-n", "shop", "-o", "yaml"],
-        None,
-    );
-    assert!(
-        yaml.contains("size: large") && !yaml.contains("colour"),
-        "{yaml}"
-    );
+    assert_eq!(out, "namespace/shop unchanged\ndeployment.apps/web configured\nconfigmap/settings configured\n");
+    let (_, yaml, _) = flotilla(&url, &["get", "configmap", "settings", "-n", "shop", "-o", "yaml"], None);
+    assert!(yaml.contains("size: large") && !yaml.contains("colour"), "{yaml}");
 
     let (code, table, _) = flotilla(&url, &["get", "deployments", "-n", "shop"], None);
     assert_eq!(code, 0);
     let lines: Vec<&str> = table.lines().collect();
     assert!(
-        lines[0].starts_with("NAME")
-            && lines[0].contains("READY")
-            && lines[0].contains("UP-TO-DATE")
-            && lines[0].contains("AGE"),
+        lines[0].starts_with("NAME") && lines[0].contains("READY") && lines[0].contains("UP-TO-DATE") && lines[0].contains("AGE"),
         "{table}"
     );
-    assert!(
-        lines[1].starts_with("web ") && lines[1].contains("0/3"),
-        "{table}"
-    );
+    assert!(lines[1].starts_with("web ") && lines[1].contains("0/3"), "{table}");
     let (_, wide, _) = flotilla(&url, &["get", "deploy", "-n", "shop", "-o", "wide"], None);
-    assert!(
-        wide.contains("IMAGES") && wide.contains("flotilla/busybox:latest"),
-        "{wide}"
-    );
+    assert!(wide.contains("IMAGES") && wide.contains("flotilla/busybox:latest"), "{wide}");
     let (_, all, _) = flotilla(&url, &["get", "configmaps", "-A"], None);
-    assert!(
-        all.starts_with("NAMESPACE") && all.contains("shop"),
-        "{all}"
-    );
-    let (_, json_out, _) = flotilla(
-        &url,
-        &["get", "deployment", "web", "-n", "shop", "-o", "json"],
-        None,
-    );
+    assert!(all.starts_with("NAMESPACE") && all.contains("shop"), "{all}");
+    let (_, json_out, _) = flotilla(&url, &["get", "deployment", "web", "-n", "shop", "-o", "json"], None);
     let v: serde_json::Value = serde_json::from_str(&json_out).expect("json output");
     assert_eq!(v["spec"]["replicas"], 3);
-    let (_, labelled, _) = flotilla(
-        &url,
-        &["get", "deploy", "-n", "shop", "-l", "app=nope"],
-        None,
-    );
+    let (_, labelled, _) = flotilla(&url, &["get", "deploy", "-n", "shop", "-l", "app=nope"], None);
     assert!(labelled.is_empty());
 
-    let (code, out, _) = flotilla(
-        &url,
-        &[
-            "scale",
-            "deployment",
-            "web",
-            "-n",
-            "shop",
-            "--replicas",
-            "5",
-        ],
-        None,
-    );
+    let (code, out, _) = flotilla(&url, &["scale", "deployment", "web", "-n", "shop", "--replicas", "5"], None);
     assert_eq!((code, out.as_str()), (0, "deployment.apps/web scaled\n"));
     let (_, described, _) = flotilla(&url, &["describe", "deployment", "web", "-n", "shop"], None);
-    assert!(
-        described.contains("Name:         web")
-            && described.contains("replicas: 5")
-            && described.contains("Events:"),
-        "{described}"
-    );
+    assert!(described.contains("Name:         web") && described.contains("replicas: 5") && described.contains("Events:"), "{described}");
 
-    let (code, out, _) = flotilla(
-        &url,
-        &["delete", "configmap", "settings", "-n", "shop"],
-        None,
-    );
-    assert_eq!(
-        (code, out.as_str()),
-        (0, "configmap \"settings\" deleted\n")
-    );
+    let (code, out, _) = flotilla(&url, &["delete", "configmap", "settings", "-n", "shop"], None);
+    assert_eq!((code, out.as_str()), (0, "configmap \"settings\" deleted\n"));
     let (code, _, err) = flotilla(&url, &["get", "configmap", "settings", "-n", "shop"], None);
     assert_eq!(code, 1);
     assert!(err.contains("not found"), "{err}");
@@ -240,34 +157,21 @@ fn bad_input_and_an_absent_server_give_one_line_errors() {
     let nobody = format!("http://{}", free_tcp());
     let (code, _, err) = flotilla(&nobody, &["get", "pods"], None);
     assert_eq!(code, 1);
-    assert!(
-        err.starts_with(&format!("error: cannot reach flotilla at {nobody}")),
-        "{err}"
-    );
+    assert!(err.starts_with(&format!("error: cannot reach flotilla at {nobody}")), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
     let (_server, url) = start_server(&dir.path().join("data"));
     let (code, _, err) = flotilla(&url, &["get", "widgets"], None);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("doesn't have a resource type \"widgets\""),
-        "{err}"
-    );
+    assert!(err.contains("doesn't have a resource type \"widgets\""), "{err}");
     let (code, _, err) = flotilla(&url, &["apply", "-f", "-"], Some("kind: [unclosed"));
     assert_eq!(code, 1);
     assert!(err.contains("not valid YAML"), "{err}");
     let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: bad}\nspec:\n  replicas: -1\n  selector: {matchLabels: {app: a}}\n  template:\n    metadata: {labels: {app: b}}\n    spec: {containers: [{name: c, image: i}]}\n";
     let (code, _, err) = flotilla(&url, &["apply", "-f", "-"], Some(bad));
     assert_eq!(code, 1);
-    assert!(
-        err.contains("spec.replicas")
-            && err.contains("`selector` does not match template `labels`"),
-        "{err}"
-    );
+    assert!(err.contains("spec.replicas") && err.contains("`selector` does not match template `labels`"), "{err}");
     let (code, _, err) = flotilla(&url, &["delete", "pod", "ghost"], None);
     assert_eq!(code, 1);
-    assert!(
-        err.contains("pod \"ghost\"") && err.contains("not found"),
-        "{err}"
-    );
+    assert!(err.contains("pod \"ghost\"") && err.contains("not found"), "{err}");
 }

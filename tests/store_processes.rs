@@ -30,8 +30,7 @@ fn free_tcp_addr() -> String {
 
 impl Server {
     fn spawn(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", rand_suffix())))
-            .expect("log file");
+        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", rand_suffix()))).expect("log file");
         let child = Command::new(BIN)
             .args(["server", "--id", &self.id.to_string(), "--data-dir"])
             .arg(&self.dir)
@@ -60,10 +59,7 @@ impl Drop for Server {
 }
 
 fn rand_suffix() -> u32 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }
 
 fn wait_for_file(path: &Path) -> String {
@@ -97,14 +93,8 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_survive_kill_9_of_the_leader_without_losing_acknowledged_writes() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut servers: Vec<Server> = (1..=3)
-        .map(|id| Server {
-            id,
-            dir: root.path().join(format!("m{id}")),
-            peer: free_addr(),
-            child: None,
-        })
-        .collect();
+    let mut servers: Vec<Server> =
+        (1..=3).map(|id| Server { id, dir: root.path().join(format!("m{id}")), peer: free_addr(), child: None }).collect();
     servers[0].spawn(&["--bootstrap"]);
     let token = wait_for_file(&servers[0].dir.join("join-token"));
     let first = servers[0].peer.clone();
@@ -115,38 +105,22 @@ async fn three_servers_survive_kill_9_of_the_leader_without_losing_acknowledged_
     let admin = StoreClient::new(all.clone(), &token).expect("client");
     until("three voters and a leader", || async {
         match admin.members().await {
-            Ok(m) => {
-                m.len() == 3
-                    && m.iter().any(|x| x.role == Role::Leader)
-                    && m.iter().all(|x| x.role != Role::Learner)
-            }
+            Ok(m) => m.len() == 3 && m.iter().any(|x| x.role == Role::Leader) && m.iter().all(|x| x.role != Role::Learner),
             Err(_) => false,
         }
     })
     .await;
     let members = admin.members().await.expect("members");
-    let leader_id = members
-        .iter()
-        .find(|m| m.role == Role::Leader)
-        .expect("leader")
-        .id;
+    let leader_id = members.iter().find(|m| m.role == Role::Leader).expect("leader").id;
     // Write through the followers; the cluster carries writes to whoever leads.
-    let followers: Vec<String> = servers
-        .iter()
-        .filter(|s| s.id != leader_id)
-        .map(|s| s.peer.clone())
-        .collect();
+    let followers: Vec<String> = servers.iter().filter(|s| s.id != leader_id).map(|s| s.peer.clone()).collect();
     let writer_client = StoreClient::new(followers.clone(), &token).expect("client");
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1024);
     let writer = tokio::spawn(async move {
         let mut acked = Vec::new();
         for i in 0..400u32 {
-            if writer_client
-                .put(format!("k/{i:04}").as_bytes(), i.to_string().as_bytes())
-                .await
-                .is_ok()
-            {
+            if writer_client.put(format!("k/{i:04}").as_bytes(), i.to_string().as_bytes()).await.is_ok() {
                 acked.push(i);
                 let _ = tx.send(i).await;
             }
@@ -158,48 +132,25 @@ async fn three_servers_survive_kill_9_of_the_leader_without_losing_acknowledged_
         rx.recv().await.expect("writer is running");
         seen += 1;
     }
-    let leader = servers
-        .iter_mut()
-        .find(|s| s.id == leader_id)
-        .expect("leader server");
+    let leader = servers.iter_mut().find(|s| s.id == leader_id).expect("leader server");
     leader.kill9();
     drop(rx);
     let acked = writer.await.expect("writer");
-    assert!(
-        acked.len() > 200,
-        "writes continued after the leader died: {} acked",
-        acked.len()
-    );
+    assert!(acked.len() > 200, "writes continued after the leader died: {} acked", acked.len());
 
     let survivors = StoreClient::new(followers, &token).expect("client");
     for i in &acked {
-        let (kv, _) = survivors
-            .get(format!("k/{i:04}").as_bytes(), true)
-            .await
-            .expect("read from survivors");
-        assert_eq!(
-            kv.map(|kv| kv.value),
-            Some(i.to_string().into_bytes()),
-            "acknowledged write {i} lost"
-        );
+        let (kv, _) = survivors.get(format!("k/{i:04}").as_bytes(), true).await.expect("read from survivors");
+        assert_eq!(kv.map(|kv| kv.value), Some(i.to_string().into_bytes()), "acknowledged write {i} lost");
     }
 
     // The killed member restarts from its directory, without --bootstrap or
     // --join, and catches up.
-    let leader = servers
-        .iter_mut()
-        .find(|s| s.id == leader_id)
-        .expect("old leader");
+    let leader = servers.iter_mut().find(|s| s.id == leader_id).expect("old leader");
     leader.spawn(&[]);
     let restarted = StoreClient::new(vec![leader.peer.clone()], &token).expect("client");
     let last = format!("k/{:04}", acked.last().expect("acked"));
-    until("restarted member caught up", || async {
-        matches!(
-            restarted.get(last.as_bytes(), false).await,
-            Ok((Some(_), _))
-        )
-    })
-    .await;
+    until("restarted member caught up", || async { matches!(restarted.get(last.as_bytes(), false).await, Ok((Some(_), _))) }).await;
 }
 
 fn flotilla(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
@@ -207,41 +158,23 @@ fn flotilla(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .env_remove("FLOTILLA_TOKEN")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn flotilla");
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
+        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
     }
     let out = child.wait_with_output().expect("flotilla output");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("m1");
-    let mut server = Server {
-        id: 1,
-        dir: dir.clone(),
-        peer: free_addr(),
-        child: None,
-    };
+    let mut server = Server { id: 1, dir: dir.clone(), peer: free_addr(), child: None };
     server.spawn(&["--bootstrap"]);
     let token = wait_for_file(&dir.join("join-token"));
     let peer = server.peer.clone();
@@ -267,11 +200,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     assert_eq!(missing.0, 1, "absent key exits 1");
     assert_eq!(run(&["list", "app/"], None).1, "app/a\t1\napp/b\t2\n");
     let members = run(&["members"], None);
-    assert!(
-        members.1.contains("leader") && members.1.contains(&peer),
-        "{}",
-        members.1
-    );
+    assert!(members.1.contains("leader") && members.1.contains(&peer), "{}", members.1);
     assert_eq!(run(&["del", "app/a"], None).1.trim(), "1");
     assert_eq!(run(&["get", "app/a"], None).0, 1);
 
@@ -284,28 +213,17 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
 
     // A wrong token.
     let wrong = format!("{}{}", &token[..token.len() - 32], "f".repeat(32));
-    let (code, _, err) = flotilla(
-        &["store", "--peer", &peer, "--token", &wrong, "get", "app/b"],
-        None,
-    );
+    let (code, _, err) = flotilla(&["store", "--peer", &peer, "--token", &wrong, "get", "app/b"], None);
     assert_eq!(code, 1);
     assert!(err.contains("wrong token"), "{err}");
     // A malformed token.
-    let (code, _, err) = flotilla(
-        &[
-            "store", "--peer", &peer, "--token", "nonsense", "get", "app/b",
-        ],
-        None,
-    );
+    let (code, _, err) = flotilla(&["store", "--peer", &peer, "--token", "nonsense", "get", "app/b"], None);
     assert_eq!(code, 1);
     assert!(err.contains("malformed join token"), "{err}");
     // A peer nobody listens on: bounded wait, the address named.
     let silent = free_addr();
     let started = Instant::now();
-    let (code, _, err) = flotilla(
-        &["store", "--peer", &silent, "--token", &token, "get", "k"],
-        None,
-    );
+    let (code, _, err) = flotilla(&["store", "--peer", &silent, "--token", &token, "get", "k"], None);
     assert_eq!(code, 1);
     assert!(err.contains(&silent), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
@@ -326,36 +244,18 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
         None,
     );
     assert_eq!(code, 1);
-    assert!(
-        err.contains("does not exist") && err.contains("--bootstrap"),
-        "{err}"
-    );
+    assert!(err.contains("does not exist") && err.contains("--bootstrap"), "{err}");
     server.kill9();
     // Same directory, another id.
     let (code, _, err) = flotilla(
-        &[
-            "server",
-            "--id",
-            "3",
-            "--data-dir",
-            dir.to_str().expect("utf8"),
-            "--peer",
-            &free_addr(),
-            "--http",
-            &free_tcp_addr(),
-        ],
+        &["server", "--id", "3", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &free_tcp_addr()],
         None,
     );
     assert_eq!(code, 1);
     assert!(err.contains("holds member 1"), "{err}");
     // A directory of another cluster given to --join.
     let other = root.path().join("other");
-    let mut other_server = Server {
-        id: 1,
-        dir: other.clone(),
-        peer: free_addr(),
-        child: None,
-    };
+    let mut other_server = Server { id: 1, dir: other.clone(), peer: free_addr(), child: None };
     other_server.spawn(&["--bootstrap"]);
     let _ = wait_for_file(&other.join("join-token"));
     other_server.kill9();
@@ -383,26 +283,12 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     let db = dir.join("db");
     for entry in std::fs::read_dir(&db).expect("db dir") {
         let path = entry.expect("entry").path();
-        if path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("MANIFEST"))
-        {
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("MANIFEST")) {
             std::fs::write(&path, b"garbage").expect("corrupt manifest");
         }
     }
     let (code, _, err) = flotilla(
-        &[
-            "server",
-            "--id",
-            "1",
-            "--data-dir",
-            dir.to_str().expect("utf8"),
-            "--peer",
-            &free_addr(),
-            "--http",
-            &free_tcp_addr(),
-        ],
+        &["server", "--id", "1", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &free_tcp_addr()],
         None,
     );
     assert_eq!(code, 1);

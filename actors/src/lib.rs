@@ -2,7 +2,9 @@
 //! resources it serves ([`model`]) and the [`registry`] that stores them in
 //! the replicated store with admission and optimistic concurrency.
 
+pub mod agent;
 pub mod model;
 pub mod registry;
+pub mod runtime;
 
 pub use registry::{Propagation, Registry, RegistryError, RegistryWatch, WatchEvent};

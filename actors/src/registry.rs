@@ -6,10 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft::{
-    Compare, CompareOp, CompareTarget, Consistency, EventKind, Member, Outcome, StoreError, TxnOp,
-    TxnOpResult, Watcher,
-};
+use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, EventKind, Member, Outcome, StoreError, TxnOp, TxnOpResult, Watcher};
 use serde_json::{json, Value};
 
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
@@ -34,11 +31,7 @@ pub enum RegistryError {
     AlreadyExists { kind: String, name: String },
     /// 409, reason Conflict: a stale resourceVersion or a lost race.
     #[error("Operation cannot be fulfilled on {kind} {name:?}: {message}")]
-    Conflict {
-        kind: String,
-        name: String,
-        message: String,
-    },
+    Conflict { kind: String, name: String, message: String },
     /// 400 or 422 from admission.
     #[error(transparent)]
     Admission(#[from] AdmissionError),
@@ -89,15 +82,8 @@ fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
     use rand::Rng;
     let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
-    let name_suffix = (0..5)
-        .map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char)
-        .collect();
-    AdmissionContext {
-        namespace,
-        now: object::now(),
-        uid: uuid::Uuid::new_v4().to_string(),
-        name_suffix,
-    }
+    let name_suffix = (0..5).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect();
+    AdmissionContext { namespace, now: object::now(), uid: uuid::Uuid::new_v4().to_string(), name_suffix }
 }
 
 impl Registry {
@@ -118,21 +104,10 @@ impl Registry {
     }
 
     /// Reads one object.
-    pub async fn get(
-        &self,
-        res: &Resource,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<Value, RegistryError> {
+    pub async fn get(&self, res: &Resource, namespace: Option<&str>, name: &str) -> Result<Value, RegistryError> {
         let key = res.key(Self::ns(res, namespace), name);
-        let (kv, _) = self
-            .member
-            .get(key.as_bytes(), Consistency::Linearizable)
-            .await?;
-        let kv = kv.ok_or_else(|| RegistryError::NotFound {
-            kind: res.plural.into(),
-            name: name.into(),
-        })?;
+        let (kv, _) = self.member.get(key.as_bytes(), Consistency::Linearizable).await?;
+        let kv = kv.ok_or_else(|| RegistryError::NotFound { kind: res.plural.into(), name: name.into() })?;
         decode(&kv.value, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))
     }
 
@@ -151,9 +126,7 @@ impl Registry {
         let mut cursor: Option<Vec<u8>> = continue_from.map(|c| c.as_bytes().to_vec());
         if let Some(c) = &cursor {
             if !c.starts_with(prefix.as_bytes()) {
-                return Err(RegistryError::BadRequest(
-                    "the continue token does not belong to this list; start the list again".into(),
-                ));
+                return Err(RegistryError::BadRequest("the continue token does not belong to this list; start the list again".into()));
             }
         }
         let mut items = Vec::new();
@@ -165,22 +138,16 @@ impl Registry {
                     prefix.as_bytes(),
                     LIST_PAGE,
                     cursor.as_deref(),
-                    if revision.is_none() {
-                        Consistency::Linearizable
-                    } else {
-                        Consistency::Serializable
-                    },
+                    if revision.is_none() { Consistency::Linearizable } else { Consistency::Serializable },
                 )
                 .await?;
             revision.get_or_insert(page.revision);
             for kv in &page.kvs {
-                let o = decode(&kv.value, kv.mod_revision)
-                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                let o = decode(&kv.value, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))?;
                 if labels.matches_object(&o) && fields.matches_fields(&o) {
                     items.push(o);
                     if limit > 0 && items.len() == limit {
-                        let more = page.more
-                            || kv.key != page.kvs.last().map(|l| l.key.clone()).unwrap_or_default();
+                        let more = page.more || kv.key != page.kvs.last().map(|l| l.key.clone()).unwrap_or_default();
                         let token = more.then(|| String::from_utf8_lossy(&kv.key).into_owned());
                         return Ok((items, revision.unwrap_or(0), token));
                     }
@@ -196,31 +163,18 @@ impl Registry {
     async fn namespace_ready(&self, namespace: &str) -> Result<(), RegistryError> {
         let ns_res = lookup("namespaces").expect("namespaces are served");
         match self.get(ns_res, None, namespace).await {
-            Ok(ns)
-                if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") =>
-            {
+            Ok(ns) if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
                 Err(RegistryError::NamespaceTerminating(namespace.into()))
             }
             Ok(_) => Ok(()),
-            Err(RegistryError::NotFound { .. }) => {
-                Err(RegistryError::NamespaceNotFound(namespace.into()))
-            }
+            Err(RegistryError::NotFound { .. }) => Err(RegistryError::NamespaceNotFound(namespace.into())),
             Err(e) => Err(e),
         }
     }
 
     /// Creates an object after admission; 409 if it exists.
-    pub async fn create(
-        &self,
-        res: &Resource,
-        namespace: Option<&str>,
-        mut obj: Value,
-    ) -> Result<Value, RegistryError> {
-        let ns = if res.namespaced {
-            Some(namespace.unwrap_or("default"))
-        } else {
-            None
-        };
+    pub async fn create(&self, res: &Resource, namespace: Option<&str>, mut obj: Value) -> Result<Value, RegistryError> {
+        let ns = if res.namespaced { Some(namespace.unwrap_or("default")) } else { None };
         admit_create(res, &mut obj, &context(ns))?;
         shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
         if let Some(ns) = ns {
@@ -231,30 +185,17 @@ impl Registry {
         let result = self
             .member
             .txn(
-                vec![Compare {
-                    key: key.clone(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::CreateRevision(0),
-                }],
-                vec![TxnOp::Put {
-                    key,
-                    value: encode(&obj),
-                }],
+                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
+                vec![TxnOp::Put { key, value: encode(&obj) }],
                 vec![],
             )
             .await?;
         match result.outcome {
-            Outcome::Txn {
-                succeeded: true, ..
-            } => {
-                object::metadata_mut(&mut obj)
-                    .insert("resourceVersion".into(), json!(result.revision.to_string()));
+            Outcome::Txn { succeeded: true, .. } => {
+                object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
                 Ok(obj)
             }
-            _ => Err(RegistryError::AlreadyExists {
-                kind: res.plural.into(),
-                name,
-            }),
+            _ => Err(RegistryError::AlreadyExists { kind: res.plural.into(), name }),
         }
     }
 
@@ -271,19 +212,9 @@ impl Registry {
     ) -> Result<Value, RegistryError> {
         let precondition = object::resource_version(&obj);
         if object::meta_str(&obj, "resourceVersion").is_some() && precondition.is_none() {
-            return Err(RegistryError::BadRequest(
-                "metadata.resourceVersion must be a number as returned by the server".into(),
-            ));
+            return Err(RegistryError::BadRequest("metadata.resourceVersion must be a number as returned by the server".into()));
         }
-        self.read_modify_write(
-            res,
-            namespace,
-            name,
-            precondition,
-            |_old| Ok(obj.clone()),
-            subresource,
-        )
-        .await
+        self.read_modify_write(res, namespace, name, precondition, |_old| Ok(obj.clone()), subresource).await
     }
 
     /// Applies a JSON merge patch (RFC 7386) to an object.
@@ -295,10 +226,7 @@ impl Registry {
         patch: Value,
         subresource: Option<&str>,
     ) -> Result<Value, RegistryError> {
-        let precondition = patch
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok());
+        let precondition = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
         self.read_modify_write(
             res,
             namespace,
@@ -343,17 +271,7 @@ impl Registry {
                 }
             }
             let mut new = change(&old)?;
-            admit_update(
-                res,
-                &old,
-                &mut new,
-                &context(ns.or(if res.namespaced {
-                    Some("default")
-                } else {
-                    None
-                })),
-                subresource,
-            )?;
+            admit_update(res, &old, &mut new, &context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
             shapes::check(res, &new).map_err(RegistryError::BadRequest)?;
             if strip_rv(&new) == strip_rv(&old) {
                 return Ok(old);
@@ -361,24 +279,13 @@ impl Registry {
             let result = self
                 .member
                 .txn(
-                    vec![Compare {
-                        key: key.clone(),
-                        op: CompareOp::Equal,
-                        target: CompareTarget::ModRevision(current),
-                    }],
-                    vec![TxnOp::Put {
-                        key: key.clone(),
-                        value: encode(&new),
-                    }],
+                    vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }],
+                    vec![TxnOp::Put { key: key.clone(), value: encode(&new) }],
                     vec![],
                 )
                 .await?;
-            if let Outcome::Txn {
-                succeeded: true, ..
-            } = result.outcome
-            {
-                object::metadata_mut(&mut new)
-                    .insert("resourceVersion".into(), json!(result.revision.to_string()));
+            if let Outcome::Txn { succeeded: true, .. } = result.outcome {
+                object::metadata_mut(&mut new).insert("resourceVersion".into(), json!(result.revision.to_string()));
                 return Ok(new);
             }
             if precondition.is_some() {
@@ -398,6 +305,10 @@ impl Registry {
 
     /// Deletes an object, then (by default, in the background) what it owns;
     /// a namespace takes everything in it along.
+    ///
+    /// A pod bound to a node is deleted gracefully: it is marked with a
+    /// deletionTimestamp, its node's agent stops its containers and then
+    /// removes it. `grace_period_seconds` of 0 removes it at once (force).
     pub async fn delete(
         &self,
         res: &Resource,
@@ -406,9 +317,27 @@ impl Registry {
         precondition: Option<u64>,
         propagation: Propagation,
     ) -> Result<Value, RegistryError> {
+        self.delete_with_grace(res, namespace, name, precondition, propagation, None).await
+    }
+
+    pub async fn delete_with_grace(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+        propagation: Propagation,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<Value, RegistryError> {
         let ns = Self::ns(res, namespace);
         if res.kind == "Namespace" {
             return self.delete_namespace(name).await;
+        }
+        if res.kind == "Pod" && grace_period_seconds != Some(0) {
+            let current = self.get(res, ns, name).await?;
+            if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return self.mark_terminating(res, ns, name, current, precondition, grace_period_seconds).await;
+            }
         }
         let old = self.delete_object(res, ns, name, precondition).await?;
         if propagation == Propagation::Background {
@@ -421,14 +350,69 @@ impl Registry {
         Ok(old)
     }
 
-    /// Deletes one object if its revision still matches; nothing else.
-    async fn delete_object(
+    /// Removes an object now, without a grace period (the agent's last step
+    /// of a pod's graceful deletion).
+    pub async fn delete_now(
+        &self,
+        res: &Resource,
+        namespace: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+    ) -> Result<Value, RegistryError> {
+        self.delete_object(res, Self::ns(res, namespace), name, precondition).await
+    }
+
+    /// Sets deletionTimestamp (now + grace) on a pod; idempotent.
+    async fn mark_terminating(
         &self,
         res: &Resource,
         ns: Option<&str>,
         name: &str,
+        current: Value,
         precondition: Option<u64>,
+        grace: Option<i64>,
     ) -> Result<Value, RegistryError> {
+        if object::meta_str(&current, "deletionTimestamp").is_some() {
+            return Ok(current);
+        }
+        let rv = object::resource_version(&current).unwrap_or(0);
+        if precondition.is_some_and(|p| p != rv) {
+            return Err(RegistryError::Conflict {
+                kind: res.plural.into(),
+                name: name.into(),
+                message: "the resourceVersion precondition does not match".into(),
+            });
+        }
+        let grace = grace.or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30).max(0);
+        let mut new = current.clone();
+        let deadline = std::time::SystemTime::now() + Duration::from_secs(grace as u64);
+        let meta = object::metadata_mut(&mut new);
+        meta.insert("deletionTimestamp".into(), json!(object::timestamp(deadline)));
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        let key = res.key(ns, name).into_bytes();
+        let result = self
+            .member
+            .txn(
+                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rv) }],
+                vec![TxnOp::Put { key, value: encode(&new) }],
+                vec![],
+            )
+            .await?;
+        match result.outcome {
+            Outcome::Txn { succeeded: true, .. } => {
+                object::metadata_mut(&mut new).insert("resourceVersion".into(), json!(result.revision.to_string()));
+                Ok(new)
+            }
+            _ => Err(RegistryError::Conflict {
+                kind: res.plural.into(),
+                name: name.into(),
+                message: "the pod changed while it was being deleted; try again".into(),
+            }),
+        }
+    }
+
+    /// Deletes one object if its revision still matches; nothing else.
+    async fn delete_object(&self, res: &Resource, ns: Option<&str>, name: &str, precondition: Option<u64>) -> Result<Value, RegistryError> {
         let key = res.key(ns, name).into_bytes();
         let old = self.get(res, ns, name).await?;
         let current = object::resource_version(&old).unwrap_or(0);
@@ -442,20 +426,13 @@ impl Registry {
         let result = self
             .member
             .txn(
-                vec![Compare {
-                    key: key.clone(),
-                    op: CompareOp::Equal,
-                    target: CompareTarget::ModRevision(current),
-                }],
+                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }],
                 vec![TxnOp::Delete { key, prefix: false }],
                 vec![],
             )
             .await?;
         match result.outcome {
-            Outcome::Txn {
-                succeeded: true,
-                results,
-            } if matches!(results.first(), Some(TxnOpResult::Delete { deleted: 1 })) => {}
+            Outcome::Txn { succeeded: true, results } if matches!(results.first(), Some(TxnOpResult::Delete { deleted: 1 })) => {}
             _ => {
                 return Err(RegistryError::Conflict {
                     kind: res.plural.into(),
@@ -473,34 +450,15 @@ impl Registry {
         let mut pending = vec![(uid, namespace)];
         while let Some((owner, ns)) = pending.pop() {
             for res in RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok((items, _, _)) = self
-                    .list(
-                        res,
-                        ns.as_deref(),
-                        &Selector::default(),
-                        &Selector::default(),
-                        0,
-                        None,
-                    )
-                    .await
-                else {
+                let Ok((items, _, _)) = self.list(res, ns.as_deref(), &Selector::default(), &Selector::default(), 0, None).await else {
                     continue;
                 };
-                for item in items
-                    .iter()
-                    .filter(|o| object::owner_uids(o).contains(&owner))
-                {
+                for item in items.iter().filter(|o| object::owner_uids(o).contains(&owner)) {
                     let name = object::name(item).unwrap_or_default();
-                    match self
-                        .delete_object(res, object::namespace(item), name, None)
-                        .await
-                    {
+                    match self.delete_object(res, object::namespace(item), name, None).await {
                         Ok(_) | Err(RegistryError::NotFound { .. }) => {
                             if let Some(u) = object::uid(item) {
-                                pending.push((
-                                    u.to_string(),
-                                    object::namespace(item).map(String::from),
-                                ));
+                                pending.push((u.to_string(), object::namespace(item).map(String::from)));
                             }
                         }
                         Err(e) => {
@@ -515,9 +473,7 @@ impl Registry {
     async fn delete_namespace(&self, name: &str) -> Result<Value, RegistryError> {
         let ns_res = lookup("namespaces").expect("namespaces are served");
         if matches!(name, "default" | "flotilla-system") {
-            return Err(RegistryError::BadRequest(format!(
-                "namespace {name:?} is part of the cluster and cannot be deleted"
-            )));
+            return Err(RegistryError::BadRequest(format!("namespace {name:?} is part of the cluster and cannot be deleted")));
         }
         let terminating = self
             .read_modify_write(
@@ -548,38 +504,21 @@ impl Registry {
             }
         }
         let ns_res = lookup("namespaces").expect("namespaces are served");
-        if let Err(e) = self
-            .member
-            .delete(ns_res.key(None, &name).into_bytes(), false)
-            .await
-        {
+        if let Err(e) = self.member.delete(ns_res.key(None, &name).into_bytes(), false).await {
             tracing::warn!(namespace = %name, error = %e, "could not remove the namespace object");
         }
     }
 
     /// Watches a resource from `from_revision` (exclusive: events after it),
     /// or from now when 0.
-    pub fn watch(
-        &self,
-        res: &Resource,
-        namespace: Option<&str>,
-        after_revision: u64,
-    ) -> Result<RegistryWatch, RegistryError> {
+    pub fn watch(&self, res: &Resource, namespace: Option<&str>, after_revision: u64) -> Result<RegistryWatch, RegistryError> {
         let prefix = res.namespace_prefix(Self::ns(res, namespace));
-        let from = if after_revision == 0 {
-            0
-        } else {
-            after_revision + 1
-        };
+        let from = if after_revision == 0 { 0 } else { after_revision + 1 };
         match self.member.watch(prefix.into_bytes(), from) {
             Ok(w) => Ok(RegistryWatch { inner: w }),
-            Err(StoreError::Compacted {
-                requested,
-                compact_revision,
-            }) => Err(RegistryError::Expired {
-                requested: requested.saturating_sub(1),
-                oldest: compact_revision,
-            }),
+            Err(StoreError::Compacted { requested, compact_revision }) => {
+                Err(RegistryError::Expired { requested: requested.saturating_sub(1), oldest: compact_revision })
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -588,14 +527,7 @@ impl Registry {
     pub async fn ensure_builtin_namespaces(&self) -> Result<(), RegistryError> {
         let ns_res = lookup("namespaces").expect("namespaces are served");
         for ns in ["default", "flotilla-system"] {
-            match self
-                .create(
-                    ns_res,
-                    None,
-                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-                )
-                .await
-            {
+            match self.create(ns_res, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }
@@ -604,19 +536,9 @@ impl Registry {
     }
 
     /// Records an Event about `involved` (best effort: failures are logged).
-    pub async fn record_event(
-        &self,
-        involved: &Value,
-        event_type: &str,
-        reason: &str,
-        message: &str,
-    ) {
+    pub async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
         let ns = object::namespace(involved).unwrap_or("default").to_string();
-        let name = format!(
-            "{}.{:x}",
-            object::name(involved).unwrap_or("object"),
-            rand::random::<u64>()
-        );
+        let name = format!("{}.{:x}", object::name(involved).unwrap_or("object"), rand::random::<u64>());
         let now = object::now();
         let event = json!({
             "apiVersion": "v1", "kind": "Event",
@@ -689,22 +611,14 @@ pub struct RegistryWatch {
 impl RegistryWatch {
     /// The next batch of events, in order.
     pub async fn next(&mut self) -> Result<Vec<WatchEvent>, RegistryError> {
-        let flotilla_raft::WatchItem::Events { events, .. } =
-            self.inner.next().await.map_err(|e| match e {
-                StoreError::Compacted {
-                    requested,
-                    compact_revision,
-                } => RegistryError::Expired {
-                    requested,
-                    oldest: compact_revision,
-                },
-                other => other.into(),
-            })?;
+        let flotilla_raft::WatchItem::Events { events, .. } = self.inner.next().await.map_err(|e| match e {
+            StoreError::Compacted { requested, compact_revision } => RegistryError::Expired { requested, oldest: compact_revision },
+            other => other.into(),
+        })?;
         events
             .into_iter()
             .map(|ev| {
-                let object = decode(&ev.kv.value, ev.kv.mod_revision)
-                    .map_err(|e| RegistryError::Internal(e.to_string()))?;
+                let object = decode(&ev.kv.value, ev.kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))?;
                 let kind = match ev.kind {
                     EventKind::Delete => "DELETED",
                     EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => "ADDED",

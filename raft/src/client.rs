@@ -10,9 +10,7 @@ use crate::limits::Limits;
 use crate::member::token_transport;
 use crate::tls::JoinToken;
 use crate::transport::Transport;
-use crate::types::{
-    Command, CommandResult, Event, KeyValue, NodeId, Outcome, RangePage, Revisions,
-};
+use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, Outcome, RangePage, Revisions};
 use crate::wire::{read_frame, MemberInfo, ReadOp, Reply, Request};
 
 /// A client of the store, over QUIC, authenticated by the join token.
@@ -30,11 +28,7 @@ impl StoreClient {
         if peers.is_empty() {
             return Err(StoreError::Invalid("no peer address given".into()));
         }
-        Ok(StoreClient {
-            transport: token_transport(&token, &limits)?,
-            peers,
-            limits,
-        })
+        Ok(StoreClient { transport: token_transport(&token, &limits)?, peers, limits })
     }
 
     pub fn peers(&self) -> &[String] {
@@ -45,11 +39,7 @@ impl StoreClient {
     pub async fn call(&self, request: &Request) -> Result<Reply, StoreError> {
         let mut last = None;
         for peer in &self.peers {
-            match self
-                .transport
-                .call(peer, request, self.limits.client_rpc_timeout())
-                .await
-            {
+            match self.transport.call(peer, request, self.limits.client_rpc_timeout()).await {
                 Ok(reply) => return Ok(reply),
                 Err(e) if e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e),
@@ -60,9 +50,7 @@ impl StoreClient {
 
     /// Calls one given peer only (for tools that target a member).
     pub async fn call_peer(&self, peer: &str, request: &Request) -> Result<Reply, StoreError> {
-        self.transport
-            .call(peer, request, self.limits.client_rpc_timeout())
-            .await
+        self.transport.call(peer, request, self.limits.client_rpc_timeout()).await
     }
 
     pub async fn write(&self, command: Command) -> Result<CommandResult, StoreError> {
@@ -74,28 +62,15 @@ impl StoreClient {
 
     /// Puts a value; answers the revision of the write.
     pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<u64, StoreError> {
-        Ok(self
-            .write(Command::Put {
-                key: key.to_vec(),
-                value: value.to_vec(),
-            })
-            .await?
-            .revision)
+        Ok(self.write(Command::Put { key: key.to_vec(), value: value.to_vec() }).await?.revision)
     }
 
     /// Deletes a key or prefix; answers (keys deleted, revision).
     pub async fn delete(&self, key: &[u8], prefix: bool) -> Result<(u64, u64), StoreError> {
-        let r = self
-            .write(Command::Delete {
-                key: key.to_vec(),
-                prefix,
-            })
-            .await?;
+        let r = self.write(Command::Delete { key: key.to_vec(), prefix }).await?;
         match r.outcome {
             Outcome::Delete { deleted } => Ok((deleted, r.revision)),
-            other => Err(StoreError::Protocol(format!(
-                "unexpected delete outcome {other:?}"
-            ))),
+            other => Err(StoreError::Protocol(format!("unexpected delete outcome {other:?}"))),
         }
     }
 
@@ -106,18 +81,8 @@ impl StoreClient {
         }
     }
 
-    pub async fn get(
-        &self,
-        key: &[u8],
-        linearizable: bool,
-    ) -> Result<(Option<KeyValue>, u64), StoreError> {
-        match self
-            .call(&Request::Read {
-                op: ReadOp::Get { key: key.to_vec() },
-                linearizable,
-            })
-            .await?
-        {
+    pub async fn get(&self, key: &[u8], linearizable: bool) -> Result<(Option<KeyValue>, u64), StoreError> {
+        match self.call(&Request::Read { op: ReadOp::Get { key: key.to_vec() }, linearizable }).await? {
             Reply::Value { kv, revision } => Ok((kv, revision)),
             other => Err(unexpected(other)),
         }
@@ -130,11 +95,7 @@ impl StoreClient {
         continue_from: Option<Vec<u8>>,
         linearizable: bool,
     ) -> Result<RangePage, StoreError> {
-        let op = ReadOp::Range {
-            prefix: prefix.to_vec(),
-            limit,
-            continue_from,
-        };
+        let op = ReadOp::Range { prefix: prefix.to_vec(), limit, continue_from };
         match self.call(&Request::Read { op, linearizable }).await? {
             Reply::Range(page) => Ok(page),
             other => Err(unexpected(other)),
@@ -157,13 +118,7 @@ impl StoreClient {
     }
 
     pub async fn revisions(&self) -> Result<Revisions, StoreError> {
-        match self
-            .call(&Request::Read {
-                op: ReadOp::Revisions,
-                linearizable: true,
-            })
-            .await?
-        {
+        match self.call(&Request::Read { op: ReadOp::Revisions, linearizable: true }).await? {
             Reply::Revisions(r) => Ok(r),
             other => Err(unexpected(other)),
         }
@@ -177,33 +132,18 @@ impl StoreClient {
     }
 
     pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
-        self.call(&Request::RemoveMember { node_id })
-            .await
-            .map(|_| ())
+        self.call(&Request::RemoveMember { node_id }).await.map(|_| ())
     }
 
     /// A watch that survives broken connections and member failures: it
     /// re-dials (trying every peer) and resumes after the last revision it
     /// delivered, so no change is missed or seen twice.
     pub fn watch(&self, prefix: Vec<u8>, from_revision: u64) -> ResumingWatch<'_> {
-        ResumingWatch {
-            client: self,
-            prefix,
-            next_revision: from_revision,
-            stream: None,
-            buffered: VecDeque::new(),
-        }
+        ResumingWatch { client: self, prefix, next_revision: from_revision, stream: None, buffered: VecDeque::new() }
     }
 
-    async fn open_watch(
-        &self,
-        prefix: &[u8],
-        from_revision: u64,
-    ) -> Result<quinn::RecvStream, StoreError> {
-        let request = Request::Watch {
-            prefix: prefix.to_vec(),
-            from_revision,
-        };
+    async fn open_watch(&self, prefix: &[u8], from_revision: u64) -> Result<quinn::RecvStream, StoreError> {
+        let request = Request::Watch { prefix: prefix.to_vec(), from_revision };
         let mut last = None;
         for peer in &self.peers {
             match self.transport.open_stream(peer, &request).await {
@@ -241,11 +181,7 @@ impl ResumingWatch<'_> {
             }
             let stream = match self.stream.as_mut() {
                 Some(s) => s,
-                None => match self
-                    .client
-                    .open_watch(&self.prefix, self.next_revision)
-                    .await
-                {
+                None => match self.client.open_watch(&self.prefix, self.next_revision).await {
                     Ok(s) => self.stream.insert(s),
                     Err(e) if e.is_retryable() && failures < 50 => {
                         failures += 1;

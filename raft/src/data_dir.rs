@@ -42,17 +42,11 @@ impl DataDir {
     }
 
     fn invalid(&self, reason: impl Into<String>) -> DataDirError {
-        DataDirError::Invalid {
-            dir: self.path.display().to_string(),
-            reason: reason.into(),
-        }
+        DataDirError::Invalid { dir: self.path.display().to_string(), reason: reason.into() }
     }
 
     fn io(&self, source: std::io::Error) -> DataDirError {
-        DataDirError::Io {
-            dir: self.path.display().to_string(),
-            source,
-        }
+        DataDirError::Io { dir: self.path.display().to_string(), source }
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -84,11 +78,8 @@ impl DataDir {
     }
 
     fn read_text(&self, name: &str) -> Result<String, DataDirError> {
-        std::fs::read_to_string(self.file(name)).map_err(|e| {
-            self.invalid(format!(
-                "cannot read {name}: {e}; the directory is damaged or incomplete"
-            ))
-        })
+        std::fs::read_to_string(self.file(name))
+            .map_err(|e| self.invalid(format!("cannot read {name}: {e}; the directory is damaged or incomplete")))
     }
 
     fn write_text(&self, name: &str, text: &str) -> Result<(), DataDirError> {
@@ -102,17 +93,16 @@ impl DataDir {
         #[cfg(unix)]
         if name.ends_with("key.pem") || name == "join-token" {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| self.io(e))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| self.io(e))?;
         }
         Ok(())
     }
 
     pub fn read_member(&self) -> Result<MemberFile, DataDirError> {
         if !self.path.exists() {
-            return Err(self.invalid(
-                "does not exist; start a new cluster with --bootstrap, or join one with --join PEER_ADDR --token TOKEN",
-            ));
+            return Err(
+                self.invalid("does not exist; start a new cluster with --bootstrap, or join one with --join PEER_ADDR --token TOKEN")
+            );
         }
         if !self.has_member() {
             return Err(self.invalid(
@@ -120,7 +110,11 @@ impl DataDir {
             ));
         }
         let text = self.read_text("member.json")?;
-        serde_json::from_str(&text).map_err(|e| self.invalid(format!("member.json is corrupt ({e}); restore it from a backup or remove the member and join it again with an empty directory")))
+        serde_json::from_str(&text).map_err(|e| {
+            self.invalid(format!(
+                "member.json is corrupt ({e}); restore it from a backup or remove the member and join it again with an empty directory"
+            ))
+        })
     }
 
     pub fn write_member(&self, member: &MemberFile) -> Result<(), DataDirError> {
@@ -134,11 +128,7 @@ impl DataDir {
     }
 
     pub fn read_ca(&self, cluster_id: &str) -> Result<ClusterCa, DataDirError> {
-        Ok(ClusterCa {
-            cluster_id: cluster_id.into(),
-            cert_pem: self.read_text("ca.pem")?,
-            key_pem: self.read_text("ca-key.pem")?,
-        })
+        Ok(ClusterCa { cluster_id: cluster_id.into(), cert_pem: self.read_text("ca.pem")?, key_pem: self.read_text("ca-key.pem")? })
     }
 
     pub fn write_identity(&self, id: &Identity) -> Result<(), DataDirError> {
@@ -159,8 +149,7 @@ impl DataDir {
     }
 
     pub fn read_token(&self) -> Result<JoinToken, DataDirError> {
-        JoinToken::parse(&self.read_text("join-token")?)
-            .map_err(|e| self.invalid(format!("join-token: {e}")))
+        JoinToken::parse(&self.read_text("join-token")?).map_err(|e| self.invalid(format!("join-token: {e}")))
     }
 
     pub fn token_path(&self) -> PathBuf {

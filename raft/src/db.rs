@@ -42,10 +42,7 @@ pub fn open(path: &Path, create: bool) -> Result<Db, DataDirError> {
     });
     DB::open_cf_descriptors(&opts, path, cfs)
         .map(Arc::new)
-        .map_err(|e| DataDirError::Database {
-            dir: path.display().to_string(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| DataDirError::Database { dir: path.display().to_string(), reason: e.to_string() })
 }
 
 /// A column family that `open` always creates.
@@ -66,7 +63,5 @@ pub fn history_key(revision: u64, index: u32) -> [u8; 12] {
 }
 
 pub fn history_key_revision(key: &[u8]) -> Option<u64> {
-    key.get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
+    key.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes)
 }

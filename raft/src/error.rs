@@ -13,10 +13,7 @@ pub enum StoreError {
     ValueTooLarge { size: usize, limit: usize },
     /// A watch asked for history that compaction removed.
     #[error("revision {requested} is compacted; the oldest revision still held is {compact_revision}: list again and watch from the list's revision")]
-    Compacted {
-        requested: u64,
-        compact_revision: u64,
-    },
+    Compacted { requested: u64, compact_revision: u64 },
     /// The cluster has no leader right now (election in progress, or no
     /// majority reachable). Retryable.
     #[error("no leader: {0}; retry once a majority of members is up")]
@@ -50,13 +47,7 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::NoLeader(_)
-                | StoreError::Timeout { .. }
-                | StoreError::Unreachable { .. }
-                | StoreError::Busy(_)
-        )
+        matches!(self, StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. } | StoreError::Busy(_))
     }
 }
 

@@ -29,8 +29,8 @@ pub use limits::Limits;
 pub use member::{Consistency, Member, StartError, StartMode, StoreConfig};
 pub use transport::{Fault, Faults};
 pub use types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, NodeId,
-    Outcome, RangePage, Revisions, TxnOp, TxnOpResult,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, NodeId, Outcome, RangePage, Revisions, TxnOp,
+    TxnOpResult,
 };
 pub use watch::{WatchItem, Watcher};
 pub use wire::{MemberInfo, Role};

@@ -43,11 +43,7 @@ impl LogStore {
     }
 
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StoreResult<Option<T>> {
-        match self
-            .db
-            .get_cf(cf(&self.db, CF_LOG_META), key)
-            .map_err(read_err)?
-        {
+        match self.db.get_cf(cf(&self.db, CF_LOG_META), key).map_err(read_err)? {
             None => Ok(None),
             Some(bytes) => decode(&bytes).map(Some).map_err(read_err),
         }
@@ -77,10 +73,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            cf(&self.db, CF_LOG),
-            IteratorMode::From(&u64_key(start), Direction::Forward),
-        );
+        let it = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&u64_key(start), Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(read_err)?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(read_err)?);
@@ -99,10 +92,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> StoreResult<LogState<TypeConfig>> {
         let last_purged_log_id: Option<LogId<NodeId>> = self.meta(KEY_LAST_PURGED)?;
         let last_log_id = self.last_log_id()?.or(last_purged_log_id);
-        Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
-        })
+        Ok(LogState { last_purged_log_id, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -111,13 +101,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> StoreResult<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, CF_LOG_META),
-            KEY_VOTE,
-            encode(vote).map_err(write_err)?,
-        );
-        self.sync_write(batch)
-            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into())
+        batch.put_cf(cf(&self.db, CF_LOG_META), KEY_VOTE, encode(vote).map_err(write_err)?);
+        self.sync_write(batch).map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into())
     }
 
     async fn read_vote(&mut self) -> StoreResult<Option<Vote<NodeId>>> {
@@ -126,13 +111,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> StoreResult<()> {
         // Not fsynced: a lost committed index is recomputed by the leader.
-        self.db
-            .put_cf(
-                cf(&self.db, CF_LOG_META),
-                KEY_COMMITTED,
-                encode(&committed).map_err(write_err)?,
-            )
-            .map_err(write_err)
+        self.db.put_cf(cf(&self.db, CF_LOG_META), KEY_COMMITTED, encode(&committed).map_err(write_err)?).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> StoreResult<Option<LogId<NodeId>>> {
@@ -147,11 +126,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = WriteBatch::default();
         let log = cf(&self.db, CF_LOG);
         for entry in entries {
-            batch.put_cf(
-                log,
-                u64_key(entry.log_id.index),
-                encode(&entry).map_err(write_err)?,
-            );
+            batch.put_cf(log, u64_key(entry.log_id.index), encode(&entry).map_err(write_err)?);
         }
         let result = self.sync_write(batch).map_err(std::io::Error::other);
         let failed = result.as_ref().err().map(|e| e.to_string());
@@ -164,21 +139,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            cf(&self.db, CF_LOG),
-            u64_key(log_id.index),
-            u64_key(u64::MAX),
-        );
+        batch.delete_range_cf(cf(&self.db, CF_LOG), u64_key(log_id.index), u64_key(u64::MAX));
         self.sync_write(batch).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> StoreResult<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(
-            cf(&self.db, CF_LOG_META),
-            KEY_LAST_PURGED,
-            encode(&log_id).map_err(write_err)?,
-        );
+        batch.put_cf(cf(&self.db, CF_LOG_META), KEY_LAST_PURGED, encode(&log_id).map_err(write_err)?);
         batch.delete_range_cf(cf(&self.db, CF_LOG), u64_key(0), u64_key(log_id.index + 1));
         self.sync_write(batch).map_err(write_err)
     }

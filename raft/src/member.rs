@@ -22,10 +22,7 @@ use crate::network::Network;
 use crate::state_machine::{StateMachine, StoreReader};
 use crate::tls::{ClusterCa, JoinToken, TlsError};
 use crate::transport::{Fault, Faults, Transport};
-use crate::types::{
-    Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, RangePage,
-    Revisions, Txn, TxnOp,
-};
+use crate::types::{Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, RangePage, Revisions, Txn, TxnOp};
 use crate::watch::{WatchHub, Watcher};
 use crate::wire::{JoinGrant, MemberInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
@@ -55,12 +52,7 @@ pub struct StoreConfig {
 }
 
 impl StoreConfig {
-    pub fn new(
-        id: NodeId,
-        data_dir: impl Into<PathBuf>,
-        peer_addr: impl Into<String>,
-        start: StartMode,
-    ) -> Self {
+    pub fn new(id: NodeId, data_dir: impl Into<PathBuf>, peer_addr: impl Into<String>, start: StartMode) -> Self {
         StoreConfig {
             id,
             data_dir: data_dir.into(),
@@ -115,10 +107,7 @@ pub struct Member {
 
 impl std::fmt::Debug for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Member")
-            .field("id", &self.id)
-            .field("peer_addr", &self.peer_addr)
-            .finish()
+        f.debug_struct("Member").field("id", &self.id).field("peer_addr", &self.peer_addr).finish()
     }
 }
 
@@ -130,67 +119,35 @@ async fn resolve_bind(addr: &str) -> Result<SocketAddr, StartError> {
         .await
         .ok()
         .and_then(|mut it| it.next())
-        .ok_or_else(|| StartError::Bind {
-            addr: addr.into(),
-            reason: "not an address (expected HOST:PORT)".into(),
-        })
+        .ok_or_else(|| StartError::Bind { addr: addr.into(), reason: "not an address (expected HOST:PORT)".into() })
 }
 
 /// Asks a cluster member to admit us, proving the token.
-async fn request_join(
-    via: &str,
-    token: &JoinToken,
-    id: NodeId,
-    addr: &str,
-    limits: &Limits,
-) -> Result<JoinGrant, StoreError> {
+async fn request_join(via: &str, token: &JoinToken, id: NodeId, addr: &str, limits: &Limits) -> Result<JoinGrant, StoreError> {
     let transport = token_transport(token, limits)?;
-    let request = Request::Join {
-        secret: token.secret.clone(),
-        node_id: id,
-        addr: addr.into(),
-    };
-    match transport
-        .call(via, &request, limits.client_rpc_timeout())
-        .await?
-    {
+    let request = Request::Join { secret: token.secret.clone(), node_id: id, addr: addr.into() };
+    match transport.call(via, &request, limits.client_rpc_timeout()).await? {
         Reply::Joined(grant) => Ok(grant),
-        other => Err(StoreError::Protocol(format!(
-            "unexpected join reply {other:?}"
-        ))),
+        other => Err(StoreError::Protocol(format!("unexpected join reply {other:?}"))),
     }
 }
 
 /// A concurrent membership change is retryable; anything else is not.
-fn membership_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>,
-    what: &str,
-) -> StoreError {
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>, what: &str) -> StoreError {
     use openraft::error::ChangeMembershipError;
     match e {
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(
-            ChangeMembershipError::InProgress(p),
-        )) => StoreError::Busy(format!(
-            "{what}: another membership change is in progress ({p})"
-        )),
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
-            StoreError::NoLeader(format!("{what}: leadership moved"))
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(p))) => {
+            StoreError::Busy(format!("{what}: another membership change is in progress ({p})"))
         }
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => StoreError::NoLeader(format!("{what}: leadership moved")),
         other => StoreError::Membership(format!("{what}: {other}")),
     }
 }
 
 /// A transport for a token holder (no member certificate).
 pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, StoreError> {
-    let config = token
-        .client_config(limits)
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-    Ok(Transport::new(
-        Transport::client_endpoint()?,
-        config,
-        Some(token.secret.clone()),
-        limits.clone(),
-    ))
+    let config = token.client_config(limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok(Transport::new(Transport::client_endpoint()?, config, Some(token.secret.clone()), limits.clone()))
 }
 
 impl Member {
@@ -205,10 +162,7 @@ impl Member {
             if file.id != config.id {
                 return Err(DataDirError::Invalid {
                     dir: dir.path.display().to_string(),
-                    reason: format!(
-                        "holds member {} but --id is {}; use --id {} or another directory",
-                        file.id, config.id, file.id
-                    ),
+                    reason: format!("holds member {} but --id is {}; use --id {} or another directory", file.id, config.id, file.id),
                 }
                 .into());
             }
@@ -240,27 +194,16 @@ impl Member {
                     dir.write_ca(&ca)?;
                     dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
                     dir.write_token(&JoinToken::new(&ca)?)?;
-                    let file = MemberFile {
-                        id: config.id,
-                        cluster_id,
-                        peer_addr: config.peer_addr.clone(),
-                        join_via: None,
-                    };
+                    let file = MemberFile { id: config.id, cluster_id, peer_addr: config.peer_addr.clone(), join_via: None };
                     dir.write_member(&file)?;
                     initialize = true;
                     file
                 }
                 StartMode::Join { via, token } => {
                     let token = JoinToken::parse(token)?;
-                    let grant = request_join(via, &token, config.id, &config.peer_addr, &limits)
-                        .await
-                        .map_err(StartError::Join)?;
+                    let grant = request_join(via, &token, config.id, &config.peer_addr, &limits).await.map_err(StartError::Join)?;
                     dir.create_empty()?;
-                    let ca = ClusterCa {
-                        cluster_id: grant.cluster_id.clone(),
-                        cert_pem: grant.ca_cert_pem,
-                        key_pem: grant.ca_key_pem,
-                    };
+                    let ca = ClusterCa { cluster_id: grant.cluster_id.clone(), cert_pem: grant.ca_cert_pem, key_pem: grant.ca_key_pem };
                     if ca.fingerprint()? != token.ca_fingerprint {
                         return Err(StartError::Join(StoreError::Unauthorized(
                             "the joined member sent a CA that does not match the token".into(),
@@ -286,39 +229,19 @@ impl Member {
         let token = dir.read_token()?;
         let database = db::open(&dir.db_path(), true)?;
         let hub = Arc::new(WatchHub::new(limits.watch_queue_max, limits.watches_max));
-        let sm = StateMachine::open(
-            database.clone(),
-            hub.clone(),
-            dir.snapshot_path(),
-            limits.history_retain_revisions,
-        )
-        .map_err(|reason| DataDirError::Invalid {
-            dir: dir.path.display().to_string(),
-            reason: format!("state machine is corrupt: {reason}"),
-        })?;
+        let sm =
+            StateMachine::open(database.clone(), hub.clone(), dir.snapshot_path(), limits.history_retain_revisions).map_err(|reason| {
+                DataDirError::Invalid { dir: dir.path.display().to_string(), reason: format!("state machine is corrupt: {reason}") }
+            })?;
         let reader = StoreReader::new(database.clone(), hub);
         let log_store = LogStore::new(database);
 
         let bind = resolve_bind(&config.peer_addr).await?;
-        let endpoint =
-            quinn::Endpoint::server(identity.server_config(&limits)?, bind).map_err(|e| {
-                StartError::Bind {
-                    addr: config.peer_addr.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let endpoint = quinn::Endpoint::server(identity.server_config(&limits)?, bind)
+            .map_err(|e| StartError::Bind { addr: config.peer_addr.clone(), reason: e.to_string() })?;
         let client_config = identity.client_config(&limits)?;
-        let transport = Arc::new(Transport::new(
-            endpoint.clone(),
-            client_config,
-            None,
-            limits.clone(),
-        ));
-        let network = Network {
-            from: config.id,
-            transport: transport.clone(),
-            faults: config.faults.clone(),
-        };
+        let transport = Arc::new(Transport::new(endpoint.clone(), client_config, None, limits.clone()));
+        let network = Network { from: config.id, transport: transport.clone(), faults: config.faults.clone() };
 
         let raft_config = Config {
             cluster_name: member_file.cluster_id.clone(),
@@ -334,9 +257,8 @@ impl Member {
         }
         .validate()
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let raft = Raft::new(config.id, Arc::new(raft_config), network, log_store, sm)
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let raft =
+            Raft::new(config.id, Arc::new(raft_config), network, log_store, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
 
         let member = Arc::new(Member {
             id: config.id,
@@ -356,25 +278,13 @@ impl Member {
         *member.server_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
 
         if initialize {
-            let nodes = BTreeMap::from([(
-                config.id,
-                MemberNode {
-                    addr: config.peer_addr.clone(),
-                },
-            )]);
-            member
-                .raft
-                .initialize(nodes)
-                .await
-                .map_err(|e| StartError::Raft(e.to_string()))?;
+            let nodes = BTreeMap::from([(config.id, MemberNode { addr: config.peer_addr.clone() })]);
+            member.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
             tracing::info!(member = config.id, cluster = %member_file.cluster_id, "bootstrapped a new cluster");
         }
         if let Some(via) = &member_file.join_via {
             member.finish_join(via).await.map_err(StartError::Join)?;
-            dir.write_member(&MemberFile {
-                join_via: None,
-                ..member_file.clone()
-            })?;
+            dir.write_member(&MemberFile { join_via: None, ..member_file.clone() })?;
             tracing::info!(member = config.id, via = %via, "joined the cluster");
         }
         Ok(member)
@@ -384,12 +294,8 @@ impl Member {
     /// elections until the join deadline.
     async fn finish_join(&self, via: &str) -> Result<(), StoreError> {
         let transport = token_transport(&self.token, &self.limits)?;
-        let request = Request::AddMember {
-            node_id: self.id,
-            addr: self.peer_addr.clone(),
-        };
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.limits.join_timeout_ms);
+        let request = Request::AddMember { node_id: self.id, addr: self.peer_addr.clone() };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.limits.join_timeout_ms);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             match transport.call(via, &request, left).await {
@@ -457,10 +363,7 @@ impl Member {
     }
 
     fn fatal(&self, reason: impl std::fmt::Display) -> StoreError {
-        StoreError::Fatal {
-            member: self.id,
-            reason: reason.to_string(),
-        }
+        StoreError::Fatal { member: self.id, reason: reason.to_string() }
     }
 
     /// The address of the leader when it is another member; `None` when this
@@ -473,18 +376,12 @@ impl Member {
             .wait(Some(wait))
             .metrics(|m| m.current_leader.is_some(), "a leader")
             .await
-            .map_err(|_| {
-                StoreError::NoLeader(format!("no leader elected within {} ms", wait.as_millis()))
-            })?;
+            .map_err(|_| StoreError::NoLeader(format!("no leader elected within {} ms", wait.as_millis())))?;
         let leader = metrics.current_leader.expect("waited for a leader");
         if leader == self.id && metrics.state == ServerState::Leader {
             return Ok(None);
         }
-        let node = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .cloned();
+        let node = metrics.membership_config.membership().get_node(&leader).cloned();
         if let Some(Fault::Drop) = self.faults.get(self.id, leader) {
             return Err(StoreError::Unreachable {
                 addr: node.map(|n| n.addr).unwrap_or_default(),
@@ -493,9 +390,7 @@ impl Member {
         }
         match node {
             Some(n) => Ok(Some(n.addr)),
-            None => Err(StoreError::NoLeader(format!(
-                "leader {leader} is not in this member's membership yet"
-            ))),
+            None => Err(StoreError::NoLeader(format!("leader {leader} is not in this member's membership yet"))),
         }
     }
 
@@ -516,10 +411,7 @@ impl Member {
         let check_put = |key: &[u8], value: &[u8]| {
             check_key(key)?;
             if value.len() > self.limits.value_size_max_bytes {
-                return Err(StoreError::ValueTooLarge {
-                    size: value.len(),
-                    limit: self.limits.value_size_max_bytes,
-                });
+                return Err(StoreError::ValueTooLarge { size: value.len(), limit: self.limits.value_size_max_bytes });
             }
             Ok(())
         };
@@ -540,9 +432,7 @@ impl Member {
                             check_put(key, value)?;
                             total += key.len() + value.len();
                         }
-                        TxnOp::Delete { key, prefix: false } | TxnOp::Get { key } => {
-                            check_key(key)?
-                        }
+                        TxnOp::Delete { key, prefix: false } | TxnOp::Get { key } => check_key(key)?,
                         TxnOp::Delete { prefix: true, .. } => {}
                     }
                 }
@@ -562,18 +452,11 @@ impl Member {
     /// follower the write is carried to the leader.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.validate(&command)?;
-        let _permit = self
-            .proposals
-            .acquire()
-            .await
-            .map_err(|_| self.fatal("shutting down"))?;
+        let _permit = self.proposals.acquire().await.map_err(|_| self.fatal("shutting down"))?;
         let timeout = self.limits.client_rpc_timeout();
         match tokio::time::timeout(timeout, self.propose_unchecked(command)).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::NoLeader(format!(
-                "write not committed within {} ms",
-                timeout.as_millis()
-            ))),
+            Err(_) => Err(StoreError::NoLeader(format!("write not committed within {} ms", timeout.as_millis()))),
         }
     }
 
@@ -586,32 +469,19 @@ impl Member {
                         Ok(Some(addr)) => addr,
                         Ok(None) => continue,
                         Err(e) if e.is_retryable() => {
-                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
-                                .await;
+                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
                             continue;
                         }
                         Err(e) => return Err(e),
                     };
-                    let reply = self
-                        .transport
-                        .call(
-                            &addr,
-                            &Request::Write(command.clone()),
-                            self.limits.client_rpc_timeout(),
-                        )
-                        .await;
+                    let reply = self.transport.call(&addr, &Request::Write(command.clone()), self.limits.client_rpc_timeout()).await;
                     match reply {
                         Ok(Reply::Written(result)) => return Ok(result),
-                        Ok(other) => {
-                            return Err(StoreError::Protocol(format!(
-                                "unexpected write reply {other:?}"
-                            )))
-                        }
+                        Ok(other) => return Err(StoreError::Protocol(format!("unexpected write reply {other:?}"))),
                         // The leader moved or died: find the new one.
                         Err(e) if e.is_retryable() => {
                             tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
-                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
-                                .await;
+                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
                         }
                         Err(e) => return Err(e),
                     }
@@ -636,56 +506,35 @@ impl Member {
                             Ok(Some(addr)) => addr,
                             Ok(None) => continue,
                             Err(e) if e.is_retryable() => {
-                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
-                                    .await;
+                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
                                 continue;
                             }
                             Err(e) => return Err(e),
                         };
-                        match self
-                            .transport
-                            .call(&addr, &Request::ReadIndex, self.limits.client_rpc_timeout())
-                            .await
-                        {
+                        match self.transport.call(&addr, &Request::ReadIndex, self.limits.client_rpc_timeout()).await {
                             Ok(Reply::ReadIndex(index)) => {
                                 self.raft
                                     .wait(Some(timeout))
                                     .applied_index_at_least(index, "linearizable read")
                                     .await
-                                    .map_err(|e| {
-                                        StoreError::NoLeader(format!(
-                                            "this member did not catch up: {e}"
-                                        ))
-                                    })?;
+                                    .map_err(|e| StoreError::NoLeader(format!("this member did not catch up: {e}")))?;
                                 return Ok(());
                             }
-                            Ok(other) => {
-                                return Err(StoreError::Protocol(format!(
-                                    "unexpected read-index reply {other:?}"
-                                )))
-                            }
-                            Err(e) if e.is_retryable() => {
-                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms))
-                                    .await
-                            }
+                            Ok(other) => return Err(StoreError::Protocol(format!("unexpected read-index reply {other:?}"))),
+                            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await,
                             Err(e) => return Err(e),
                         }
                     }
                     Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                        return Err(StoreError::NoLeader(format!(
-                            "leadership not confirmed by a majority: {e}"
-                        )))
+                        return Err(StoreError::NoLeader(format!("leadership not confirmed by a majority: {e}")))
                     }
                     Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
                 }
             }
         };
-        tokio::time::timeout(timeout, work).await.map_err(|_| {
-            StoreError::NoLeader(format!(
-                "read not confirmed within {} ms",
-                timeout.as_millis()
-            ))
-        })?
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| StoreError::NoLeader(format!("read not confirmed within {} ms", timeout.as_millis())))?
     }
 
     /// The leader's side of a follower's read-index request.
@@ -697,52 +546,23 @@ impl Member {
         }
     }
 
-    pub async fn put(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<CommandResult, StoreError> {
-        self.propose(Command::Put {
-            key: key.into(),
-            value: value.into(),
-        })
-        .await
+    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<CommandResult, StoreError> {
+        self.propose(Command::Put { key: key.into(), value: value.into() }).await
     }
 
     /// Deletes a key (or a prefix); answers how many keys went away.
-    pub async fn delete(
-        &self,
-        key: impl Into<Vec<u8>>,
-        prefix: bool,
-    ) -> Result<(u64, u64), StoreError> {
-        let r = self
-            .propose(Command::Delete {
-                key: key.into(),
-                prefix,
-            })
-            .await?;
+    pub async fn delete(&self, key: impl Into<Vec<u8>>, prefix: bool) -> Result<(u64, u64), StoreError> {
+        let r = self.propose(Command::Delete { key: key.into(), prefix }).await?;
         match r.outcome {
             Outcome::Delete { deleted } => Ok((deleted, r.revision)),
-            other => Err(StoreError::Protocol(format!(
-                "unexpected delete outcome {other:?}"
-            ))),
+            other => Err(StoreError::Protocol(format!("unexpected delete outcome {other:?}"))),
         }
     }
 
     /// Runs a transaction; answers whether the compares held, the results,
     /// and the revision after it.
-    pub async fn txn(
-        &self,
-        compares: Vec<Compare>,
-        success: Vec<TxnOp>,
-        failure: Vec<TxnOp>,
-    ) -> Result<CommandResult, StoreError> {
-        self.propose(Command::Txn(Txn {
-            compares,
-            success,
-            failure,
-        }))
-        .await
+    pub async fn txn(&self, compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Result<CommandResult, StoreError> {
+        self.propose(Command::Txn(Txn { compares, success, failure })).await
     }
 
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
@@ -752,11 +572,7 @@ impl Member {
         }
     }
 
-    pub async fn get(
-        &self,
-        key: &[u8],
-        consistency: Consistency,
-    ) -> Result<(Option<KeyValue>, u64), StoreError> {
+    pub async fn get(&self, key: &[u8], consistency: Consistency) -> Result<(Option<KeyValue>, u64), StoreError> {
         if consistency == Consistency::Linearizable {
             self.read_barrier().await?;
         }
@@ -773,14 +589,8 @@ impl Member {
         if consistency == Consistency::Linearizable {
             self.read_barrier().await?;
         }
-        let limit = if limit == 0 {
-            self.limits.range_page_max
-        } else {
-            limit.min(self.limits.range_page_max)
-        };
-        self.reader
-            .range(prefix, limit, continue_from)
-            .map_err(|e| self.fatal(e))
+        let limit = if limit == 0 { self.limits.range_page_max } else { limit.min(self.limits.range_page_max) };
+        self.reader.range(prefix, limit, continue_from).map_err(|e| self.fatal(e))
     }
 
     /// Watches `prefix` from `from_revision` (inclusive; 0 = from now).
@@ -810,16 +620,9 @@ impl Member {
     }
 
     /// Checks a join request's token and id; grants the CA if both are good.
-    pub fn grant_join(
-        &self,
-        secret: &str,
-        node_id: NodeId,
-        addr: &str,
-    ) -> Result<JoinGrant, StoreError> {
+    pub fn grant_join(&self, secret: &str, node_id: NodeId, addr: &str) -> Result<JoinGrant, StoreError> {
         if !self.token.secret_matches(secret) {
-            return Err(StoreError::Unauthorized(
-                "wrong join token; use the token the first server printed".into(),
-            ));
+            return Err(StoreError::Unauthorized("wrong join token; use the token the first server printed".into()));
         }
         if let Some(existing) = self.members().into_iter().find(|m| m.id == node_id) {
             if existing.addr != addr {
@@ -835,30 +638,17 @@ impl Member {
                 "member {node_id} at {addr} is already in the cluster; if it lost its data directory, remove it with `flotilla store remove-member {node_id}` and join again"
             )));
         }
-        Ok(JoinGrant {
-            cluster_id: self.ca.cluster_id.clone(),
-            ca_cert_pem: self.ca.cert_pem.clone(),
-            ca_key_pem: self.ca.key_pem.clone(),
-        })
+        Ok(JoinGrant { cluster_id: self.ca.cluster_id.clone(), ca_cert_pem: self.ca.cert_pem.clone(), ca_key_pem: self.ca.key_pem.clone() })
     }
 
     /// Adds a member: as a learner until it has caught up, then as a voter.
     pub async fn add_member(&self, node_id: NodeId, addr: String) -> Result<(), StoreError> {
         if let Some(leader) = self.leader_addr().await? {
             let timeout = Duration::from_millis(self.limits.join_timeout_ms);
-            return self
-                .transport
-                .call(&leader, &Request::AddMember { node_id, addr }, timeout)
-                .await
-                .map(|_| ());
+            return self.transport.call(&leader, &Request::AddMember { node_id, addr }, timeout).await.map(|_| ());
         }
         let metrics = self.raft.metrics().borrow().clone();
-        if metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == node_id)
-        {
+        if metrics.membership_config.membership().voter_ids().any(|v| v == node_id) {
             return Ok(());
         }
         self.raft
@@ -875,49 +665,29 @@ impl Member {
     /// Removes a member (voter or learner) from the cluster.
     pub async fn remove_member(&self, node_id: NodeId) -> Result<(), StoreError> {
         if let Some(leader) = self.leader_addr().await? {
-            return self
-                .transport
-                .call(
-                    &leader,
-                    &Request::RemoveMember { node_id },
-                    self.limits.client_rpc_timeout(),
-                )
-                .await
-                .map(|_| ());
+            return self.transport.call(&leader, &Request::RemoveMember { node_id }, self.limits.client_rpc_timeout()).await.map(|_| ());
         }
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let change = if voters.contains(&node_id) {
             if voters.len() == 1 {
-                return Err(StoreError::Membership(format!(
-                    "member {node_id} is the only voter; a cluster cannot remove its last voter"
-                )));
+                return Err(StoreError::Membership(format!("member {node_id} is the only voter; a cluster cannot remove its last voter")));
             }
             ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
         } else if membership.get_node(&node_id).is_some() {
             ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
         } else {
-            return Err(StoreError::Membership(format!(
-                "there is no member {node_id}"
-            )));
+            return Err(StoreError::Membership(format!("there is no member {node_id}")));
         };
-        self.raft
-            .change_membership(change, false)
-            .await
-            .map_err(|e| membership_error(e, &format!("removing {node_id}")))?;
+        self.raft.change_membership(change, false).await.map_err(|e| membership_error(e, &format!("removing {node_id}")))?;
         Ok(())
     }
 
     /// Stops Raft and the peer port. The data directory can be opened again
     /// once every handle to this member is dropped.
     pub async fn shutdown(&self) {
-        if let Some(task) = self
-            .server_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(task) = self.server_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
         if let Err(e) = self.raft.shutdown().await {

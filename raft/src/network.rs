@@ -5,13 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
 
 use crate::error::StoreError;
@@ -30,13 +27,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerLink;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
-        PeerLink {
-            from: self.from,
-            target,
-            addr: node.addr.clone(),
-            transport: self.transport.clone(),
-            faults: self.faults.clone(),
-        }
+        PeerLink { from: self.from, target, addr: node.addr.clone(), transport: self.transport.clone(), faults: self.faults.clone() }
     }
 }
 
@@ -50,31 +41,19 @@ pub struct PeerLink {
 }
 
 impl PeerLink {
-    async fn send<E: std::error::Error>(
-        &self,
-        request: Request,
-        option: &RPCOption,
-    ) -> Result<Reply, RPCError<NodeId, Member, E>> {
+    async fn send<E: std::error::Error>(&self, request: Request, option: &RPCOption) -> Result<Reply, RPCError<NodeId, Member, E>> {
         match self.faults.get(self.from, self.target) {
             Some(Fault::Drop) => {
-                let e = StoreError::Unreachable {
-                    addr: self.addr.clone(),
-                    reason: "dropped by fault injection".into(),
-                };
+                let e = StoreError::Unreachable { addr: self.addr.clone(), reason: "dropped by fault injection".into() };
                 return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
             Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
             None => {}
         }
-        let timeout = option
-            .hard_ttl()
-            .min(self.transport.limits().raft_rpc_timeout())
-            .max(Duration::from_millis(10));
+        let timeout = option.hard_ttl().min(self.transport.limits().raft_rpc_timeout()).max(Duration::from_millis(10));
         match self.transport.call(&self.addr, &request, timeout).await {
             Ok(reply) => Ok(reply),
-            Err(e @ (StoreError::Unreachable { .. } | StoreError::Timeout { .. })) => {
-                Err(RPCError::Unreachable(Unreachable::new(&e)))
-            }
+            Err(e @ (StoreError::Unreachable { .. } | StoreError::Timeout { .. })) => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
@@ -93,9 +72,7 @@ impl RaftNetwork<TypeConfig> for PeerLink {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         match self.send(Request::AppendEntries(rpc), &option).await? {
             Reply::AppendEntries(Ok(r)) => Ok(r),
-            Reply::AppendEntries(Err(e)) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            Reply::AppendEntries(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }
@@ -104,15 +81,10 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         &mut self,
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
-    > {
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>> {
         match self.send(Request::InstallSnapshot(rpc), &option).await? {
             Reply::InstallSnapshot(Ok(r)) => Ok(r),
-            Reply::InstallSnapshot(Err(e)) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            Reply::InstallSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }

@@ -114,8 +114,7 @@ async fn handle_stream(
 
 async fn reply(send: &mut quinn::SendStream, reply: Reply) -> Result<(), StoreError> {
     write_frame(send, &reply).await?;
-    send.finish()
-        .map_err(|e| StoreError::Protocol(e.to_string()))
+    send.finish().map_err(|e| StoreError::Protocol(e.to_string()))
 }
 
 async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
@@ -126,24 +125,15 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
         Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
         Request::Write(command) => Reply::Written(m.propose(command).await?),
         Request::Read { op, linearizable } => {
-            let consistency = if linearizable {
-                Consistency::Linearizable
-            } else {
-                Consistency::Serializable
-            };
+            let consistency = if linearizable { Consistency::Linearizable } else { Consistency::Serializable };
             match op {
                 ReadOp::Get { key } => {
                     let (kv, revision) = m.get(&key, consistency).await?;
                     Reply::Value { kv, revision }
                 }
-                ReadOp::Range {
-                    prefix,
-                    limit,
-                    continue_from,
-                } => Reply::Range(
-                    m.range(&prefix, limit, continue_from.as_deref(), consistency)
-                        .await?,
-                ),
+                ReadOp::Range { prefix, limit, continue_from } => {
+                    Reply::Range(m.range(&prefix, limit, continue_from.as_deref(), consistency).await?)
+                }
                 ReadOp::Revisions => {
                     if linearizable {
                         m.read_barrier().await?;
@@ -170,12 +160,7 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
 
 /// Streams a watch until the client goes away or the watch fails; idle
 /// streams get a progress frame so clients can resume from the latest point.
-async fn stream_watch(
-    send: &mut quinn::SendStream,
-    m: &Member,
-    prefix: Vec<u8>,
-    from: u64,
-) -> Result<(), StoreError> {
+async fn stream_watch(send: &mut quinn::SendStream, m: &Member, prefix: Vec<u8>, from: u64) -> Result<(), StoreError> {
     let mut watcher = match m.watch(prefix, from) {
         Ok(w) => w,
         Err(e) => return reply(send, Reply::Error(e)).await,

@@ -9,18 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use openraft::storage::{RaftStateMachine, Snapshot, SnapshotMeta};
-use openraft::{
-    Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError,
-    StoredMembership,
-};
+use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, StorageError, StorageIOError, StoredMembership};
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
 use crate::db::{cf, history_key, history_key_revision, Db, CF_HISTORY, CF_KV, CF_SM_META};
 use crate::kv_apply::{apply_command, auto_compact, KvFault, KvState};
-use crate::types::{
-    CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig,
-};
+use crate::types::{CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig};
 use crate::watch::{WatchBatch, WatchHub};
 use crate::wire::{decode, encode};
 
@@ -65,16 +60,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// Loads the state machine's bookkeeping from `db`.
-    pub fn open(
-        db: Db,
-        hub: Arc<WatchHub>,
-        snapshot_path: PathBuf,
-        history_retain_revisions: u64,
-    ) -> Result<Self, String> {
-        let meta = |key: &[u8]| {
-            db.get_cf(cf(&db, CF_SM_META), key)
-                .map_err(|e| e.to_string())
-        };
+    pub fn open(db: Db, hub: Arc<WatchHub>, snapshot_path: PathBuf, history_retain_revisions: u64) -> Result<Self, String> {
+        let meta = |key: &[u8]| db.get_cf(cf(&db, CF_SM_META), key).map_err(|e| e.to_string());
         let revs = match meta(KEY_REVS)? {
             Some(b) => decode(&b).map_err(|e| format!("state machine revisions: {e}"))?,
             None => Revisions::default(),
@@ -88,30 +75,14 @@ impl StateMachine {
             None => StoredMembership::default(),
         };
         hub.set_revisions(revs);
-        Ok(StateMachine {
-            db,
-            hub,
-            revs,
-            last_applied,
-            membership,
-            snapshot_path,
-            history_retain_revisions,
-        })
+        Ok(StateMachine { db, hub, revs, last_applied, membership, snapshot_path, history_retain_revisions })
     }
 
     fn write_meta(&self, batch: &mut WriteBatch) -> StoreResult<()> {
         let meta = cf(&self.db, CF_SM_META);
         batch.put_cf(meta, KEY_REVS, encode(&self.revs).map_err(sm_write_err)?);
-        batch.put_cf(
-            meta,
-            KEY_APPLIED,
-            encode(&self.last_applied).map_err(sm_write_err)?,
-        );
-        batch.put_cf(
-            meta,
-            KEY_MEMBERSHIP,
-            encode(&self.membership).map_err(sm_write_err)?,
-        );
+        batch.put_cf(meta, KEY_APPLIED, encode(&self.last_applied).map_err(sm_write_err)?);
+        batch.put_cf(meta, KEY_MEMBERSHIP, encode(&self.membership).map_err(sm_write_err)?);
         Ok(())
     }
 
@@ -151,13 +122,7 @@ struct BatchKv<'a> {
 
 impl<'a> BatchKv<'a> {
     fn new(db: &'a DB) -> Self {
-        BatchKv {
-            db,
-            overlay: BTreeMap::new(),
-            batch: WriteBatch::default(),
-            events: Vec::new(),
-            next_index: (0, 0),
-        }
+        BatchKv { db, overlay: BTreeMap::new(), batch: WriteBatch::default(), events: Vec::new(), next_index: (0, 0) }
     }
 }
 
@@ -166,11 +131,7 @@ impl KvState for BatchKv<'_> {
         if let Some(v) = self.overlay.get(key) {
             return Ok(v.clone());
         }
-        match self
-            .db
-            .get_cf(cf(self.db, CF_KV), key)
-            .map_err(|e| KvFault(e.to_string()))?
-        {
+        match self.db.get_cf(cf(self.db, CF_KV), key).map_err(|e| KvFault(e.to_string()))? {
             None => Ok(None),
             Some(b) => decode(&b).map(Some).map_err(|e| KvFault(e.to_string())),
         }
@@ -178,10 +139,7 @@ impl KvState for BatchKv<'_> {
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, KvFault> {
         let mut merged: BTreeMap<Vec<u8>, KeyValue> = BTreeMap::new();
-        let it = self.db.iterator_cf(
-            cf(self.db, CF_KV),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
+        let it = self.db.iterator_cf(cf(self.db, CF_KV), IteratorMode::From(prefix, Direction::Forward));
         for item in it {
             let (k, v) = item.map_err(|e| KvFault(e.to_string()))?;
             if !k.starts_with(prefix) {
@@ -189,11 +147,7 @@ impl KvState for BatchKv<'_> {
             }
             merged.insert(k.to_vec(), decode(&v).map_err(|e| KvFault(e.to_string()))?);
         }
-        for (k, v) in self
-            .overlay
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-        {
+        for (k, v) in self.overlay.range(prefix.to_vec()..).take_while(|(k, _)| k.starts_with(prefix)) {
             match v {
                 Some(kv) => merged.insert(k.clone(), kv.clone()),
                 None => merged.remove(k),
@@ -215,35 +169,21 @@ impl KvState for BatchKv<'_> {
     }
 
     fn record(&mut self, revision: u64, event: Event) {
-        let index = if self.next_index.0 == revision {
-            self.next_index.1
-        } else {
-            0
-        };
+        let index = if self.next_index.0 == revision { self.next_index.1 } else { 0 };
         self.next_index = (revision, index + 1);
-        self.batch.put_cf(
-            cf(self.db, CF_HISTORY),
-            history_key(revision, index),
-            encode(&event).unwrap_or_default(),
-        );
+        self.batch.put_cf(cf(self.db, CF_HISTORY), history_key(revision, index), encode(&event).unwrap_or_default());
         self.events.push((revision, event));
     }
 
     fn compact(&mut self, revision: u64) {
-        self.batch.delete_range_cf(
-            cf(self.db, CF_HISTORY),
-            history_key(0, 0),
-            history_key(revision, 0),
-        );
+        self.batch.delete_range_cf(cf(self.db, CF_HISTORY), history_key(0, 0), history_key(revision, 0));
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(
-        &mut self,
-    ) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+    async fn applied_state(&mut self) -> StoreResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -264,20 +204,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     Outcome::None
                 }
                 EntryPayload::Normal(command) => {
-                    let outcome =
-                        apply_command(&mut kv, &mut self.revs, &command).map_err(sm_read_err)?;
+                    let outcome = apply_command(&mut kv, &mut self.revs, &command).map_err(sm_read_err)?;
                     auto_compact(&mut kv, &mut self.revs, self.history_retain_revisions);
                     outcome
                 }
             };
-            results.push(CommandResult {
-                revision: self.revs.revision,
-                outcome,
-            });
+            results.push(CommandResult { revision: self.revs.revision, outcome });
         }
-        let BatchKv {
-            mut batch, events, ..
-        } = kv;
+        let BatchKv { mut batch, events, .. } = kv;
         self.write_meta(&mut batch)?;
         db.write(batch).map_err(sm_write_err)?;
         self.hub.publish(self.revs, group_by_revision(events));
@@ -285,21 +219,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            db: self.db.clone(),
-            snapshot_path: self.snapshot_path.clone(),
-        }
+        SnapshotBuilder { db: self.db.clone(), snapshot_path: self.snapshot_path.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> StoreResult<Box<Cursor<Vec<u8>>>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> StoreResult<()> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, Member>, snapshot: Box<Cursor<Vec<u8>>>) -> StoreResult<()> {
         let data = snapshot.into_inner();
         let payload: SnapshotPayload = decode(&data).map_err(sm_read_err)?;
         let mut batch = WriteBatch::default();
@@ -311,11 +238,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(kv_cf, &kv.key, encode(kv).map_err(sm_write_err)?);
         }
         for (rev, idx, ev) in &payload.history {
-            batch.put_cf(
-                hist_cf,
-                history_key(*rev, *idx),
-                encode(ev).map_err(sm_write_err)?,
-            );
+            batch.put_cf(hist_cf, history_key(*rev, *idx), encode(ev).map_err(sm_write_err)?);
         }
         self.revs = payload.revs;
         self.last_applied = meta.last_log_id;
@@ -324,26 +247,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(sm_write_err)?;
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?)
-            .map_err(sm_write_err)?;
-        tracing::info!(
-            revision = self.revs.revision,
-            "installed snapshot {}",
-            meta.snapshot_id
-        );
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?).map_err(sm_write_err)?;
+        tracing::info!(revision = self.revs.revision, "installed snapshot {}", meta.snapshot_id);
         self.hub.resync(self.revs);
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> StoreResult<Option<Snapshot<TypeConfig>>> {
-        Ok(self.read_stored_snapshot()?.map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        Ok(self.read_stored_snapshot()?.map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
     }
 }
 
@@ -352,10 +264,7 @@ fn group_by_revision(events: Vec<(u64, Event)>) -> Vec<WatchBatch> {
     for (rev, ev) in events {
         match out.last_mut() {
             Some(b) if b.revision == rev => b.events.push(ev),
-            _ => out.push(WatchBatch {
-                revision: rev,
-                events: vec![ev],
-            }),
+            _ => out.push(WatchBatch { revision: rev, events: vec![ev] }),
         }
     }
     out
@@ -374,25 +283,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // behind it may be purged.
         self.db.flush_wal(true).map_err(sm_write_err)?;
         let snap = self.db.snapshot();
-        let meta_get = |key: &[u8]| {
-            snap.get_cf(cf(&self.db, CF_SM_META), key)
-                .map_err(sm_read_err)
-        };
-        let revs: Revisions = meta_get(KEY_REVS)?
-            .map(|b| decode(&b))
-            .transpose()
-            .map_err(sm_read_err)?
-            .unwrap_or_default();
-        let last_applied: Option<LogId<NodeId>> = meta_get(KEY_APPLIED)?
-            .map(|b| decode(&b))
-            .transpose()
-            .map_err(sm_read_err)?
-            .flatten();
-        let membership: StoredMembership<NodeId, Member> = meta_get(KEY_MEMBERSHIP)?
-            .map(|b| decode(&b))
-            .transpose()
-            .map_err(sm_read_err)?
-            .unwrap_or_default();
+        let meta_get = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key).map_err(sm_read_err);
+        let revs: Revisions = meta_get(KEY_REVS)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
+        let last_applied: Option<LogId<NodeId>> = meta_get(KEY_APPLIED)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.flatten();
+        let membership: StoredMembership<NodeId, Member> =
+            meta_get(KEY_MEMBERSHIP)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
         let mut kvs = Vec::new();
         for item in snap.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
             let (_, v) = item.map_err(sm_read_err)?;
@@ -412,27 +307,13 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: format!(
                 "{}-{}",
                 last_applied.map_or(0, |l| l.index),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis())
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
             ),
         };
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        };
-        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?)
-            .map_err(sm_write_err)?;
-        tracing::info!(
-            revision = revs.revision,
-            bytes = stored.data.len(),
-            "built snapshot {}",
-            meta.snapshot_id
-        );
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        })
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        write_atomically(&self.snapshot_path, &encode(&stored).map_err(sm_write_err)?).map_err(sm_write_err)?;
+        tracing::info!(revision = revs.revision, bytes = stored.data.len(), "built snapshot {}", meta.snapshot_id);
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
 }
 
@@ -456,14 +337,8 @@ impl StoreReader {
         self.hub.revisions()
     }
 
-    fn read_revs(
-        snap: &rocksdb::SnapshotWithThreadMode<'_, DB>,
-        db: &DB,
-    ) -> Result<Revisions, String> {
-        match snap
-            .get_cf(cf(db, CF_SM_META), KEY_REVS)
-            .map_err(|e| e.to_string())?
-        {
+    fn read_revs(snap: &rocksdb::SnapshotWithThreadMode<'_, DB>, db: &DB) -> Result<Revisions, String> {
+        match snap.get_cf(cf(db, CF_SM_META), KEY_REVS).map_err(|e| e.to_string())? {
             Some(b) => decode(&b).map_err(|e| e.to_string()),
             None => Ok(Revisions::default()),
         }
@@ -472,10 +347,7 @@ impl StoreReader {
     pub fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, u64), String> {
         let snap = self.db.snapshot();
         let revs = Self::read_revs(&snap, &self.db)?;
-        let kv = match snap
-            .get_cf(cf(&self.db, CF_KV), key)
-            .map_err(|e| e.to_string())?
-        {
+        let kv = match snap.get_cf(cf(&self.db, CF_KV), key).map_err(|e| e.to_string())? {
             Some(b) => Some(decode(&b).map_err(|e| e.to_string())?),
             None => None,
         };
@@ -484,12 +356,7 @@ impl StoreReader {
 
     /// Up to `limit` keys starting with `prefix`, after `continue_from`
     /// (exclusive) when given, read at one revision.
-    pub fn range(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-        continue_from: Option<&[u8]>,
-    ) -> Result<RangePage, String> {
+    pub fn range(&self, prefix: &[u8], limit: usize, continue_from: Option<&[u8]>) -> Result<RangePage, String> {
         let snap = self.db.snapshot();
         let revs = Self::read_revs(&snap, &self.db)?;
         let start = match continue_from {
@@ -498,10 +365,7 @@ impl StoreReader {
         };
         let mut kvs = Vec::new();
         let mut more = false;
-        for item in snap.iterator_cf(
-            cf(&self.db, CF_KV),
-            IteratorMode::From(&start, Direction::Forward),
-        ) {
+        for item in snap.iterator_cf(cf(&self.db, CF_KV), IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item.map_err(|e| e.to_string())?;
             if !k.starts_with(prefix) {
                 break;
@@ -515,30 +379,18 @@ impl StoreReader {
             }
             kvs.push(decode(&v).map_err(|e| e.to_string())?);
         }
-        Ok(RangePage {
-            kvs,
-            more,
-            revision: revs.revision,
-        })
+        Ok(RangePage { kvs, more, revision: revs.revision })
     }
 
     /// History from `from_revision` (inclusive) on, at most `max_events`
     /// events, whole revisions only (a revision is never split).
-    pub fn history(
-        &self,
-        prefix: &[u8],
-        from_revision: u64,
-        max_events: usize,
-    ) -> Result<(Vec<Event>, u64), String> {
+    pub fn history(&self, prefix: &[u8], from_revision: u64, max_events: usize) -> Result<(Vec<Event>, u64), String> {
         let snap = self.db.snapshot();
         let revs = Self::read_revs(&snap, &self.db)?;
         let mut events = Vec::new();
         let mut scanned_to = from_revision.saturating_sub(1);
         let mut scanned = 0usize;
-        for item in snap.iterator_cf(
-            cf(&self.db, CF_HISTORY),
-            IteratorMode::From(&history_key(from_revision, 0), Direction::Forward),
-        ) {
+        for item in snap.iterator_cf(cf(&self.db, CF_HISTORY), IteratorMode::From(&history_key(from_revision, 0), Direction::Forward)) {
             let (k, v) = item.map_err(|e| e.to_string())?;
             let rev = history_key_revision(&k).ok_or("short history key")?;
             if rev > revs.revision {

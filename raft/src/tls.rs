@@ -9,10 +9,7 @@
 
 use std::sync::Arc;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -57,13 +54,9 @@ pub struct ClusterCa {
 }
 
 fn ca_params(cluster_id: &str) -> Result<CertificateParams, TlsError> {
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| TlsError::Certificate(e.to_string()))?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Certificate(e.to_string()))?;
     let mut dn = DistinguishedName::new();
-    dn.push(
-        DnType::CommonName,
-        format!("flotilla cluster CA {cluster_id}"),
-    );
+    dn.push(DnType::CommonName, format!("flotilla cluster CA {cluster_id}"));
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -76,19 +69,12 @@ impl ClusterCa {
     /// A fresh CA for a new cluster.
     pub fn generate(cluster_id: &str) -> Result<Self, TlsError> {
         let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let cert = ca_params(cluster_id)?
-            .self_signed(&key)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        Ok(ClusterCa {
-            cluster_id: cluster_id.into(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = ca_params(cluster_id)?.self_signed(&key).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        Ok(ClusterCa { cluster_id: cluster_id.into(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 
     pub fn cert_der(&self) -> Result<CertificateDer<'static>, TlsError> {
-        CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
-            .map_err(|e| TlsError::Certificate(format!("CA certificate: {e}")))
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).map_err(|e| TlsError::Certificate(format!("CA certificate: {e}")))
     }
 
     /// sha256 of the CA certificate, hex: what a join token pins.
@@ -98,25 +84,17 @@ impl ClusterCa {
 
     /// A certificate for a member or agent named `name`, signed by this CA.
     pub fn issue(&self, name: &str) -> Result<Identity, TlsError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem)
-            .map_err(|e| TlsError::Certificate(format!("CA key: {e}")))?;
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::Certificate(format!("CA key: {e}")))?;
         // The issuer is rebuilt from the same parameters as the CA itself, so
         // its name and key id match the stored CA certificate.
         let issuer = Issuer::new(ca_params(&self.cluster_id)?, ca_key);
         let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| TlsError::Certificate(e.to_string()))?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .map_err(|e| TlsError::Certificate(e.to_string()))?;
-        Ok(Identity {
-            ca_pem: self.cert_pem.clone(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        let cert = params.signed_by(&key, &issuer).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        Ok(Identity { ca_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -129,22 +107,12 @@ pub struct Identity {
 }
 
 impl Identity {
-    fn parts(
-        &self,
-    ) -> Result<
-        (
-            CertificateDer<'static>,
-            Vec<CertificateDer<'static>>,
-            PrivateKeyDer<'static>,
-        ),
-        TlsError,
-    > {
-        let ca = CertificateDer::from_pem_slice(self.ca_pem.as_bytes())
-            .map_err(|e| TlsError::Certificate(format!("CA certificate: {e}")))?;
+    fn parts(&self) -> Result<(CertificateDer<'static>, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+        let ca =
+            CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).map_err(|e| TlsError::Certificate(format!("CA certificate: {e}")))?;
         let leaf = CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
             .map_err(|e| TlsError::Certificate(format!("member certificate: {e}")))?;
-        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
-            .map_err(|e| TlsError::Certificate(format!("member key: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).map_err(|e| TlsError::Certificate(format!("member key: {e}")))?;
         // The CA rides along in the chain so token holders can pin it.
         Ok((ca.clone(), vec![leaf, ca], key))
     }
@@ -166,8 +134,7 @@ impl Identity {
             .with_single_cert(chain, key)
             .map_err(|e| TlsError::Config(e.to_string()))?;
         tls.alpn_protocols = vec![ALPN.to_vec()];
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         config.transport_config(Arc::new(transport_config(limits)));
         Ok(config)
@@ -190,12 +157,8 @@ impl Identity {
     }
 }
 
-fn finish_client(
-    tls: rustls::ClientConfig,
-    limits: &Limits,
-) -> Result<quinn::ClientConfig, TlsError> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+fn finish_client(tls: rustls::ClientConfig, limits: &Limits) -> Result<quinn::ClientConfig, TlsError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport_config(limits)));
     Ok(config)
@@ -205,9 +168,7 @@ fn finish_client(
 fn transport_config(limits: &Limits) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_millis(limits.keep_alive_ms)));
-    if let Ok(idle) =
-        quinn::IdleTimeout::try_from(std::time::Duration::from_millis(limits.idle_timeout_ms))
-    {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_millis(limits.idle_timeout_ms)) {
         t.max_idle_timeout(Some(idle));
     }
     t.max_concurrent_bidi_streams(2048u32.into());
@@ -230,31 +191,19 @@ pub struct JoinToken {
 impl JoinToken {
     pub fn new(ca: &ClusterCa) -> Result<Self, TlsError> {
         let secret: [u8; 16] = rand::random();
-        Ok(JoinToken {
-            ca_fingerprint: ca.fingerprint()?,
-            secret: hex::encode(secret),
-        })
+        Ok(JoinToken { ca_fingerprint: ca.fingerprint()?, secret: hex::encode(secret) })
     }
 
     pub fn parse(text: &str) -> Result<Self, TlsError> {
         let text = text.trim();
         let mut parts = text.split('-');
         let (prefix, fp, secret) = (parts.next(), parts.next(), parts.next());
-        let is_hex =
-            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         match (prefix, fp, secret, parts.next()) {
-            (Some(TOKEN_PREFIX), Some(fp), Some(secret), None)
-                if is_hex(fp, 64) && is_hex(secret, 32) =>
-            {
-                Ok(JoinToken {
-                    ca_fingerprint: fp.to_ascii_lowercase(),
-                    secret: secret.to_ascii_lowercase(),
-                })
+            (Some(TOKEN_PREFIX), Some(fp), Some(secret), None) if is_hex(fp, 64) && is_hex(secret, 32) => {
+                Ok(JoinToken { ca_fingerprint: fp.to_ascii_lowercase(), secret: secret.to_ascii_lowercase() })
             }
-            _ => Err(TlsError::BadToken(format!(
-                "expected {TOKEN_PREFIX}-<64 hex digits>-<32 hex digits>, got {} characters",
-                text.len()
-            ))),
+            _ => Err(TlsError::BadToken(format!("expected {TOKEN_PREFIX}-<64 hex digits>-<32 hex digits>, got {} characters", text.len()))),
         }
     }
 
@@ -271,10 +220,7 @@ impl JoinToken {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(|| TlsError::BadToken("CA fingerprint is not 32 bytes".into()))?;
-        let verifier = PinnedCaVerifier {
-            fingerprint,
-            provider: provider(),
-        };
+        let verifier = PinnedCaVerifier { fingerprint, provider: provider() };
         let mut tls = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| TlsError::Config(e.to_string()))?
@@ -312,20 +258,12 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let ca = intermediates
             .iter()
             .find(|c| Sha256::digest(c.as_ref()).as_slice() == self.fingerprint)
-            .ok_or_else(|| {
-                rustls::Error::General(
-                    "the server belongs to another cluster: its CA does not match the join token"
-                        .into(),
-                )
-            })?;
+            .ok_or_else(|| rustls::Error::General("the server belongs to another cluster: its CA does not match the join token".into()))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            self.provider.clone(),
-        )
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
@@ -335,12 +273,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -349,18 +282,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -64,29 +64,14 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(
-        endpoint: quinn::Endpoint,
-        client_config: quinn::ClientConfig,
-        hello_secret: Option<String>,
-        limits: Limits,
-    ) -> Self {
-        Transport {
-            endpoint,
-            client_config,
-            hello_secret,
-            connections: Default::default(),
-            limits,
-        }
+    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, hello_secret: Option<String>, limits: Limits) -> Self {
+        Transport { endpoint, client_config, hello_secret, connections: Default::default(), limits }
     }
 
     /// A client-only endpoint on an ephemeral port, for token holders.
     pub fn client_endpoint() -> Result<quinn::Endpoint, StoreError> {
-        quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address")).map_err(|e| {
-            StoreError::Unreachable {
-                addr: "0.0.0.0:0".into(),
-                reason: format!("cannot open a UDP socket: {e}"),
-            }
-        })
+        quinn::Endpoint::client("0.0.0.0:0".parse().expect("static address"))
+            .map_err(|e| StoreError::Unreachable { addr: "0.0.0.0:0".into(), reason: format!("cannot open a UDP socket: {e}") })
     }
 
     pub fn limits(&self) -> &Limits {
@@ -103,15 +88,9 @@ impl Transport {
         }
         tokio::net::lookup_host(addr)
             .await
-            .map_err(|e| StoreError::Unreachable {
-                addr: addr.into(),
-                reason: format!("cannot resolve: {e}"),
-            })?
+            .map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: format!("cannot resolve: {e}") })?
             .next()
-            .ok_or_else(|| StoreError::Unreachable {
-                addr: addr.into(),
-                reason: "name has no address".into(),
-            })
+            .ok_or_else(|| StoreError::Unreachable { addr: addr.into(), reason: "name has no address".into() })
     }
 
     async fn connection(&self, addr: &str) -> Result<quinn::Connection, StoreError> {
@@ -127,45 +106,20 @@ impl Transport {
         let connecting = self
             .endpoint
             .connect_with(self.client_config.clone(), sa, SERVER_NAME)
-            .map_err(|e| StoreError::Unreachable {
-                addr: addr.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
         let conn = match tokio::time::timeout(timeout, connecting).await {
-            Err(_) => {
-                return Err(StoreError::Timeout {
-                    addr: addr.into(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
-            }
+            Err(_) => return Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
             Ok(Err(e)) => return Err(connect_error(addr, e)),
             Ok(Ok(c)) => c,
         };
         if let Some(secret) = &self.hello_secret {
-            let hello = Request::Hello {
-                version: PROTOCOL_VERSION,
-                secret: secret.clone(),
-            };
-            match tokio::time::timeout(
-                timeout,
-                exchange(&conn, &hello, self.limits.reply_size_max_bytes),
-            )
-            .await
-            {
-                Err(_) => {
-                    return Err(StoreError::Timeout {
-                        addr: addr.into(),
-                        timeout_ms: timeout.as_millis() as u64,
-                    })
-                }
+            let hello = Request::Hello { version: PROTOCOL_VERSION, secret: secret.clone() };
+            match tokio::time::timeout(timeout, exchange(&conn, &hello, self.limits.reply_size_max_bytes)).await {
+                Err(_) => return Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
                 Ok(Err(e)) => return Err(e),
                 Ok(Ok(Reply::Ok)) => {}
                 Ok(Ok(Reply::Error(e))) => return Err(e),
-                Ok(Ok(other)) => {
-                    return Err(StoreError::Protocol(format!(
-                        "unexpected hello reply {other:?}"
-                    )))
-                }
+                Ok(Ok(other)) => return Err(StoreError::Protocol(format!("unexpected hello reply {other:?}"))),
             }
         }
         conns.insert(sa, conn.clone());
@@ -180,30 +134,17 @@ impl Transport {
 
     /// One request, one reply, within `timeout`. A failed connection is
     /// dropped from the cache so the next call dials again.
-    pub async fn call(
-        &self,
-        addr: &str,
-        request: &Request,
-        timeout: Duration,
-    ) -> Result<Reply, StoreError> {
+    pub async fn call(&self, addr: &str, request: &Request, timeout: Duration) -> Result<Reply, StoreError> {
         let attempt = async {
             let conn = self.connection(addr).await?;
             exchange(&conn, request, self.limits.reply_size_max_bytes).await
         };
         let result = match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => Err(StoreError::Timeout {
-                addr: addr.into(),
-                timeout_ms: timeout.as_millis() as u64,
-            }),
+            Err(_) => Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
             Ok(r) => r,
         };
         if let Err(e) = &result {
-            if matches!(
-                e,
-                StoreError::Timeout { .. }
-                    | StoreError::Unreachable { .. }
-                    | StoreError::Protocol(_)
-            ) {
+            if matches!(e, StoreError::Timeout { .. } | StoreError::Unreachable { .. } | StoreError::Protocol(_)) {
                 self.forget(addr).await;
             }
         }
@@ -214,30 +155,20 @@ impl Transport {
     }
 
     /// Opens a stream for a request with many reply frames (a watch).
-    pub async fn open_stream(
-        &self,
-        addr: &str,
-        request: &Request,
-    ) -> Result<quinn::RecvStream, StoreError> {
+    pub async fn open_stream(&self, addr: &str, request: &Request) -> Result<quinn::RecvStream, StoreError> {
         let timeout = self.limits.client_rpc_timeout();
         let attempt = async {
             let conn = self.connection(addr).await?;
-            let (mut send, recv) = conn.open_bi().await.map_err(|e| StoreError::Unreachable {
-                addr: addr.into(),
-                reason: e.to_string(),
-            })?;
+            let (mut send, recv) =
+                conn.open_bi().await.map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
             write_frame(&mut send, request).await?;
-            send.finish()
-                .map_err(|e| StoreError::Protocol(e.to_string()))?;
+            send.finish().map_err(|e| StoreError::Protocol(e.to_string()))?;
             Ok(recv)
         };
         match tokio::time::timeout(timeout, attempt).await {
             Err(_) => {
                 self.forget(addr).await;
-                Err(StoreError::Timeout {
-                    addr: addr.into(),
-                    timeout_ms: timeout.as_millis() as u64,
-                })
+                Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 })
             }
             Ok(Err(e)) => {
                 self.forget(addr).await;
@@ -257,53 +188,26 @@ fn connect_error(addr: &str, e: quinn::ConnectionError) -> StoreError {
         {
             StoreError::Unauthorized(format!("TLS handshake with {addr} failed: {t}"))
         }
-        quinn::ConnectionError::ConnectionClosed(c) => {
-            StoreError::Unauthorized(format!("{addr} closed the connection: {c}"))
-        }
-        quinn::ConnectionError::TimedOut => StoreError::Timeout {
-            addr: addr.into(),
-            timeout_ms: 0,
-        },
-        other => StoreError::Unreachable {
-            addr: addr.into(),
-            reason: other.to_string(),
-        },
+        quinn::ConnectionError::ConnectionClosed(c) => StoreError::Unauthorized(format!("{addr} closed the connection: {c}")),
+        quinn::ConnectionError::TimedOut => StoreError::Timeout { addr: addr.into(), timeout_ms: 0 },
+        other => StoreError::Unreachable { addr: addr.into(), reason: other.to_string() },
     }
 }
 
-async fn exchange(
-    conn: &quinn::Connection,
-    request: &Request,
-    max_reply: usize,
-) -> Result<Reply, StoreError> {
+async fn exchange(conn: &quinn::Connection, request: &Request, max_reply: usize) -> Result<Reply, StoreError> {
     let addr = conn.remote_address().to_string();
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| StoreError::Unreachable {
-        addr: addr.clone(),
-        reason: e.to_string(),
-    })?;
-    write_frame(&mut send, request)
-        .await
-        .map_err(|e| with_addr(e, &addr))?;
-    send.finish()
-        .map_err(|e| StoreError::Protocol(e.to_string()))?;
-    match read_frame::<Reply>(&mut recv, max_reply)
-        .await
-        .map_err(|e| with_addr(e, &addr))?
-    {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| StoreError::Unreachable { addr: addr.clone(), reason: e.to_string() })?;
+    write_frame(&mut send, request).await.map_err(|e| with_addr(e, &addr))?;
+    send.finish().map_err(|e| StoreError::Protocol(e.to_string()))?;
+    match read_frame::<Reply>(&mut recv, max_reply).await.map_err(|e| with_addr(e, &addr))? {
         Some(reply) => Ok(reply),
-        None => Err(StoreError::Unreachable {
-            addr,
-            reason: "peer closed the stream without a reply".into(),
-        }),
+        None => Err(StoreError::Unreachable { addr, reason: "peer closed the stream without a reply".into() }),
     }
 }
 
 fn with_addr(e: StoreError, addr: &str) -> StoreError {
     match e {
-        StoreError::Unreachable { addr: a, reason } if a.is_empty() => StoreError::Unreachable {
-            addr: addr.into(),
-            reason,
-        },
+        StoreError::Unreachable { addr: a, reason } if a.is_empty() => StoreError::Unreachable { addr: addr.into(), reason },
         other => other,
     }
 }

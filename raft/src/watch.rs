@@ -44,13 +44,7 @@ impl WatchHub {
     pub fn new(queue_max: usize, watches_max: usize) -> Self {
         let (tx, _) = broadcast::channel(queue_max.max(1));
         let (revs, _) = watch::channel(Revisions::default());
-        WatchHub {
-            tx,
-            revs,
-            active: AtomicUsize::new(0),
-            watches_max,
-            queue_max,
-        }
+        WatchHub { tx, revs, active: AtomicUsize::new(0), watches_max, queue_max }
     }
 
     /// Called by the state machine after each applied batch is written.
@@ -111,11 +105,7 @@ impl Drop for Watcher {
 impl Watcher {
     /// Watches `prefix` from `from_revision` (inclusive); 0 means "changes
     /// after now".
-    pub fn open(
-        reader: StoreReader,
-        prefix: Vec<u8>,
-        from_revision: u64,
-    ) -> Result<Self, StoreError> {
+    pub fn open(reader: StoreReader, prefix: Vec<u8>, from_revision: u64) -> Result<Self, StoreError> {
         let hub = reader.hub().clone();
         if hub.active.fetch_add(1, Ordering::Relaxed) >= hub.watches_max {
             hub.active.fetch_sub(1, Ordering::Relaxed);
@@ -128,20 +118,10 @@ impl Watcher {
         // read arrives on the channel, anything before is in history.
         let rx = hub.tx.subscribe();
         let revs = hub.revisions();
-        let mut watcher = Watcher {
-            reader,
-            prefix,
-            rx,
-            next_revision: revs.revision + 1,
-            replay_until: None,
-            hub,
-        };
+        let mut watcher = Watcher { reader, prefix, rx, next_revision: revs.revision + 1, replay_until: None, hub };
         if from_revision != 0 {
             if from_revision < revs.compact_revision {
-                return Err(StoreError::Compacted {
-                    requested: from_revision,
-                    compact_revision: revs.compact_revision,
-                });
+                return Err(StoreError::Compacted { requested: from_revision, compact_revision: revs.compact_revision });
             }
             watcher.next_revision = from_revision;
             if from_revision <= revs.revision {
@@ -170,20 +150,14 @@ impl Watcher {
                     .map_err(|reason| StoreError::Fatal { member: 0, reason })?;
                 let compact = self.reader.revisions().compact_revision;
                 if self.next_revision < compact {
-                    return Err(StoreError::Compacted {
-                        requested: self.next_revision,
-                        compact_revision: compact,
-                    });
+                    return Err(StoreError::Compacted { requested: self.next_revision, compact_revision: compact });
                 }
                 self.next_revision = covered.max(self.next_revision.saturating_sub(1)) + 1;
                 if covered >= until {
                     self.replay_until = None;
                 }
                 if !events.is_empty() {
-                    return Ok(WatchItem::Events {
-                        revision: covered,
-                        events,
-                    });
+                    return Ok(WatchItem::Events { revision: covered, events });
                 }
                 continue;
             }
@@ -199,32 +173,19 @@ impl Watcher {
                         continue;
                     }
                     self.next_revision = batch.revision + 1;
-                    let events: Vec<Event> = batch
-                        .events
-                        .iter()
-                        .filter(|e| e.kv.key.starts_with(&self.prefix))
-                        .cloned()
-                        .collect();
+                    let events: Vec<Event> = batch.events.iter().filter(|e| e.kv.key.starts_with(&self.prefix)).cloned().collect();
                     if !events.is_empty() {
-                        return Ok(WatchItem::Events {
-                            revision: batch.revision,
-                            events,
-                        });
+                        return Ok(WatchItem::Events { revision: batch.revision, events });
                     }
                 }
                 Ok(HubMessage::Resync) => {
                     self.replay_until = Some(self.reader.revisions().revision);
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err(StoreError::WatchOverflow {
-                        queue_max: self.hub.queue_max,
-                    });
+                    return Err(StoreError::WatchOverflow { queue_max: self.hub.queue_max });
                 }
                 Err(broadcast::error::RecvError::Closed) => {
-                    return Err(StoreError::Fatal {
-                        member: 0,
-                        reason: "the store is shutting down".into(),
-                    });
+                    return Err(StoreError::Fatal { member: 0, reason: "the store is shutting down".into() });
                 }
             }
         }

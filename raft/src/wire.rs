@@ -3,16 +3,13 @@
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest, VoteResponse,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::types::{
-    Command, CommandResult, Event, KeyValue, NodeId, RangePage, Revisions, TypeConfig,
-};
+use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, RangePage, Revisions, TypeConfig};
 
 /// Bumped when a frame's shape changes; peers with another version are refused.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -59,10 +56,7 @@ pub enum Request {
 impl Request {
     /// Raft's own RPCs, accepted only from members.
     pub fn is_raft(&self) -> bool {
-        matches!(
-            self,
-            Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_)
-        )
+        matches!(self, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_))
     }
 
     pub fn name(&self) -> &'static str {
@@ -85,14 +79,8 @@ impl Request {
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum ReadOp {
-    Get {
-        key: Vec<u8>,
-    },
-    Range {
-        prefix: Vec<u8>,
-        limit: usize,
-        continue_from: Option<Vec<u8>>,
-    },
+    Get { key: Vec<u8> },
+    Range { prefix: Vec<u8>, limit: usize, continue_from: Option<Vec<u8>> },
     Revisions,
 }
 
@@ -136,9 +124,7 @@ pub enum Reply {
     Joined(JoinGrant),
     AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
-    InstallSnapshot(
-        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
-    ),
+    InstallSnapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Written(CommandResult),
     Value {
         kv: Option<KeyValue>,
@@ -165,75 +151,47 @@ fn config() -> bincode::config::Configuration {
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(value, config())
-        .map_err(|e| StoreError::Protocol(format!("encode: {e}")))
+    bincode::serde::encode_to_vec(value, config()).map_err(|e| StoreError::Protocol(format!("encode: {e}")))
 }
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| StoreError::Protocol(format!("malformed frame: {e}")))?;
+    let (value, read) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| StoreError::Protocol(format!("malformed frame: {e}")))?;
     if read != bytes.len() {
-        return Err(StoreError::Protocol(format!(
-            "{} trailing bytes after frame",
-            bytes.len() - read
-        )));
+        return Err(StoreError::Protocol(format!("{} trailing bytes after frame", bytes.len() - read)));
     }
     Ok(value)
 }
 
 /// Writes one length-prefixed frame.
-pub async fn write_frame<T: Serialize>(
-    send: &mut quinn::SendStream,
-    value: &T,
-) -> Result<(), StoreError> {
+pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, value: &T) -> Result<(), StoreError> {
     let body = encode(value)?;
-    let len =
-        u32::try_from(body.len()).map_err(|_| StoreError::Protocol("frame over 4 GiB".into()))?;
+    let len = u32::try_from(body.len()).map_err(|_| StoreError::Protocol("frame over 4 GiB".into()))?;
     let mut buf = Vec::with_capacity(body.len() + 4);
     buf.extend_from_slice(&len.to_be_bytes());
     buf.extend_from_slice(&body);
-    send.write_all(&buf)
-        .await
-        .map_err(|e| StoreError::Unreachable {
-            addr: String::new(),
-            reason: format!("write: {e}"),
-        })
+    send.write_all(&buf).await.map_err(|e| StoreError::Unreachable { addr: String::new(), reason: format!("write: {e}") })
 }
 
 /// Reads one frame; `None` when the peer finished the stream cleanly.
-pub async fn read_frame<T: DeserializeOwned>(
-    recv: &mut quinn::RecvStream,
-    max_bytes: usize,
-) -> Result<Option<T>, StoreError> {
+pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream, max_bytes: usize) -> Result<Option<T>, StoreError> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
         Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
         Err(quinn::ReadExactError::FinishedEarly(n)) => {
-            return Err(StoreError::Protocol(format!(
-                "stream ended {n} bytes into a frame header"
-            )))
+            return Err(StoreError::Protocol(format!("stream ended {n} bytes into a frame header")))
         }
         // The connection or stream went away: the peer may be down.
-        Err(quinn::ReadExactError::ReadError(e)) => {
-            return Err(StoreError::Unreachable {
-                addr: String::new(),
-                reason: e.to_string(),
-            })
-        }
+        Err(quinn::ReadExactError::ReadError(e)) => return Err(StoreError::Unreachable { addr: String::new(), reason: e.to_string() }),
     }
     let len = u32::from_be_bytes(len) as usize;
     if len > max_bytes {
-        return Err(StoreError::Invalid(format!(
-            "request of {len} bytes is over the limit of {max_bytes} bytes"
-        )));
+        return Err(StoreError::Invalid(format!("request of {len} bytes is over the limit of {max_bytes} bytes")));
     }
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::ReadError(e) => StoreError::Unreachable {
-            addr: String::new(),
-            reason: e.to_string(),
-        },
+        quinn::ReadExactError::ReadError(e) => StoreError::Unreachable { addr: String::new(), reason: e.to_string() },
         other => StoreError::Protocol(format!("read: {other}")),
     })?;
     decode(&body).map(Some)

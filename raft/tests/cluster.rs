@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft::{
-    Consistency, Event, EventKind, Faults, Limits, Member, StartMode, StoreConfig, StoreError,
-};
+use flotilla_raft::{Consistency, Event, EventKind, Faults, Limits, Member, StartMode, StoreConfig, StoreError};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -18,11 +16,7 @@ fn free_addr() -> String {
 }
 
 fn test_limits() -> Limits {
-    Limits {
-        client_rpc_timeout_ms: 4_000,
-        join_timeout_ms: 20_000,
-        ..Limits::default()
-    }
+    Limits { client_rpc_timeout_ms: 4_000, join_timeout_ms: 20_000, ..Limits::default() }
 }
 
 /// Polls `check` until it holds or the deadline passes.
@@ -62,21 +56,12 @@ impl Cluster {
             faults,
             limits,
         };
-        let first = cluster
-            .open(1, StartMode::Bootstrap)
-            .await
-            .expect("bootstrap member 1");
+        let first = cluster.open(1, StartMode::Bootstrap).await.expect("bootstrap member 1");
         cluster.members.push(Some(first.clone()));
         let token = first.token().to_string();
         for id in 2..=n as u64 {
             let m = cluster
-                .open(
-                    id,
-                    StartMode::Join {
-                        via: cluster.addrs[0].clone(),
-                        token: token.clone(),
-                    },
-                )
+                .open(id, StartMode::Join { via: cluster.addrs[0].clone(), token: token.clone() })
                 .await
                 .unwrap_or_else(|e| panic!("member {id} joins: {e}"));
             cluster.members.push(Some(m));
@@ -84,11 +69,7 @@ impl Cluster {
         cluster
     }
 
-    async fn open(
-        &self,
-        id: u64,
-        start: StartMode,
-    ) -> Result<Arc<Member>, flotilla_raft::StartError> {
+    async fn open(&self, id: u64, start: StartMode) -> Result<Arc<Member>, flotilla_raft::StartError> {
         let i = (id - 1) as usize;
         let mut config = StoreConfig::new(id, &self.dirs[i], &self.addrs[i], start);
         config.limits = self.limits.clone();
@@ -97,9 +78,7 @@ impl Cluster {
     }
 
     fn member(&self, id: u64) -> Arc<Member> {
-        self.members[(id - 1) as usize]
-            .clone()
-            .expect("member is running")
+        self.members[(id - 1) as usize].clone().expect("member is running")
     }
 
     fn running(&self) -> Vec<Arc<Member>> {
@@ -124,10 +103,7 @@ impl Cluster {
     }
 
     async fn restart(&mut self, id: u64) {
-        let m = self
-            .open(id, StartMode::Restart)
-            .await
-            .unwrap_or_else(|e| panic!("restart member {id}: {e}"));
+        let m = self.open(id, StartMode::Restart).await.unwrap_or_else(|e| panic!("restart member {id}: {e}"));
         self.members[(id - 1) as usize] = Some(m);
     }
 }
@@ -139,9 +115,7 @@ async fn value(m: &Member, key: &str, consistency: Consistency) -> Option<String
     loop {
         match m.get(key.as_bytes(), consistency).await {
             Ok((kv, _)) => return kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()),
-            Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
+            Err(e) if e.is_retryable() && start.elapsed() < DEADLINE => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(e) => panic!("read of {key} on member {} failed: {e}", m.id()),
         }
     }
@@ -151,39 +125,16 @@ async fn value(m: &Member, key: &str, consistency: Consistency) -> Option<String
 async fn elects_a_leader_and_replicates_writes_sent_to_any_member() {
     let cluster = Cluster::start(3, test_limits()).await;
     let leader = cluster.leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader.id())
-        .expect("a follower");
+    let follower = cluster.running().into_iter().find(|m| m.id() != leader.id()).expect("a follower");
     // A write sent to a follower is carried to the leader.
-    let r = follower
-        .put("greeting", "hello")
-        .await
-        .expect("put via follower");
+    let r = follower.put("greeting", "hello").await.expect("put via follower");
     assert!(r.revision >= 1);
     for m in cluster.running() {
-        assert_eq!(
-            value(&m, "greeting", Consistency::Linearizable)
-                .await
-                .as_deref(),
-            Some("hello"),
-            "member {}",
-            m.id()
-        );
+        assert_eq!(value(&m, "greeting", Consistency::Linearizable).await.as_deref(), Some("hello"), "member {}", m.id());
     }
     let members = leader.members();
-    assert_eq!(
-        members.iter().map(|m| m.id).collect::<BTreeSet<_>>(),
-        BTreeSet::from([1, 2, 3])
-    );
-    assert_eq!(
-        members
-            .iter()
-            .filter(|m| m.role == flotilla_raft::Role::Leader)
-            .count(),
-        1
-    );
+    assert_eq!(members.iter().map(|m| m.id).collect::<BTreeSet<_>>(), BTreeSet::from([1, 2, 3]));
+    assert_eq!(members.iter().filter(|m| m.role == flotilla_raft::Role::Leader).count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -192,20 +143,12 @@ async fn no_acknowledged_write_is_lost_when_the_leader_dies_mid_stream() {
     let leader = cluster.leader().await;
     let leader_id = leader.id();
     drop(leader);
-    let writer_member = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader_id)
-        .expect("a follower");
+    let writer_member = cluster.running().into_iter().find(|m| m.id() != leader_id).expect("a follower");
     let writer = tokio::spawn(async move {
         let mut acked = Vec::new();
         for i in 0..300u32 {
             // Failures during the election are expected; only acks count.
-            if writer_member
-                .put(format!("stream/{i:04}"), i.to_string())
-                .await
-                .is_ok()
-            {
+            if writer_member.put(format!("stream/{i:04}"), i.to_string()).await.is_ok() {
                 acked.push(i);
             }
         }
@@ -220,11 +163,7 @@ async fn no_acknowledged_write_is_lost_when_the_leader_dies_mid_stream() {
     .await;
     cluster.stop(leader_id).await;
     let acked = writer.await.expect("writer task");
-    assert!(
-        acked.len() > 100,
-        "writes kept being acknowledged after the failover ({} acked)",
-        acked.len()
-    );
+    assert!(acked.len() > 100, "writes kept being acknowledged after the failover ({} acked)", acked.len());
     let new_leader = cluster.leader().await;
     assert_ne!(new_leader.id(), leader_id);
     for m in cluster.running() {
@@ -250,39 +189,20 @@ async fn no_acknowledged_write_is_lost_when_the_leader_dies_mid_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_minority_cannot_commit_while_the_majority_goes_on() {
-    let limits = Limits {
-        client_rpc_timeout_ms: 2_000,
-        ..test_limits()
-    };
+    let limits = Limits { client_rpc_timeout_ms: 2_000, ..test_limits() };
     let cluster = Cluster::start(3, limits).await;
     let leader = cluster.leader().await;
-    let isolated = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader.id())
-        .expect("a follower");
-    let others: Vec<u64> = cluster
-        .running()
-        .iter()
-        .map(|m| m.id())
-        .filter(|id| *id != isolated.id())
-        .collect();
+    let isolated = cluster.running().into_iter().find(|m| m.id() != leader.id()).expect("a follower");
+    let others: Vec<u64> = cluster.running().iter().map(|m| m.id()).filter(|id| *id != isolated.id()).collect();
     cluster.faults.partition(isolated.id(), &others);
 
     // The isolated member cannot get a write committed, and says so in bounded time.
     let started = std::time::Instant::now();
-    let err = isolated
-        .put("minority", "x")
-        .await
-        .expect_err("a minority must not commit");
+    let err = isolated.put("minority", "x").await.expect_err("a minority must not commit");
     assert!(err.is_retryable(), "retryable error expected, got {err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // Nor a linearizable read.
-    assert!(isolated
-        .get(b"minority", Consistency::Linearizable)
-        .await
-        .expect_err("no linearizable read in a minority")
-        .is_retryable());
+    assert!(isolated.get(b"minority", Consistency::Linearizable).await.expect_err("no linearizable read in a minority").is_retryable());
 
     // The majority keeps committing.
     let majority_leader = cluster.leader().await;
@@ -290,10 +210,7 @@ async fn a_minority_cannot_commit_while_the_majority_goes_on() {
         // The isolated member may still believe it leads; ask the others.
         let mut l = None;
         eventually("a leader in the majority", || {
-            l = cluster
-                .running()
-                .into_iter()
-                .find(|m| m.id() != isolated.id() && m.is_leader());
+            l = cluster.running().into_iter().find(|m| m.id() != isolated.id() && m.is_leader());
             let ok = l.is_some();
             async move { ok }
         })
@@ -302,60 +219,29 @@ async fn a_minority_cannot_commit_while_the_majority_goes_on() {
     } else {
         majority_leader
     };
-    majority_leader
-        .put("majority", "y")
-        .await
-        .expect("majority commits");
-    assert_eq!(
-        value(&isolated, "minority", Consistency::Serializable).await,
-        None
-    );
+    majority_leader.put("majority", "y").await.expect("majority commits");
+    assert_eq!(value(&isolated, "minority", Consistency::Serializable).await, None);
 
     cluster.faults.heal();
     eventually("healed member sees the majority's write", || {
         let i = isolated.clone();
-        async move {
-            value(&i, "majority", Consistency::Serializable)
-                .await
-                .as_deref()
-                == Some("y")
-        }
+        async move { value(&i, "majority", Consistency::Serializable).await.as_deref() == Some("y") }
     })
     .await;
-    assert_eq!(
-        value(&isolated, "minority", Consistency::Linearizable).await,
-        None,
-        "the minority's write never happened"
-    );
+    assert_eq!(value(&isolated, "minority", Consistency::Linearizable).await, None, "the minority's write never happened");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_far_behind_catches_up_from_a_snapshot() {
-    let limits = Limits {
-        snapshot_every_entries: 100,
-        log_kept_behind_snapshot: 10,
-        ..test_limits()
-    };
+    let limits = Limits { snapshot_every_entries: 100, log_kept_behind_snapshot: 10, ..test_limits() };
     let cluster = Cluster::start(3, limits).await;
     let leader = cluster.leader().await;
-    let lagging = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader.id())
-        .expect("a follower");
-    let others: Vec<u64> = cluster
-        .running()
-        .iter()
-        .map(|m| m.id())
-        .filter(|id| *id != lagging.id())
-        .collect();
+    let lagging = cluster.running().into_iter().find(|m| m.id() != leader.id()).expect("a follower");
+    let others: Vec<u64> = cluster.running().iter().map(|m| m.id()).filter(|id| *id != lagging.id()).collect();
     cluster.faults.partition(lagging.id(), &others);
     let writer = cluster.leader().await;
     for i in 0..400u32 {
-        writer
-            .put(format!("bulk/{i:04}"), format!("v{i}"))
-            .await
-            .expect("write while a follower is cut off");
+        writer.put(format!("bulk/{i:04}"), format!("v{i}")).await.expect("write while a follower is cut off");
     }
     // The leader's log behind its snapshot is purged, so the follower can
     // only catch up by installing the snapshot.
@@ -367,22 +253,11 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
     cluster.faults.heal();
     eventually("lagging follower caught up", || {
         let l = lagging.clone();
-        async move {
-            value(&l, "bulk/0399", Consistency::Serializable)
-                .await
-                .as_deref()
-                == Some("v399")
-        }
+        async move { value(&l, "bulk/0399", Consistency::Serializable).await.as_deref() == Some("v399") }
     })
     .await;
-    assert!(
-        lagging.raft().metrics().borrow().snapshot.is_some(),
-        "the follower installed a snapshot"
-    );
-    let page = lagging
-        .range(b"bulk/", 0, None, Consistency::Serializable)
-        .await
-        .expect("range");
+    assert!(lagging.raft().metrics().borrow().snapshot.is_some(), "the follower installed a snapshot");
+    let page = lagging.range(b"bulk/", 0, None, Consistency::Serializable).await.expect("range");
     assert_eq!(page.kvs.len(), 400);
     assert_eq!(lagging.revisions(), writer.revisions());
 }
@@ -392,10 +267,7 @@ async fn every_member_restarts_from_disk_with_all_data() {
     let mut cluster = Cluster::start(3, test_limits()).await;
     let leader = cluster.leader().await;
     for i in 0..50u32 {
-        leader
-            .put(format!("durable/{i}"), format!("{i}"))
-            .await
-            .expect("put");
+        leader.put(format!("durable/{i}"), format!("{i}")).await.expect("put");
     }
     leader.delete("durable/7", false).await.expect("delete");
     let revs = leader.revisions();
@@ -407,52 +279,28 @@ async fn every_member_restarts_from_disk_with_all_data() {
         cluster.restart(id).await;
     }
     let leader = cluster.leader().await;
-    let page = leader
-        .range(b"durable/", 0, None, Consistency::Linearizable)
-        .await
-        .expect("range after restart");
+    let page = leader.range(b"durable/", 0, None, Consistency::Linearizable).await.expect("range after restart");
     assert_eq!(page.kvs.len(), 49);
-    assert_eq!(
-        value(&leader, "durable/7", Consistency::Linearizable).await,
-        None
-    );
-    assert_eq!(
-        value(&leader, "durable/42", Consistency::Linearizable)
-            .await
-            .as_deref(),
-        Some("42")
-    );
+    assert_eq!(value(&leader, "durable/7", Consistency::Linearizable).await, None);
+    assert_eq!(value(&leader, "durable/42", Consistency::Linearizable).await.as_deref(), Some("42"));
     assert!(leader.revisions().revision >= revs.revision);
     // And it takes writes again.
-    leader
-        .put("after-restart", "ok")
-        .await
-        .expect("write after restart");
+    leader.put("after-restart", "ok").await.expect("write after restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_that_disconnects_and_resumes_sees_every_event_once_in_order() {
     let cluster = Cluster::start(3, test_limits()).await;
     let leader = cluster.leader().await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader.id())
-        .expect("a follower");
+    let follower = cluster.running().into_iter().find(|m| m.id() != leader.id()).expect("a follower");
     let start_rev = leader.revisions().revision + 1;
     let writer = {
         let leader = leader.clone();
         tokio::spawn(async move {
             for i in 0..200u32 {
-                leader
-                    .put(format!("w/{}", i % 20), i.to_string())
-                    .await
-                    .expect("put");
+                leader.put(format!("w/{}", i % 20), i.to_string()).await.expect("put");
                 if i % 50 == 49 {
-                    leader
-                        .delete(format!("w/{}", i % 20), false)
-                        .await
-                        .expect("delete");
+                    leader.delete(format!("w/{}", i % 20), false).await.expect("delete");
                 }
             }
         })
@@ -463,11 +311,7 @@ async fn a_watcher_that_disconnects_and_resumes_sees_every_event_once_in_order()
     while seen.iter().filter(|e| e.kind == EventKind::Put).count() < 200 {
         let mut w = follower.watch(b"w/".to_vec(), from).expect("open watch");
         for _ in 0..3 {
-            match tokio::time::timeout(DEADLINE, w.next())
-                .await
-                .expect("watch event in time")
-                .expect("watch")
-            {
+            match tokio::time::timeout(DEADLINE, w.next()).await.expect("watch event in time").expect("watch") {
                 flotilla_raft::WatchItem::Events { revision, events } => {
                     seen.extend(events);
                     from = revision + 1;
@@ -479,18 +323,9 @@ async fn a_watcher_that_disconnects_and_resumes_sees_every_event_once_in_order()
     let revisions: Vec<u64> = seen.iter().map(|e| e.kv.mod_revision).collect();
     let mut sorted = revisions.clone();
     sorted.dedup();
-    assert_eq!(
-        revisions, sorted,
-        "events strictly in order and never twice"
-    );
-    assert_eq!(
-        seen.iter().filter(|e| e.kind == EventKind::Put).count(),
-        200
-    );
-    assert_eq!(
-        seen.iter().filter(|e| e.kind == EventKind::Delete).count(),
-        4
-    );
+    assert_eq!(revisions, sorted, "events strictly in order and never twice");
+    assert_eq!(seen.iter().filter(|e| e.kind == EventKind::Put).count(), 200);
+    assert_eq!(seen.iter().filter(|e| e.kind == EventKind::Delete).count(), 4);
     assert_eq!(revisions.first(), Some(&start_rev));
     assert_eq!(revisions.len(), 204);
 }
@@ -504,16 +339,11 @@ async fn compaction_makes_old_watches_answer_compacted() {
     }
     m.compact(6).await.expect("compact");
     match m.watch(b"c".to_vec(), 3) {
-        Err(StoreError::Compacted {
-            requested: 3,
-            compact_revision: 6,
-        }) => {}
+        Err(StoreError::Compacted { requested: 3, compact_revision: 6 }) => {}
         Err(other) => panic!("expected Compacted, got {other}"),
         Ok(_) => panic!("expected Compacted, got a watch"),
     }
-    let mut w = m
-        .watch(b"c".to_vec(), 6)
-        .expect("watch from the compaction point");
+    let mut w = m.watch(b"c".to_vec(), 6).expect("watch from the compaction point");
     match w.next().await.expect("history") {
         flotilla_raft::WatchItem::Events { events, .. } => assert_eq!(events[0].kv.mod_revision, 6),
     }
@@ -527,48 +357,23 @@ async fn transactions_compare_and_swap_atomically() {
     let m = cluster.member(2);
     let created = m
         .txn(
-            vec![Compare {
-                key: b"lock".to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            vec![TxnOp::Put {
-                key: b"lock".to_vec(),
-                value: b"owner-a".to_vec(),
-            }],
+            vec![Compare { key: b"lock".to_vec(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
+            vec![TxnOp::Put { key: b"lock".to_vec(), value: b"owner-a".to_vec() }],
             vec![],
         )
         .await
         .expect("txn");
-    assert!(matches!(
-        created.outcome,
-        Outcome::Txn {
-            succeeded: true,
-            ..
-        }
-    ));
+    assert!(matches!(created.outcome, Outcome::Txn { succeeded: true, .. }));
     let second = m
         .txn(
-            vec![Compare {
-                key: b"lock".to_vec(),
-                op: CompareOp::Equal,
-                target: CompareTarget::CreateRevision(0),
-            }],
-            vec![TxnOp::Put {
-                key: b"lock".to_vec(),
-                value: b"owner-b".to_vec(),
-            }],
-            vec![TxnOp::Get {
-                key: b"lock".to_vec(),
-            }],
+            vec![Compare { key: b"lock".to_vec(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
+            vec![TxnOp::Put { key: b"lock".to_vec(), value: b"owner-b".to_vec() }],
+            vec![TxnOp::Get { key: b"lock".to_vec() }],
         )
         .await
         .expect("txn");
     match second.outcome {
-        Outcome::Txn {
-            succeeded: false,
-            results,
-        } => match &results[0] {
+        Outcome::Txn { succeeded: false, results } => match &results[0] {
             flotilla_raft::TxnOpResult::Get { kv: Some(kv) } => assert_eq!(kv.value, b"owner-a"),
             other => panic!("unexpected result {other:?}"),
         },
@@ -593,46 +398,23 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let root = tempfile::tempdir().expect("tempdir");
     let real = m.token().to_string();
     let wrong = format!("{}{}", &real[..real.len() - 32], "0".repeat(32));
-    let mut config = StoreConfig::new(
-        9,
-        root.path().join("intruder"),
-        free_addr(),
-        StartMode::Join {
-            via: m.peer_addr().to_string(),
-            token: wrong,
-        },
-    );
+    let mut config =
+        StoreConfig::new(9, root.path().join("intruder"), free_addr(), StartMode::Join { via: m.peer_addr().to_string(), token: wrong });
     config.limits = test_limits();
-    let err = Member::start(config)
-        .await
-        .expect_err("wrong token must be refused");
+    let err = Member::start(config).await.expect_err("wrong token must be refused");
     assert!(err.to_string().contains("wrong token"), "{err}");
     assert!(!root.path().join("intruder").join("member.json").exists());
     assert_eq!(m.members().len(), 1);
 
     // A token of another cluster does not even get past TLS.
     let other_ca = flotilla_raft::tls::ClusterCa::generate("other").expect("ca");
-    let foreign = flotilla_raft::tls::JoinToken::new(&other_ca)
-        .expect("token")
-        .to_string();
-    let client =
-        flotilla_raft::StoreClient::new(vec![m.peer_addr().to_string()], &foreign).expect("client");
-    let err = client
-        .put(b"k", b"v")
-        .await
-        .expect_err("foreign token refused");
-    assert!(
-        !err.is_retryable() || err.to_string().contains("another cluster"),
-        "{err}"
-    );
+    let foreign = flotilla_raft::tls::JoinToken::new(&other_ca).expect("token").to_string();
+    let client = flotilla_raft::StoreClient::new(vec![m.peer_addr().to_string()], &foreign).expect("client");
+    let err = client.put(b"k", b"v").await.expect_err("foreign token refused");
+    assert!(!err.is_retryable() || err.to_string().contains("another cluster"), "{err}");
 
     // A missing data directory, without --bootstrap or --join.
-    let config = StoreConfig::new(
-        5,
-        root.path().join("missing"),
-        free_addr(),
-        StartMode::Restart,
-    );
+    let config = StoreConfig::new(5, root.path().join("missing"), free_addr(), StartMode::Restart);
     let err = Member::start(config).await.expect_err("missing data dir");
     assert!(err.to_string().contains("does not exist"), "{err}");
 
@@ -640,14 +422,7 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
     let corrupt = root.path().join("corrupt");
     std::fs::create_dir_all(&corrupt).expect("mkdir");
     std::fs::write(corrupt.join("member.json"), "{not json").expect("write");
-    let err = Member::start(StoreConfig::new(
-        5,
-        &corrupt,
-        free_addr(),
-        StartMode::Restart,
-    ))
-    .await
-    .expect_err("corrupt");
+    let err = Member::start(StoreConfig::new(5, &corrupt, free_addr(), StartMode::Restart)).await.expect_err("corrupt");
     assert!(err.to_string().contains("corrupt"), "{err}");
 
     // A peer that does not answer: bounded wait, error names the address.
@@ -663,50 +438,27 @@ async fn bad_input_gets_clear_errors_and_changes_nothing() {
 async fn a_member_can_be_removed_and_the_rest_go_on() {
     let mut cluster = Cluster::start(3, test_limits()).await;
     let leader = cluster.leader().await;
-    let victim = cluster
-        .running()
-        .into_iter()
-        .map(|m| m.id())
-        .find(|id| *id != leader.id())
-        .expect("a follower");
-    leader
-        .remove_member(victim)
-        .await
-        .expect("remove a follower");
+    let victim = cluster.running().into_iter().map(|m| m.id()).find(|id| *id != leader.id()).expect("a follower");
+    leader.remove_member(victim).await.expect("remove a follower");
     let ids: BTreeSet<u64> = leader.members().iter().map(|m| m.id).collect();
     assert!(!ids.contains(&victim), "{ids:?}");
     cluster.stop(victim).await;
-    leader
-        .put("after-removal", "ok")
-        .await
-        .expect("two members still commit");
-    assert!(matches!(
-        leader.remove_member(99).await,
-        Err(StoreError::Membership(_))
-    ));
+    leader.put("after-removal", "ok").await.expect("two members still commit");
+    assert!(matches!(leader.remove_member(99).await, Err(StoreError::Membership(_))));
     // The removed id cannot simply come back under a different address.
-    let other = cluster
-        .running()
-        .into_iter()
-        .find(|m| m.id() != leader.id())
-        .expect("the other member");
+    let other = cluster.running().into_iter().find(|m| m.id() != leader.id()).expect("the other member");
     assert!(other.members().iter().all(|m| m.id != victim));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_watcher_is_cut_off_and_never_holds_writers_back() {
-    let limits = Limits {
-        watch_queue_max: 8,
-        ..test_limits()
-    };
+    let limits = Limits { watch_queue_max: 8, ..test_limits() };
     let cluster = Cluster::start(1, limits).await;
     let m = cluster.leader().await;
     let mut slow = m.watch(b"s/".to_vec(), 0).expect("watch");
     let start = tokio::time::Instant::now();
     for i in 0..100 {
-        m.put(format!("s/{i}"), "v")
-            .await
-            .expect("writes go on while the watcher sleeps");
+        m.put(format!("s/{i}"), "v").await.expect("writes go on while the watcher sleeps");
     }
     assert!(start.elapsed() < Duration::from_secs(20));
     match slow.next().await {
@@ -714,12 +466,7 @@ async fn a_slow_watcher_is_cut_off_and_never_holds_writers_back() {
         other => panic!("expected WatchOverflow, got {other:?}"),
     }
     // It resumes from history where it left off.
-    let mut resumed = m
-        .watch(b"s/".to_vec(), slow.progress_revision() + 1)
-        .expect("resume");
+    let mut resumed = m.watch(b"s/".to_vec(), slow.progress_revision() + 1).expect("resume");
     let flotilla_raft::WatchItem::Events { events, .. } = resumed.next().await.expect("history");
-    assert_eq!(
-        events.first().map(|e| e.kv.key.clone()),
-        Some(b"s/0".to_vec())
-    );
+    assert_eq!(events.first().map(|e| e.kv.key.clone()), Some(b"s/0".to_vec()));
 }

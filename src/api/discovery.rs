@@ -39,9 +39,7 @@ pub fn api_group(group: &str) -> Option<Value> {
 }
 
 fn verbs(r: &Resource) -> Vec<&'static str> {
-    let mut v = vec![
-        "create", "delete", "get", "list", "patch", "update", "watch",
-    ];
+    let mut v = vec!["create", "delete", "get", "list", "patch", "update", "watch"];
     if r.namespaced {
         v.push("deletecollection");
     }
@@ -50,10 +48,7 @@ fn verbs(r: &Resource) -> Vec<&'static str> {
 
 /// The resource list of one group version, or `None` if it is not served.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
-    let served: Vec<&Resource> = RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-        .collect();
+    let served: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
     if served.is_empty() {
         return None;
     }
@@ -67,11 +62,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
         }));
         for sub in r.subresources {
             let kind = if *sub == "scale" { "Scale" } else { r.kind };
-            let verbs: Vec<&str> = if *sub == "log" {
-                vec!["get"]
-            } else {
-                vec!["get", "patch", "update"]
-            };
+            let verbs: Vec<&str> = if *sub == "log" { vec!["get"] } else { vec!["get", "patch", "update"] };
             let mut entry = json!({"name": format!("{}/{sub}", r.plural), "singularName": "", "namespaced": r.namespaced, "kind": kind, "verbs": verbs});
             if *sub == "scale" {
                 entry["group"] = json!("autoscaling");
@@ -80,12 +71,6 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             resources.push(entry);
         }
     }
-    let group_version = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
-    )
+    let group_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
 }

@@ -35,12 +35,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/version", get(|| async { Json(discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route(
-            "/api",
-            get(|State(s): State<Arc<ApiState>>| async move {
-                Json(discovery::api_versions(&s.http_addr))
-            }),
-        )
+        .route("/api", get(|State(s): State<Arc<ApiState>>| async move { Json(discovery::api_versions(&s.http_addr)) }))
         .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
         .fallback(resource_entry)
         .with_state(Arc::new(state))
@@ -74,24 +69,14 @@ pub fn parse_path(path: &str) -> Option<ResourcePath> {
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
         _ => return None,
     };
-    let mut p = ResourcePath {
-        group: group.into(),
-        version: version.into(),
-        namespace: None,
-        plural: None,
-        name: None,
-        subresource: None,
-    };
-    let is_namespaced_plural = |s: &str| {
-        flotilla_actors::model::resources::by_path(group, version, s).is_some_and(|r| r.namespaced)
-    };
+    let mut p = ResourcePath { group: group.into(), version: version.into(), namespace: None, plural: None, name: None, subresource: None };
+    let is_namespaced_plural = |s: &str| flotilla_actors::model::resources::by_path(group, version, s).is_some_and(|r| r.namespaced);
     match rest {
         [] => {}
         // Under a namespace, anything but the namespace's own subresources
         // names a namespaced resource (unknown ones get a 404 later).
         ["namespaces", ns, plural, tail @ ..]
-            if is_namespaced_plural(plural)
-                || !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
+            if is_namespaced_plural(plural) || !(tail.is_empty() && matches!(*plural, "status" | "finalize")) =>
         {
             p.namespace = Some((*ns).into());
             p.plural = Some((*plural).into());
@@ -133,38 +118,29 @@ async fn resource_entry(State(state): State<Arc<ApiState>>, request: Request) ->
         if segs.len() == 2 && method == Method::GET {
             return match discovery::api_group(segs[1]) {
                 Some(g) => Json(g).into_response(),
-                None => ApiError::not_found(format!("the server could not find the requested resource: API group {:?} is not served", segs[1])).into_response(),
+                None => {
+                    ApiError::not_found(format!("the server could not find the requested resource: API group {:?} is not served", segs[1]))
+                        .into_response()
+                }
             };
         }
     }
     let Some(parsed) = parse_path(&path) else {
-        return ApiError::not_found(format!(
-            "the server could not find the requested resource ({path})"
-        ))
-        .into_response();
+        return ApiError::not_found(format!("the server could not find the requested resource ({path})")).into_response();
     };
     let body = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
-    objects::handle(&state, method, parsed, &query, &headers, body)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    objects::handle(&state, method, parsed, &query, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(request.into_body(), REQUEST_BODY_MAX_BYTES);
     match http_body_util::BodyExt::collect(limited).await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(ApiError::too_large(REQUEST_BODY_MAX_BYTES))
-        }
-        Err(e) => Err(ApiError::bad_request(format!(
-            "could not read the request body: {e}"
-        ))),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(REQUEST_BODY_MAX_BYTES)),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
     }
 }
 
@@ -176,10 +152,7 @@ pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
 
 /// True when the client asked for a server-side Table.
 pub fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")))
+    headers.get_all(axum::http::header::ACCEPT).iter().any(|v| v.to_str().is_ok_and(|s| s.contains("as=Table")))
 }
 
 #[cfg(test)]
@@ -190,24 +163,13 @@ mod tests {
     fn paths_parse_like_kubernetes() {
         let p = parse_path("/api/v1/namespaces/default/pods/web/status").unwrap();
         assert_eq!(
-            (
-                p.namespace.as_deref(),
-                p.plural.as_deref(),
-                p.name.as_deref(),
-                p.subresource.as_deref()
-            ),
+            (p.namespace.as_deref(), p.plural.as_deref(), p.name.as_deref(), p.subresource.as_deref()),
             (Some("default"), Some("pods"), Some("web"), Some("status"))
         );
         let ns = parse_path("/api/v1/namespaces/default").unwrap();
-        assert_eq!(
-            (ns.namespace, ns.plural.as_deref(), ns.name.as_deref()),
-            (None, Some("namespaces"), Some("default"))
-        );
+        assert_eq!((ns.namespace, ns.plural.as_deref(), ns.name.as_deref()), (None, Some("namespaces"), Some("default")));
         let all = parse_path("/apis/apps/v1/deployments").unwrap();
-        assert_eq!(
-            (all.group.as_str(), all.plural.as_deref(), all.name),
-            ("apps", Some("deployments"), None)
-        );
+        assert_eq!((all.group.as_str(), all.plural.as_deref(), all.name), ("apps", Some("deployments"), None));
         let disc = parse_path("/api/v1").unwrap();
         assert_eq!(disc.plural, None);
         assert!(parse_path("/healthz").is_none());

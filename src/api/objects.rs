@@ -30,29 +30,23 @@ pub struct Params {
     pub timeout_seconds: Option<u64>,
     pub propagation: Option<String>,
     pub full_objects: bool,
+    pub grace_period_seconds: Option<i64>,
 }
 
 impl Params {
     pub fn parse(query: &str) -> Result<Params, ApiError> {
-        let map: HashMap<String, String> = serde_urlencoded::from_str(query)
-            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+        let map: HashMap<String, String> =
+            serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
         let flag = |k: &str| map.get(k).is_some_and(|v| v == "true" || v == "1");
         let number = |k: &str| -> Result<Option<u64>, ApiError> {
             map.get(k)
                 .filter(|v| !v.is_empty())
-                .map(|v| {
-                    v.parse::<u64>().map_err(|_| {
-                        ApiError::bad_request(format!("{k}={v:?} must be a whole number"))
-                    })
-                })
+                .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{k}={v:?} must be a whole number"))))
                 .transpose()
         };
         Ok(Params {
             watch: flag("watch"),
-            resource_version: map
-                .get("resourceVersion")
-                .filter(|v| !v.is_empty())
-                .cloned(),
+            resource_version: map.get("resourceVersion").filter(|v| !v.is_empty()).cloned(),
             labels: Selector::parse(map.get("labelSelector").map_or("", String::as_str))
                 .map_err(|e| ApiError::bad_request(e.to_string()))?,
             fields: Selector::parse(map.get("fieldSelector").map_or("", String::as_str))
@@ -63,6 +57,7 @@ impl Params {
             timeout_seconds: number("timeoutSeconds")?,
             propagation: map.get("propagationPolicy").cloned(),
             full_objects: map.get("includeObject").is_some_and(|v| v == "Object"),
+            grace_period_seconds: number("gracePeriodSeconds")?.map(|n| n as i64),
         })
     }
 
@@ -70,11 +65,9 @@ impl Params {
     pub fn revision(&self) -> Result<u64, ApiError> {
         match self.resource_version.as_deref() {
             None | Some("0") => Ok(0),
-            Some(v) => v.parse().map_err(|_| {
-                ApiError::bad_request(format!(
-                    "resourceVersion {v:?} must be a number as returned by the server"
-                ))
-            }),
+            Some(v) => {
+                v.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} must be a number as returned by the server")))
+            }
         }
     }
 }
@@ -83,28 +76,14 @@ fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| {
-            s.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
         .unwrap_or_default()
 }
 
 /// Decodes a request body as JSON or YAML, by its content type.
-pub fn decode_body(
-    headers: &HeaderMap,
-    body: &Bytes,
-    allowed: &[&str],
-) -> Result<(Value, String), ApiError> {
+pub fn decode_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> Result<(Value, String), ApiError> {
     let ct = content_type(headers);
-    let ct = if ct.is_empty() {
-        "application/json".to_string()
-    } else {
-        ct
-    };
+    let ct = if ct.is_empty() { "application/json".to_string() } else { ct };
     if !allowed.contains(&ct.as_str()) {
         return Err(ApiError::unsupported_media_type(format!(
             "content type {ct:?} is not supported here; use one of {}",
@@ -112,18 +91,12 @@ pub fn decode_body(
         )));
     }
     if body.is_empty() {
-        return Err(ApiError::bad_request(
-            "the request body is empty; send the object as JSON or YAML",
-        ));
+        return Err(ApiError::bad_request("the request body is empty; send the object as JSON or YAML"));
     }
     let value: Value = if ct.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
-        })?
+        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
     } else {
-        serde_json::from_slice(body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?
+        serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
     };
     Ok((value, ct))
 }
@@ -143,10 +116,7 @@ fn respond(code: StatusCode, value: Value) -> Response {
 fn object_response(state_table: bool, res: &Resource, obj: Value, full: bool) -> Response {
     if state_table {
         let rv = object::resource_version(&obj).unwrap_or(0);
-        return respond(
-            StatusCode::OK,
-            table::table(res, &[obj], rv, full, std::time::SystemTime::now()),
-        );
+        return respond(StatusCode::OK, table::table(res, &[obj], rv, full, std::time::SystemTime::now()));
     }
     respond(StatusCode::OK, obj)
 }
@@ -161,37 +131,21 @@ pub async fn handle(
 ) -> Result<Response, ApiError> {
     let Some(plural) = path.plural.as_deref() else {
         if method != Method::GET {
-            return Err(ApiError::method_not_allowed(
-                "discovery documents are read-only",
-            ));
+            return Err(ApiError::method_not_allowed("discovery documents are read-only"));
         }
         return discovery::api_resource_list(&path.group, &path.version)
             .map(|v| respond(StatusCode::OK, v))
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "the server does not serve API version {}/{}",
-                    path.group, path.version
-                ))
-            });
+            .ok_or_else(|| ApiError::not_found(format!("the server does not serve API version {}/{}", path.group, path.version)));
     };
-    let gv = if path.group.is_empty() {
-        path.version.clone()
-    } else {
-        format!("{}/{}", path.group, path.version)
-    };
-    let res = by_path(&path.group, &path.version, plural).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "the server does not serve resource {plural:?} in {gv}"
-        ))
-    })?;
+    let gv = if path.group.is_empty() { path.version.clone() } else { format!("{}/{}", path.group, path.version) };
+    let res = by_path(&path.group, &path.version, plural)
+        .ok_or_else(|| ApiError::not_found(format!("the server does not serve resource {plural:?} in {gv}")))?;
     if !res.namespaced && path.namespace.is_some() {
         return Err(ApiError::not_found(format!("{plural} are not namespaced")));
     }
     if let Some(sub) = path.subresource.as_deref() {
         if !res.subresources.contains(&sub) {
-            return Err(ApiError::not_found(format!(
-                "{plural} have no subresource {sub:?}"
-            )));
+            return Err(ApiError::not_found(format!("{plural} have no subresource {sub:?}")));
         }
     }
     let params = Params::parse(query)?;
@@ -201,28 +155,12 @@ pub async fn handle(
     let name = path.name.as_deref();
     let sub = path.subresource.as_deref();
     match (method.clone(), name, sub) {
-        (Method::GET, None, None) if params.watch => {
-            super::watch::stream(state, res, ns, params, table).await
-        }
+        (Method::GET, None, None) if params.watch => super::watch::stream(state, res, ns, params, table).await,
         (Method::GET, None, None) => {
-            let (items, rv, cont) = registry
-                .list(
-                    res,
-                    ns,
-                    &params.labels,
-                    &params.fields,
-                    params.limit,
-                    params.continue_token.as_deref(),
-                )
-                .await?;
+            let (items, rv, cont) =
+                registry.list(res, ns, &params.labels, &params.fields, params.limit, params.continue_token.as_deref()).await?;
             if table {
-                let mut t = table::table(
-                    res,
-                    &items,
-                    rv,
-                    params.full_objects,
-                    std::time::SystemTime::now(),
-                );
+                let mut t = table::table(res, &items, rv, params.full_objects, std::time::SystemTime::now());
                 if let Some(c) = cont {
                     t["metadata"]["continue"] = json!(c);
                 }
@@ -232,24 +170,16 @@ pub async fn handle(
             if let Some(c) = cont {
                 meta["continue"] = json!(c);
             }
-            Ok(respond(
-                StatusCode::OK,
-                json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items}),
-            ))
+            Ok(respond(StatusCode::OK, json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": meta, "items": items})))
         }
         (Method::GET, Some(name), None | Some("status")) => {
             let obj = registry.get(res, ns, name).await?;
             Ok(object_response(table, res, obj, params.full_objects))
         }
-        (Method::GET, Some(name), Some("scale")) => Ok(respond(
-            StatusCode::OK,
-            scale_of(&registry.get(res, ns, name).await?),
-        )),
+        (Method::GET, Some(name), Some("scale")) => Ok(respond(StatusCode::OK, scale_of(&registry.get(res, ns, name).await?))),
         (Method::POST, None, None) => {
             if res.namespaced && ns.is_none() {
-                return Err(ApiError::method_not_allowed(format!(
-                    "create {plural} under /namespaces/NAMESPACE/{plural}"
-                )));
+                return Err(ApiError::method_not_allowed(format!("create {plural} under /namespaces/NAMESPACE/{plural}")));
             }
             let (obj, _) = decode_body(headers, &body, OBJECT_TYPES)?;
             let created = registry.create(res, ns, obj).await?;
@@ -267,10 +197,7 @@ pub async fn handle(
             if object::name(&obj).is_none() && obj.is_object() {
                 object::metadata_mut(&mut obj).insert("name".into(), json!(name));
             }
-            Ok(respond(
-                StatusCode::OK,
-                registry.update(res, ns, name, obj, sub).await?,
-            ))
+            Ok(respond(StatusCode::OK, registry.update(res, ns, name, obj, sub).await?))
         }
         (Method::PUT, Some(name), Some("scale")) => {
             let (scale, _) = decode_body(headers, &body, OBJECT_TYPES)?;
@@ -294,78 +221,40 @@ pub async fn handle(
             }
             let updated = if ct == "application/json-patch+json" {
                 let ops = patch.clone();
-                registry
-                    .read_modify_write(
-                        res,
-                        ns,
-                        name,
-                        None,
-                        |old| json_patch(old, &ops).map_err(RegistryError::BadRequest),
-                        sub,
-                    )
-                    .await?
+                registry.read_modify_write(res, ns, name, None, |old| json_patch(old, &ops).map_err(RegistryError::BadRequest), sub).await?
             } else {
                 registry.patch(res, ns, name, patch, sub).await?
             };
             Ok(respond(StatusCode::OK, updated))
         }
         (Method::DELETE, Some(name), None) => {
-            let options = if body.is_empty() {
-                json!({})
-            } else {
-                decode_body(headers, &body, OBJECT_TYPES)?.0
-            };
-            let propagation = match options
-                .get("propagationPolicy")
-                .and_then(Value::as_str)
-                .or(params.propagation.as_deref())
-            {
+            let options = if body.is_empty() { json!({}) } else { decode_body(headers, &body, OBJECT_TYPES)?.0 };
+            let propagation = match options.get("propagationPolicy").and_then(Value::as_str).or(params.propagation.as_deref()) {
                 None | Some("Background") | Some("Foreground") => Propagation::Background,
                 Some("Orphan") => Propagation::Orphan,
                 Some(other) => {
-                    return Err(ApiError::bad_request(format!(
-                        "propagationPolicy {other:?} must be Background, Foreground or Orphan"
-                    )))
+                    return Err(ApiError::bad_request(format!("propagationPolicy {other:?} must be Background, Foreground or Orphan")))
                 }
             };
-            let precondition = options
-                .pointer("/preconditions/resourceVersion")
-                .and_then(Value::as_str)
-                .and_then(|s| s.parse().ok());
-            let deleted = registry
-                .delete(res, ns, name, precondition, propagation)
-                .await?;
+            let precondition = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
+            let grace = options.get("gracePeriodSeconds").and_then(Value::as_i64).or(params.grace_period_seconds);
+            let deleted = registry.delete_with_grace(res, ns, name, precondition, propagation, grace).await?;
             Ok(respond(StatusCode::OK, deleted))
         }
         (Method::DELETE, None, None) if res.namespaced => {
-            let (items, _, _) = registry
-                .list(res, ns, &params.labels, &params.fields, 0, None)
-                .await?;
+            let (items, _, _) = registry.list(res, ns, &params.labels, &params.fields, 0, None).await?;
             let mut deleted = Vec::new();
             for item in items {
-                match registry
-                    .delete(
-                        res,
-                        object::namespace(&item),
-                        object::name(&item).unwrap_or(""),
-                        None,
-                        Propagation::Background,
-                    )
-                    .await
+                match registry.delete(res, object::namespace(&item), object::name(&item).unwrap_or(""), None, Propagation::Background).await
                 {
                     Ok(o) => deleted.push(o),
                     Err(RegistryError::NotFound { .. }) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            Ok(respond(
-                StatusCode::OK,
-                json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": deleted}),
-            ))
+            Ok(respond(StatusCode::OK, json!({"kind": res.list_kind(), "apiVersion": res.api_version(), "metadata": {}, "items": deleted})))
         }
-        _ => Err(ApiError::method_not_allowed(format!(
-            "{method} is not supported on this path"
-        ))),
+        _ => Err(ApiError::method_not_allowed(format!("{method} is not supported on this path"))),
     }
 }
 
@@ -399,12 +288,7 @@ fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                .collect::<Vec<_>>()
-                .join(",")
-        })
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or(""))).collect::<Vec<_>>().join(","))
         .unwrap_or_default();
     json!({
         "kind": "Scale", "apiVersion": "autoscaling/v1",
@@ -421,21 +305,11 @@ fn scale_of(obj: &Value) -> Value {
 /// RFC 6902 JSON patch: add, replace, remove and test.
 pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
     let mut doc = target.clone();
-    let list = ops
-        .as_array()
-        .ok_or("a JSON patch must be a list of operations")?;
+    let list = ops.as_array().ok_or("a JSON patch must be a list of operations")?;
     for (i, op) in list.iter().enumerate() {
-        let kind = op
-            .get("op")
-            .and_then(Value::as_str)
-            .ok_or(format!("operation {i} has no \"op\""))?;
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .ok_or(format!("operation {i} has no \"path\""))?;
-        let (parent_path, last) = path
-            .rsplit_once('/')
-            .ok_or(format!("operation {i}: path {path:?} must start with '/'"))?;
+        let kind = op.get("op").and_then(Value::as_str).ok_or(format!("operation {i} has no \"op\""))?;
+        let path = op.get("path").and_then(Value::as_str).ok_or(format!("operation {i} has no \"path\""))?;
+        let (parent_path, last) = path.rsplit_once('/').ok_or(format!("operation {i}: path {path:?} must start with '/'"))?;
         let last = last.replace("~1", "/").replace("~0", "~");
         match kind {
             "test" => {
@@ -444,14 +318,11 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
                 }
             }
             "remove" | "add" | "replace" => {
-                let parent = doc
-                    .pointer_mut(parent_path)
-                    .ok_or(format!("operation {i}: {parent_path:?} does not exist"))?;
+                let parent = doc.pointer_mut(parent_path).ok_or(format!("operation {i}: {parent_path:?} does not exist"))?;
                 let value = op.get("value").cloned();
                 match (parent, kind) {
                     (Value::Object(m), "remove") => {
-                        m.remove(&last)
-                            .ok_or(format!("operation {i}: {path} does not exist"))?;
+                        m.remove(&last).ok_or(format!("operation {i}: {path} does not exist"))?;
                     }
                     (Value::Object(m), _) => {
                         if kind == "replace" && !m.contains_key(&last) {
@@ -463,34 +334,21 @@ pub fn json_patch(target: &Value, ops: &Value) -> Result<Value, String> {
                         let idx = if last == "-" {
                             a.len()
                         } else {
-                            last.parse::<usize>()
-                                .map_err(|_| format!("operation {i}: {last:?} is not an index"))?
+                            last.parse::<usize>().map_err(|_| format!("operation {i}: {last:?} is not an index"))?
                         };
                         match k {
                             "remove" if idx < a.len() => {
                                 a.remove(idx);
                             }
-                            "replace" if idx < a.len() => {
-                                a[idx] = value.ok_or(format!("operation {i} needs a value"))?
-                            }
-                            "add" if idx <= a.len() => {
-                                a.insert(idx, value.ok_or(format!("operation {i} needs a value"))?)
-                            }
+                            "replace" if idx < a.len() => a[idx] = value.ok_or(format!("operation {i} needs a value"))?,
+                            "add" if idx <= a.len() => a.insert(idx, value.ok_or(format!("operation {i} needs a value"))?),
                             _ => return Err(format!("operation {i}: index {idx} is out of range")),
                         }
                     }
-                    _ => {
-                        return Err(format!(
-                            "operation {i}: {parent_path:?} is not an object or list"
-                        ))
-                    }
+                    _ => return Err(format!("operation {i}: {parent_path:?} is not an object or list")),
                 }
             }
-            other => {
-                return Err(format!(
-                    "operation {i}: {other:?} is not supported (use add, remove, replace or test)"
-                ))
-            }
+            other => return Err(format!("operation {i}: {other:?} is not supported (use add, remove, replace or test)")),
         }
     }
     Ok(doc)
@@ -518,8 +376,7 @@ mod tests {
 
     #[test]
     fn params_parse_selectors_and_numbers() {
-        let p =
-            Params::parse("watch=true&resourceVersion=12&labelSelector=app%3Dweb&limit=5").unwrap();
+        let p = Params::parse("watch=true&resourceVersion=12&labelSelector=app%3Dweb&limit=5").unwrap();
         assert!(p.watch);
         assert_eq!(p.revision().unwrap(), 12);
         assert_eq!(p.limit, 5);

@@ -18,12 +18,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: json!({}),
-        }
+        ApiError { code, reason, message: message.into(), details: json!({}) }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "BadRequest", message)
@@ -35,18 +30,10 @@ impl ApiError {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
     }
     pub fn unsupported_media_type(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            message,
-        )
+        Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", message)
     }
     pub fn too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "RequestEntityTooLarge",
-            format!("the request body is over the limit of {limit} bytes"),
-        )
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", format!("the request body is over the limit of {limit} bytes"))
     }
 
     pub fn to_status(&self) -> Value {
@@ -60,12 +47,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.code,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            self.to_status().to_string(),
-        )
-            .into_response()
+        (self.code, [(axum::http::header::CONTENT_TYPE, "application/json")], self.to_status().to_string()).into_response()
     }
 }
 
@@ -73,39 +55,32 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let message = e.to_string();
         match e {
-            RegistryError::NotFound { kind, name } => ApiError {
-                details: json!({"name": name, "kind": kind}),
-                ..ApiError::not_found(message)
-            },
-            RegistryError::AlreadyExists { kind, name } => ApiError {
-                details: json!({"name": name, "kind": kind}),
-                ..ApiError::new(StatusCode::CONFLICT, "AlreadyExists", message)
-            },
-            RegistryError::Conflict { kind, name, .. } => ApiError {
-                details: json!({"name": name, "kind": kind}),
-                ..ApiError::new(StatusCode::CONFLICT, "Conflict", message)
-            },
+            RegistryError::NotFound { kind, name } => {
+                ApiError { details: json!({"name": name, "kind": kind}), ..ApiError::not_found(message) }
+            }
+            RegistryError::AlreadyExists { kind, name } => {
+                ApiError { details: json!({"name": name, "kind": kind}), ..ApiError::new(StatusCode::CONFLICT, "AlreadyExists", message) }
+            }
+            RegistryError::Conflict { kind, name, .. } => {
+                ApiError { details: json!({"name": name, "kind": kind}), ..ApiError::new(StatusCode::CONFLICT, "Conflict", message) }
+            }
             RegistryError::Admission(AdmissionError::BadRequest(m)) => ApiError::bad_request(m),
             RegistryError::Admission(AdmissionError::Invalid { kind, name, errors }) => {
-                let causes: Vec<Value> = errors.iter().map(|e| json!({"reason": "FieldValueInvalid", "message": e.message, "field": e.field})).collect();
+                let causes: Vec<Value> =
+                    errors.iter().map(|e| json!({"reason": "FieldValueInvalid", "message": e.message, "field": e.field})).collect();
                 ApiError {
                     details: json!({"name": name, "kind": kind, "causes": causes}),
                     ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", message)
                 }
             }
             RegistryError::BadRequest(m) => ApiError::bad_request(m),
-            RegistryError::NamespaceNotFound(ns) => ApiError {
-                details: json!({"name": ns, "kind": "namespaces"}),
-                ..ApiError::not_found(message)
-            },
-            RegistryError::NamespaceTerminating(_) => {
-                ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
+            RegistryError::NamespaceNotFound(ns) => {
+                ApiError { details: json!({"name": ns, "kind": "namespaces"}), ..ApiError::not_found(message) }
             }
+            RegistryError::NamespaceTerminating(_) => ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message),
             RegistryError::Expired { .. } => ApiError::new(StatusCode::GONE, "Expired", message),
             RegistryError::Store(s) => store_error(s),
-            RegistryError::Internal(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", m)
-            }
+            RegistryError::Internal(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", m),
         }
     }
 }
@@ -114,11 +89,7 @@ pub fn store_error(e: StoreError) -> ApiError {
     let message = e.to_string();
     match e {
         StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. } => {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceUnavailable",
-                message,
-            )
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
         }
         StoreError::ValueTooLarge { .. } => ApiError::too_large(0).with_message(message),
         StoreError::Invalid(_) => ApiError::bad_request(message),

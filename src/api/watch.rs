@@ -32,16 +32,7 @@ fn line(kind: &str, object: Value) -> Vec<u8> {
 fn render(res: &Resource, ev: &WatchEvent, as_table: bool, full: bool) -> Vec<u8> {
     if as_table {
         let rv = flotilla_actors::model::object::resource_version(&ev.object).unwrap_or(0);
-        return line(
-            ev.kind,
-            table::table(
-                res,
-                std::slice::from_ref(&ev.object),
-                rv,
-                full,
-                std::time::SystemTime::now(),
-            ),
-        );
+        return line(ev.kind, table::table(res, std::slice::from_ref(&ev.object), rv, full, std::time::SystemTime::now()));
     }
     line(ev.kind, ev.object.clone())
 }
@@ -72,34 +63,16 @@ pub async fn stream(
     // Without a resourceVersion, a watch starts with the current objects as
     // ADDED events, then follows changes after the list.
     let start = if from == 0 {
-        let (items, rv, _) = state
-            .registry
-            .list(res, ns, &params.labels, &params.fields, 0, None)
-            .await?;
+        let (items, rv, _) = state.registry.list(res, ns, &params.labels, &params.fields, 0, None).await?;
         for object in items {
-            pending.push_back(render(
-                res,
-                &WatchEvent {
-                    kind: "ADDED",
-                    object,
-                },
-                as_table,
-                params.full_objects,
-            ));
+            pending.push_back(render(res, &WatchEvent { kind: "ADDED", object }, as_table, params.full_objects));
         }
         rv
     } else {
         from
     };
-    let watch = state
-        .registry
-        .watch(res, ns, start)
-        .map_err(ApiError::from)?;
-    let timeout = params
-        .timeout_seconds
-        .map(Duration::from_secs)
-        .unwrap_or(WATCH_TIMEOUT_MAX)
-        .min(WATCH_TIMEOUT_MAX);
+    let watch = state.registry.watch(res, ns, start).map_err(ApiError::from)?;
+    let timeout = params.timeout_seconds.map(Duration::from_secs).unwrap_or(WATCH_TIMEOUT_MAX).min(WATCH_TIMEOUT_MAX);
     let mut bookmark = tokio::time::interval(BOOKMARK_INTERVAL);
     bookmark.reset();
     let st = WatchState {
@@ -153,11 +126,5 @@ pub async fn stream(
         .status(StatusCode::OK)
         .header(axum::http::header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(body))
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "InternalError",
-                e.to_string(),
-            )
-        })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }

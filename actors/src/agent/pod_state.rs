@@ -74,7 +74,15 @@ impl ContainerState {
             ContainerState::Waiting { reason, message } => json!({"waiting": {"reason": reason, "message": message}}),
             ContainerState::Running { started_at } => json!({"running": {"startedAt": started_at}}),
             ContainerState::Terminated { exit_code, reason, message, started_at, finished_at } => {
-                json!({"terminated": {"exitCode": exit_code, "reason": reason, "message": message, "startedAt": started_at, "finishedAt": finished_at}})
+                let mut t = json!({"exitCode": exit_code, "reason": reason, "message": message});
+                // A container that exited before its start was recorded has
+                // no start time; an empty timestamp is not a valid one.
+                for (key, value) in [("startedAt", started_at), ("finishedAt", finished_at)] {
+                    if !value.is_empty() {
+                        t[key] = json!(value);
+                    }
+                }
+                json!({"terminated": t})
             }
         }
     }
@@ -155,7 +163,13 @@ mod tests {
         ContainerState::Running { started_at: "t".into() }
     }
     fn exited(code: i64) -> ContainerState {
-        ContainerState::Terminated { exit_code: code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, message: String::new(), started_at: "t".into(), finished_at: "t".into() }
+        ContainerState::Terminated {
+            exit_code: code,
+            reason: if code == 0 { "Completed".into() } else { "Error".into() },
+            message: String::new(),
+            started_at: "t".into(),
+            finished_at: "t".into(),
+        }
     }
 
     #[test]

@@ -27,11 +27,7 @@ pub enum AdmissionError {
     BadRequest(String),
     /// Invalid fields: 422, with every field listed.
     #[error("{kind} {name:?} is invalid: {}", .errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; "))]
-    Invalid {
-        kind: String,
-        name: String,
-        errors: Vec<FieldError>,
-    },
+    Invalid { kind: String, name: String, errors: Vec<FieldError> },
 }
 
 /// What the caller supplies that admission cannot make up itself.
@@ -48,10 +44,7 @@ struct Errors(Vec<FieldError>);
 
 impl Errors {
     fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
+        self.0.push(FieldError { field: field.into(), message: message.into() });
     }
 }
 
@@ -63,8 +56,7 @@ const DNS1123_SUBDOMAIN_MAX: usize = 253;
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= DNS1123_LABEL_MAX
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -77,9 +69,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
 fn label_value_ok(v: &str) -> bool {
     v.len() <= 63
         && (v.is_empty()
-            || (v
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || (v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 && v.as_bytes()[0].is_ascii_alphanumeric()
                 && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()))
 }
@@ -98,18 +88,10 @@ fn needs_label_name(kind: &str) -> bool {
 }
 
 /// Fills in defaults for a new object and validates it.
-pub fn admit_create(
-    res: &Resource,
-    object: &mut Value,
-    ctx: &AdmissionContext,
-) -> Result<(), AdmissionError> {
+pub fn admit_create(res: &Resource, object: &mut Value, ctx: &AdmissionContext) -> Result<(), AdmissionError> {
     check_shape(res, object, ctx.namespace)?;
     let meta = metadata_mut(object);
-    if meta
-        .get("name")
-        .and_then(Value::as_str)
-        .is_none_or(str::is_empty)
-    {
+    if meta.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
         match meta.get("generateName").and_then(Value::as_str) {
             Some(prefix) if !prefix.is_empty() => {
                 let generated = format!("{prefix}{}", ctx.name_suffix);
@@ -119,10 +101,7 @@ pub fn admit_create(
                 return Err(AdmissionError::Invalid {
                     kind: res.kind.into(),
                     name: String::new(),
-                    errors: vec![FieldError {
-                        field: "metadata.name".into(),
-                        message: "name or generateName is required".into(),
-                    }],
+                    errors: vec![FieldError { field: "metadata.name".into(), message: "name or generateName is required".into() }],
                 })
             }
         }
@@ -188,55 +167,28 @@ pub fn admit_update(
             None => meta.remove(field),
         };
     }
-    let old_gen = old_meta
-        .get("generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let old_gen = old_meta.get("generation").and_then(Value::as_i64).unwrap_or(0);
     if new.get("spec").is_some() {
-        let generation = if new.get("spec") != old.get("spec") {
-            old_gen + 1
-        } else {
-            old_gen.max(1)
-        };
+        let generation = if new.get("spec") != old.get("spec") { old_gen + 1 } else { old_gen.max(1) };
         metadata_mut(new).insert("generation".into(), json!(generation));
     }
     apply_defaults(res, new);
-    if matches!(res.kind, "Deployment" | "ReplicaSet")
-        && new.pointer("/spec/selector") != old.pointer("/spec/selector")
-    {
+    if matches!(res.kind, "Deployment" | "ReplicaSet") && new.pointer("/spec/selector") != old.pointer("/spec/selector") {
         return Err(AdmissionError::Invalid {
             kind: res.kind.into(),
             name: name(new).unwrap_or("").into(),
-            errors: vec![FieldError {
-                field: "spec.selector".into(),
-                message: "field is immutable".into(),
-            }],
+            errors: vec![FieldError { field: "spec.selector".into(), message: "field is immutable".into() }],
         });
     }
     validate(res, new)
 }
 
-fn check_shape(
-    res: &Resource,
-    object: &mut Value,
-    path_ns: Option<&str>,
-) -> Result<(), AdmissionError> {
+fn check_shape(res: &Resource, object: &mut Value, path_ns: Option<&str>) -> Result<(), AdmissionError> {
     let Some(map) = object.as_object_mut() else {
-        return Err(AdmissionError::BadRequest(format!(
-            "the body must be a {} object",
-            res.kind
-        )));
+        return Err(AdmissionError::BadRequest(format!("the body must be a {} object", res.kind)));
     };
-    let api_version = map
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let kind = map
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let api_version = map.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_string();
+    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
     if api_version.is_empty() {
         map.insert("apiVersion".into(), Value::String(res.api_version()));
     } else if api_version != res.api_version() {
@@ -249,16 +201,11 @@ fn check_shape(
     if kind.is_empty() {
         map.insert("kind".into(), Value::String(res.kind.into()));
     } else if kind != res.kind {
-        return Err(AdmissionError::BadRequest(format!(
-            "kind {kind:?} does not match the resource {} (kind {})",
-            res.plural, res.kind
-        )));
+        return Err(AdmissionError::BadRequest(format!("kind {kind:?} does not match the resource {} (kind {})", res.plural, res.kind)));
     }
     if let Some(m) = map.get("metadata") {
         if !m.is_object() {
-            return Err(AdmissionError::BadRequest(
-                "metadata must be an object".into(),
-            ));
+            return Err(AdmissionError::BadRequest("metadata must be an object".into()));
         }
     }
     let meta = metadata_mut(object);
@@ -298,13 +245,8 @@ fn pod_spec_defaults(spec: &mut Value) {
     if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         for c in containers.iter_mut().filter_map(Value::as_object_mut) {
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            let latest =
-                !image.rsplit('/').next().unwrap_or("").contains(':') || image.ends_with(":latest");
-            set_default(
-                c,
-                "imagePullPolicy",
-                json!(if latest { "Always" } else { "IfNotPresent" }),
-            );
+            let latest = !image.rsplit('/').next().unwrap_or("").contains(':') || image.ends_with(":latest");
+            set_default(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
             if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
                 for p in ports.iter_mut().filter_map(Value::as_object_mut) {
                     set_default(p, "protocol", json!("TCP"));
@@ -334,14 +276,9 @@ fn apply_defaults(res: &Resource, object: &mut Value) {
                 if res.kind == "Deployment" {
                     set_default(spec, "progressDeadlineSeconds", json!(600));
                     set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
-                    if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut)
-                    {
+                    if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
                         if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                            set_default(
-                                strategy,
-                                "rollingUpdate",
-                                json!({"maxSurge": "25%", "maxUnavailable": "25%"}),
-                            );
+                            set_default(strategy, "rollingUpdate", json!({"maxSurge": "25%", "maxUnavailable": "25%"}));
                         }
                     }
                 }
@@ -424,11 +361,7 @@ pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
     if errors.0.is_empty() {
         Ok(())
     } else {
-        Err(AdmissionError::Invalid {
-            kind: res.kind.into(),
-            name: obj_name,
-            errors: errors.0,
-        })
+        Err(AdmissionError::Invalid { kind: res.kind.into(), name: obj_name, errors: errors.0 })
     }
 }
 
@@ -438,10 +371,7 @@ fn validate_port(v: Option<&Value>, field: &str, errors: &mut Errors, required: 
         None => {}
         Some(p) => match p.as_i64() {
             Some(n) if (1..=65535).contains(&n) => {}
-            _ => errors.add(
-                field,
-                format!("{p} must be a port number between 1 and 65535"),
-            ),
+            _ => errors.add(field, format!("{p} must be a port number between 1 and 65535")),
         },
     }
 }
@@ -457,10 +387,7 @@ fn validate_quantities(map: Option<&Value>, field: &str, errors: &mut Errors) {
             Value::String(s) => s.clone(),
             Value::Number(n) => n.to_string(),
             other => {
-                errors.add(
-                    format!("{field}.{k}"),
-                    format!("{other} must be a quantity such as 250m or 256Mi"),
-                );
+                errors.add(format!("{field}.{k}"), format!("{other} must be a quantity such as 250m or 256Mi"));
                 continue;
             }
         };
@@ -475,14 +402,8 @@ fn validate_quantities(map: Option<&Value>, field: &str, errors: &mut Errors) {
 fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
-        None => errors.add(
-            format!("{path}.containers"),
-            "at least one container is required",
-        ),
-        Some(cs) if cs.is_empty() => errors.add(
-            format!("{path}.containers"),
-            "at least one container is required",
-        ),
+        None => errors.add(format!("{path}.containers"), "at least one container is required"),
+        Some(cs) if cs.is_empty() => errors.add(format!("{path}.containers"), "at least one container is required"),
         Some(cs) => {
             let mut names = BTreeSet::new();
             for (i, c) in cs.iter().enumerate() {
@@ -491,67 +412,34 @@ fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
                 if !is_dns1123_label(cname) {
                     errors.add(format!("{cp}.name"), format!("{cname:?} must be a DNS-1123 label (lower-case letters, digits and '-')"));
                 } else if !names.insert(cname.to_string()) {
-                    errors.add(
-                        format!("{cp}.name"),
-                        format!("duplicate container name {cname:?}"),
-                    );
+                    errors.add(format!("{cp}.name"), format!("duplicate container name {cname:?}"));
                 }
-                if c.get("image")
-                    .and_then(Value::as_str)
-                    .is_none_or(str::is_empty)
-                {
+                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
                     errors.add(format!("{cp}.image"), "is required");
                 }
                 if let Some(ports) = c.get("ports").and_then(Value::as_array) {
                     for (j, p) in ports.iter().enumerate() {
-                        validate_port(
-                            p.get("containerPort"),
-                            &format!("{cp}.ports[{j}].containerPort"),
-                            errors,
-                            true,
-                        );
-                        validate_port(
-                            p.get("hostPort"),
-                            &format!("{cp}.ports[{j}].hostPort"),
-                            errors,
-                            false,
-                        );
+                        validate_port(p.get("containerPort"), &format!("{cp}.ports[{j}].containerPort"), errors, true);
+                        validate_port(p.get("hostPort"), &format!("{cp}.ports[{j}].hostPort"), errors, false);
                         if let Some(proto) = p.get("protocol").and_then(Value::as_str) {
                             if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                                errors.add(
-                                    format!("{cp}.ports[{j}].protocol"),
-                                    format!("{proto:?} must be TCP, UDP or SCTP"),
-                                );
+                                errors.add(format!("{cp}.ports[{j}].protocol"), format!("{proto:?} must be TCP, UDP or SCTP"));
                             }
                         }
                     }
                 }
-                validate_quantities(
-                    c.pointer("/resources/requests"),
-                    &format!("{cp}.resources.requests"),
-                    errors,
-                );
-                validate_quantities(
-                    c.pointer("/resources/limits"),
-                    &format!("{cp}.resources.limits"),
-                    errors,
-                );
+                validate_quantities(c.pointer("/resources/requests"), &format!("{cp}.resources.requests"), errors);
+                validate_quantities(c.pointer("/resources/limits"), &format!("{cp}.resources.limits"), errors);
             }
         }
     }
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !matches!(rp, "Always" | "OnFailure" | "Never") {
-            errors.add(
-                format!("{path}.restartPolicy"),
-                format!("{rp:?} must be Always, OnFailure or Never"),
-            );
+            errors.add(format!("{path}.restartPolicy"), format!("{rp:?} must be Always, OnFailure or Never"));
         }
     }
     if let Some(sel) = spec.get("nodeSelector") {
-        if !sel
-            .as_object()
-            .is_some_and(|m| m.values().all(Value::is_string))
-        {
+        if !sel.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
             errors.add(format!("{path}.nodeSelector"), "must be a map of strings");
         }
     }
@@ -563,30 +451,19 @@ fn validate_workload(object: &Value, errors: &mut Errors) {
         return;
     };
     match spec.get("replicas") {
-        Some(r) if r.as_i64().is_none_or(|n| n < 0) => {
-            errors.add("spec.replicas", format!("{r} must be a whole number >= 0"))
-        }
+        Some(r) if r.as_i64().is_none_or(|n| n < 0) => errors.add("spec.replicas", format!("{r} must be a whole number >= 0")),
         _ => {}
     }
-    let template_labels = spec
-        .pointer("/template/metadata/labels")
-        .cloned()
-        .unwrap_or(json!({}));
+    let template_labels = spec.pointer("/template/metadata/labels").cloned().unwrap_or(json!({}));
     match spec.get("selector") {
         None => errors.add("spec.selector", "is required"),
         Some(sel) => match Selector::from_label_selector(sel) {
             Err(e) => errors.add("spec.selector", e.reason),
-            Ok(s) if s.is_empty() => errors.add(
-                "spec.selector",
-                "must not be empty: select the pods by their labels",
-            ),
+            Ok(s) if s.is_empty() => errors.add("spec.selector", "must not be empty: select the pods by their labels"),
             Ok(s) => {
                 let labels = serde_json::from_value(template_labels).unwrap_or_default();
                 if !s.matches_labels(&labels) {
-                    errors.add(
-                        "spec.template.metadata.labels",
-                        "`selector` does not match template `labels`",
-                    );
+                    errors.add("spec.template.metadata.labels", "`selector` does not match template `labels`");
                 }
             }
         },
@@ -597,109 +474,55 @@ fn validate_workload(object: &Value, errors: &mut Errors) {
     }
     if let Some(t) = spec.pointer("/strategy/type").and_then(Value::as_str) {
         if !matches!(t, "RollingUpdate" | "Recreate") {
-            errors.add(
-                "spec.strategy.type",
-                format!("{t:?} must be RollingUpdate or Recreate"),
-            );
+            errors.add("spec.strategy.type", format!("{t:?} must be RollingUpdate or Recreate"));
         }
     }
 }
 
 fn validate_service(object: &Value, errors: &mut Errors) {
     let spec = object.get("spec").cloned().unwrap_or(json!({}));
-    let svc_type = spec
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP");
-    if !matches!(
-        svc_type,
-        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
-    ) {
-        errors.add(
-            "spec.type",
-            format!("{svc_type:?} must be ClusterIP, NodePort, LoadBalancer or ExternalName"),
-        );
+    let svc_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
+    if !matches!(svc_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+        errors.add("spec.type", format!("{svc_type:?} must be ClusterIP, NodePort, LoadBalancer or ExternalName"));
     }
-    let ports = spec
-        .get("ports")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
     if ports.is_empty() && svc_type != "ExternalName" {
         errors.add("spec.ports", "at least one port is required");
     }
     let mut seen_ports = BTreeSet::new();
     let mut seen_names = BTreeSet::new();
     for (i, p) in ports.iter().enumerate() {
-        validate_port(
-            p.get("port"),
-            &format!("spec.ports[{i}].port"),
-            errors,
-            true,
-        );
-        let proto = p
-            .get("protocol")
-            .and_then(Value::as_str)
-            .unwrap_or("TCP")
-            .to_string();
+        validate_port(p.get("port"), &format!("spec.ports[{i}].port"), errors, true);
+        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
         if let Some(port) = p.get("port").and_then(Value::as_i64) {
             if !seen_ports.insert((port, proto.clone())) {
-                errors.add(
-                    format!("spec.ports[{i}]"),
-                    format!("duplicate port {port}/{proto}"),
-                );
+                errors.add(format!("spec.ports[{i}]"), format!("duplicate port {port}/{proto}"));
             }
         }
         if let Some(n) = p.get("name").and_then(Value::as_str) {
             if !seen_names.insert(n.to_string()) {
-                errors.add(
-                    format!("spec.ports[{i}].name"),
-                    format!("duplicate port name {n:?}"),
-                );
+                errors.add(format!("spec.ports[{i}].name"), format!("duplicate port name {n:?}"));
             }
         } else if ports.len() > 1 {
-            errors.add(
-                format!("spec.ports[{i}].name"),
-                "is required when a service has more than one port",
-            );
+            errors.add(format!("spec.ports[{i}].name"), "is required when a service has more than one port");
         }
         match p.get("targetPort") {
-            Some(Value::Number(_)) => validate_port(
-                p.get("targetPort"),
-                &format!("spec.ports[{i}].targetPort"),
-                errors,
-                false,
-            ),
+            Some(Value::Number(_)) => validate_port(p.get("targetPort"), &format!("spec.ports[{i}].targetPort"), errors, false),
             Some(Value::String(s)) if is_dns1123_label(s) => {}
-            Some(other) => errors.add(
-                format!("spec.ports[{i}].targetPort"),
-                format!("{other} must be a port number or a port name"),
-            ),
+            Some(other) => errors.add(format!("spec.ports[{i}].targetPort"), format!("{other} must be a port number or a port name")),
             None => {}
         }
         if let Some(np) = p.get("nodePort") {
             if !np.as_i64().is_some_and(|n| (30000..=32767).contains(&n)) {
-                errors.add(
-                    format!("spec.ports[{i}].nodePort"),
-                    format!("{np} must be in the node port range 30000-32767"),
-                );
+                errors.add(format!("spec.ports[{i}].nodePort"), format!("{np} must be in the node port range 30000-32767"));
             } else if svc_type == "ClusterIP" {
-                errors.add(
-                    format!("spec.ports[{i}].nodePort"),
-                    "may only be set on NodePort or LoadBalancer services",
-                );
+                errors.add(format!("spec.ports[{i}].nodePort"), "may only be set on NodePort or LoadBalancer services");
             }
         }
     }
     if let Some(sel) = spec.get("selector") {
-        if !sel.as_object().is_some_and(|m| {
-            m.iter()
-                .all(|(k, v)| label_key_ok(k) && v.as_str().is_some_and(label_value_ok))
-        }) {
-            errors.add(
-                "spec.selector",
-                "must be a map of label keys to label values",
-            );
+        if !sel.as_object().is_some_and(|m| m.iter().all(|(k, v)| label_key_ok(k) && v.as_str().is_some_and(label_value_ok))) {
+            errors.add("spec.selector", "must be a map of label keys to label values");
         }
     }
 }
@@ -710,10 +533,7 @@ fn validate_network_policy(object: &Value, errors: &mut Errors) {
         return;
     };
     match spec.get("podSelector") {
-        None => errors.add(
-            "spec.podSelector",
-            "is required ({} selects every pod in the namespace)",
-        ),
+        None => errors.add("spec.podSelector", "is required ({} selects every pod in the namespace)"),
         Some(sel) => {
             if let Err(e) = Selector::from_label_selector(sel) {
                 errors.add("spec.podSelector", e.reason);
@@ -723,22 +543,13 @@ fn validate_network_policy(object: &Value, errors: &mut Errors) {
     if let Some(types) = spec.get("policyTypes").and_then(Value::as_array) {
         for (i, t) in types.iter().enumerate() {
             if !matches!(t.as_str(), Some("Ingress") | Some("Egress")) {
-                errors.add(
-                    format!("spec.policyTypes[{i}]"),
-                    format!("{t} must be Ingress or Egress"),
-                );
+                errors.add(format!("spec.policyTypes[{i}]"), format!("{t} must be Ingress or Egress"));
             }
         }
     }
     if let Some(rules) = spec.get("ingress").and_then(Value::as_array) {
         for (i, rule) in rules.iter().enumerate() {
-            for (j, peer) in rule
-                .get("from")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (j, peer) in rule.get("from").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 for key in ["podSelector", "namespaceSelector"] {
                     if let Some(sel) = peer.get(key) {
                         if let Err(e) = Selector::from_label_selector(sel) {
@@ -756,20 +567,9 @@ fn validate_network_policy(object: &Value, errors: &mut Errors) {
                     }
                 }
             }
-            for (j, port) in rule
-                .get("ports")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (j, port) in rule.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 if let Some(Value::Number(_)) = port.get("port") {
-                    validate_port(
-                        port.get("port"),
-                        &format!("spec.ingress[{i}].ports[{j}].port"),
-                        errors,
-                        false,
-                    );
+                    validate_port(port.get("port"), &format!("spec.ingress[{i}].ports[{j}].port"), errors, false);
                 }
             }
         }
@@ -789,11 +589,7 @@ fn valid_cidr(s: &str) -> bool {
 
 fn validate_node(object: &Value, errors: &mut Errors) {
     for field in ["capacity", "allocatable"] {
-        validate_quantities(
-            object.pointer(&format!("/status/{field}")),
-            &format!("status.{field}"),
-            errors,
-        );
+        validate_quantities(object.pointer(&format!("/status/{field}")), &format!("status.{field}"), errors);
     }
 }
 
@@ -803,19 +599,12 @@ mod tests {
     use crate::model::resources::lookup;
 
     fn ctx() -> AdmissionContext<'static> {
-        AdmissionContext {
-            namespace: Some("default"),
-            now: "2026-01-01T00:00:00Z".into(),
-            uid: "u-1".into(),
-            name_suffix: "abcde".into(),
-        }
+        AdmissionContext { namespace: Some("default"), now: "2026-01-01T00:00:00Z".into(), uid: "u-1".into(), name_suffix: "abcde".into() }
     }
 
     fn field_errors(r: Result<(), AdmissionError>) -> Vec<String> {
         match r {
-            Err(AdmissionError::Invalid { errors, .. }) => {
-                errors.into_iter().map(|e| e.field).collect()
-            }
+            Err(AdmissionError::Invalid { errors, .. }) => errors.into_iter().map(|e| e.field).collect(),
             other => panic!("expected Invalid, got {other:?}"),
         }
     }
@@ -862,16 +651,9 @@ mod tests {
     #[test]
     fn kind_and_namespace_mismatches_are_bad_requests() {
         let mut wrong = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}});
-        assert!(matches!(
-            admit_create(lookup("pods").unwrap(), &mut wrong, &ctx()),
-            Err(AdmissionError::BadRequest(_))
-        ));
-        let mut other_ns =
-            json!({"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube"}});
-        assert!(matches!(
-            admit_create(lookup("configmaps").unwrap(), &mut other_ns, &ctx()),
-            Err(AdmissionError::BadRequest(_))
-        ));
+        assert!(matches!(admit_create(lookup("pods").unwrap(), &mut wrong, &ctx()), Err(AdmissionError::BadRequest(_))));
+        let mut other_ns = json!({"kind": "ConfigMap", "metadata": {"name": "x", "namespace": "kube"}});
+        assert!(matches!(admit_create(lookup("configmaps").unwrap(), &mut other_ns, &ctx()), Err(AdmissionError::BadRequest(_))));
     }
 
     #[test]
@@ -879,14 +661,7 @@ mod tests {
         let mut svc = json!({"kind": "Service", "metadata": {"name": "web"},
             "spec": {"ports": [{"name": "a", "port": 80}, {"name": "b", "port": 80}, {"name": "c", "port": 0}]}});
         let fields = field_errors(admit_create(lookup("svc").unwrap(), &mut svc, &ctx()));
-        assert_eq!(
-            fields,
-            vec![
-                "spec.ports[1]",
-                "spec.ports[2].port",
-                "spec.ports[2].targetPort"
-            ]
-        );
+        assert_eq!(fields, vec!["spec.ports[1]", "spec.ports[2].port", "spec.ports[2].targetPort"]);
     }
 
     #[test]
@@ -905,9 +680,6 @@ mod tests {
         let mut moved = d.clone();
         moved["spec"]["selector"] = json!({"matchLabels": {"app": "x"}});
         moved["spec"]["template"]["metadata"]["labels"] = json!({"app": "x"});
-        assert_eq!(
-            field_errors(admit_update(res, &d, &mut moved, &ctx(), None)),
-            vec!["spec.selector"]
-        );
+        assert_eq!(field_errors(admit_update(res, &d, &mut moved, &ctx(), None)), vec!["spec.selector"]);
     }
 }

@@ -31,19 +31,13 @@ pub fn encode(object: &Value) -> Vec<u8> {
 pub fn decode(bytes: &[u8], mod_revision: u64) -> Result<Value, DecodeError> {
     match bytes.split_first() {
         Some((&FORMAT_JSON_V1, json)) => {
-            let mut v: Value =
-                serde_json::from_slice(json).map_err(|e| DecodeError(e.to_string()))?;
+            let mut v: Value = serde_json::from_slice(json).map_err(|e| DecodeError(e.to_string()))?;
             if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-                meta.insert(
-                    "resourceVersion".into(),
-                    Value::String(mod_revision.to_string()),
-                );
+                meta.insert("resourceVersion".into(), Value::String(mod_revision.to_string()));
             }
             Ok(v)
         }
-        Some((other, _)) => Err(DecodeError(format!(
-            "unknown format {other}; written by a newer flotilla?"
-        ))),
+        Some((other, _)) => Err(DecodeError(format!("unknown format {other}; written by a newer flotilla?"))),
         None => Err(DecodeError("empty value".into())),
     }
 }
@@ -59,16 +53,11 @@ pub fn metadata_mut(object: &mut Value) -> &mut Map<String, Value> {
             o.insert("metadata".into(), Value::Object(Map::new()));
         }
     }
-    object
-        .get_mut("metadata")
-        .and_then(Value::as_object_mut)
-        .expect("metadata is a map")
+    object.get_mut("metadata").and_then(Value::as_object_mut).expect("metadata is a map")
 }
 
 pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
-    metadata(object)
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
+    metadata(object).and_then(|m| m.get(field)).and_then(Value::as_str)
 }
 
 pub fn name(object: &Value) -> Option<&str> {
@@ -92,11 +81,7 @@ pub fn owner_uids(object: &Value) -> Vec<String> {
     metadata(object)
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
-        .map(|refs| {
-            refs.iter()
-                .filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from))
-                .collect()
-        })
+        .map(|refs| refs.iter().filter_map(|r| r.get("uid").and_then(Value::as_str).map(String::from)).collect())
         .unwrap_or_default()
 }
 
@@ -105,10 +90,7 @@ pub fn controller_ref(object: &Value) -> Option<&Value> {
     metadata(object)
         .and_then(|m| m.get("ownerReferences"))
         .and_then(Value::as_array)
-        .and_then(|refs| {
-            refs.iter()
-                .find(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
-        })
+        .and_then(|refs| refs.iter().find(|r| r.get("controller").and_then(Value::as_bool) == Some(true)))
 }
 
 /// RFC 3339 in UTC with seconds, as Kubernetes writes timestamps.
@@ -123,9 +105,7 @@ pub fn now() -> String {
 
 /// Parses a Kubernetes timestamp.
 pub fn parse_timestamp(s: &str) -> Option<std::time::SystemTime> {
-    chrono::DateTime::parse_from_rfc3339(s)
-        .ok()
-        .map(|d| d.with_timezone(&chrono::Utc).into())
+    chrono::DateTime::parse_from_rfc3339(s).ok().map(|d| d.with_timezone(&chrono::Utc).into())
 }
 
 /// "5s", "3m", "2h", "4d" as `kubectl get` shows ages.

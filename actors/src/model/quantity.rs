@@ -22,10 +22,7 @@ const NANO: i128 = 1_000_000_000;
 
 impl Quantity {
     pub fn parse(input: &str) -> Result<Quantity, QuantityError> {
-        let err = |reason| QuantityError {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason| QuantityError { input: input.to_string(), reason };
         let s = input.trim();
         if s.is_empty() {
             return Err(err("it is empty"));
@@ -35,9 +32,7 @@ impl Quantity {
             b'+' => (false, &s[1..]),
             _ => (false, s),
         };
-        let number_end = body
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(body.len());
+        let number_end = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
         let (number, suffix) = body.split_at(number_end);
         if number.is_empty() || number == "." || number.matches('.').count() > 1 {
             return Err(err("it must start with a number"));
@@ -50,16 +45,12 @@ impl Quantity {
             if d.is_empty() {
                 Ok(0)
             } else {
-                d.parse::<i128>()
-                    .map_err(|_| err("the number is too large"))
+                d.parse::<i128>().map_err(|_| err("the number is too large"))
             }
         };
         let int = parse_digits(int_part)?;
         let frac = parse_digits(frac_part)? * 10i128.pow(9 - frac_part.len() as u32);
-        let base = int
-            .checked_mul(NANO)
-            .and_then(|v| v.checked_add(frac))
-            .ok_or_else(|| err("the number is too large"))?;
+        let base = int.checked_mul(NANO).and_then(|v| v.checked_add(frac)).ok_or_else(|| err("the number is too large"))?;
         let (mul_num, mul_den, binary): (i128, i128, bool) = match suffix {
             "" => (1, 1, false),
             "n" => (1, NANO, false),
@@ -78,9 +69,7 @@ impl Quantity {
             "Pi" => (1 << 50, 1, true),
             "Ei" => (1 << 60, 1, true),
             s if s.starts_with(['e', 'E']) => {
-                let exp: i32 = s[1..]
-                    .parse()
-                    .map_err(|_| err("the exponent is not a whole number"))?;
+                let exp: i32 = s[1..].parse().map_err(|_| err("the exponent is not a whole number"))?;
                 if !(-9..=18).contains(&exp) {
                     return Err(err("the exponent is out of range"));
                 }
@@ -90,29 +79,19 @@ impl Quantity {
                     (1, 10i128.pow((-exp) as u32), false)
                 }
             }
-            _ => {
-                return Err(err(
-                    "unknown suffix; use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi or Ei",
-                ))
-            }
+            _ => return Err(err("unknown suffix; use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi or Ei")),
         };
-        let scaled = base
-            .checked_mul(mul_num)
-            .ok_or_else(|| err("the number is too large"))?;
+        let scaled = base.checked_mul(mul_num).ok_or_else(|| err("the number is too large"))?;
         if scaled % mul_den != 0 {
             return Err(err("it is finer than one nano-unit"));
         }
         let nanos = scaled / mul_den;
-        Ok(Quantity {
-            nanos: if negative { -nanos } else { nanos },
-            binary,
-        })
+        Ok(Quantity { nanos: if negative { -nanos } else { nanos }, binary })
     }
 
     /// In thousandths, rounded up (CPU in millicores).
     pub fn millis(&self) -> i64 {
-        let m =
-            self.nanos.div_euclid(1_000_000) + i128::from(self.nanos.rem_euclid(1_000_000) != 0);
+        let m = self.nanos.div_euclid(1_000_000) + i128::from(self.nanos.rem_euclid(1_000_000) != 0);
         m.clamp(i64::MIN as i128, i64::MAX as i128) as i64
     }
 
@@ -123,17 +102,11 @@ impl Quantity {
     }
 
     pub fn from_millis(millis: i64) -> Quantity {
-        Quantity {
-            nanos: millis as i128 * 1_000_000,
-            binary: false,
-        }
+        Quantity { nanos: millis as i128 * 1_000_000, binary: false }
     }
 
     pub fn from_bytes(bytes: i64, binary: bool) -> Quantity {
-        Quantity {
-            nanos: bytes as i128 * NANO,
-            binary,
-        }
+        Quantity { nanos: bytes as i128 * NANO, binary }
     }
 
     pub fn is_negative(&self) -> bool {
@@ -152,14 +125,8 @@ impl fmt::Display for Quantity {
         }
         if self.binary && n % NANO == 0 {
             let v = n / NANO;
-            for (suffix, size) in [
-                ("Ei", 1i128 << 60),
-                ("Pi", 1 << 50),
-                ("Ti", 1 << 40),
-                ("Gi", 1 << 30),
-                ("Mi", 1 << 20),
-                ("Ki", 1 << 10),
-            ] {
+            for (suffix, size) in [("Ei", 1i128 << 60), ("Pi", 1 << 50), ("Ti", 1 << 40), ("Gi", 1 << 30), ("Mi", 1 << 20), ("Ki", 1 << 10)]
+            {
                 if v % size == 0 {
                     return write!(f, "{sign}{}{suffix}", v / size);
                 }
@@ -224,9 +191,6 @@ mod tests {
             let e = Quantity::parse(bad).unwrap_err();
             assert!(e.to_string().contains("is not valid"), "{bad}: {e}");
         }
-        assert_eq!(
-            Quantity::parse("12Q").unwrap_err().reason,
-            "unknown suffix; use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi or Ei"
-        );
+        assert_eq!(Quantity::parse("12Q").unwrap_err().reason, "unknown suffix; use n, u, m, k, M, G, T, P, E, Ki, Mi, Gi, Ti, Pi or Ei");
     }
 }

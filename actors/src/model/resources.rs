@@ -69,38 +69,15 @@ const fn core(
     short_names: &'static [&'static str],
     subresources: &'static [&'static str],
 ) -> Resource {
-    Resource {
-        group: "",
-        version: "v1",
-        kind,
-        plural,
-        singular,
-        namespaced,
-        short_names,
-        subresources,
-    }
+    Resource { group: "", version: "v1", kind, plural, singular, namespaced, short_names, subresources }
 }
 
 /// Every resource flotilla serves.
 pub const RESOURCES: &[Resource] = &[
-    core(
-        "Namespace",
-        "namespaces",
-        "namespace",
-        false,
-        &["ns"],
-        &["status"],
-    ),
+    core("Namespace", "namespaces", "namespace", false, &["ns"], &["status"]),
     core("Node", "nodes", "node", false, &["no"], &["status"]),
     core("Pod", "pods", "pod", true, &["po"], &["status", "log"]),
-    core(
-        "Service",
-        "services",
-        "service",
-        true,
-        &["svc"],
-        &["status"],
-    ),
+    core("Service", "services", "service", true, &["svc"], &["status"]),
     core("Endpoints", "endpoints", "endpoints", true, &["ep"], &[]),
     core("ConfigMap", "configmaps", "configmap", true, &["cm"], &[]),
     core("Event", "events", "event", true, &["ev"], &[]),
@@ -148,28 +125,19 @@ pub fn lookup(name: &str) -> Option<&'static Resource> {
         None => (lower, None),
     };
     RESOURCES.iter().find(|r| {
-        (r.plural == base
-            || r.singular == base
-            || r.kind.eq_ignore_ascii_case(&base)
-            || r.short_names.contains(&base.as_str()))
-            && group
-                .as_deref()
-                .is_none_or(|g| g == r.group || r.group.starts_with(g))
+        (r.plural == base || r.singular == base || r.kind.eq_ignore_ascii_case(&base) || r.short_names.contains(&base.as_str()))
+            && group.as_deref().is_none_or(|g| g == r.group || r.group.starts_with(g))
     })
 }
 
 /// Finds the resource for an object's `apiVersion` and `kind`.
 pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
-        .find(|r| r.kind == kind && r.api_version() == api_version)
+    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
 /// Finds the resource served at `group/version` under `plural`.
 pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES
-        .iter()
-        .find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 #[cfg(test)]
@@ -181,30 +149,18 @@ mod tests {
         assert_eq!(lookup("po").map(|r| r.kind), Some("Pod"));
         assert_eq!(lookup("Deployments").map(|r| r.kind), Some("Deployment"));
         assert_eq!(lookup("deploy").map(|r| r.kind), Some("Deployment"));
-        assert_eq!(
-            lookup("deployments.apps").map(|r| r.kind),
-            Some("Deployment")
-        );
+        assert_eq!(lookup("deployments.apps").map(|r| r.kind), Some("Deployment"));
         assert_eq!(lookup("netpol").map(|r| r.kind), Some("NetworkPolicy"));
         assert_eq!(lookup("widgets"), None);
-        assert_eq!(
-            by_kind("apps/v1", "ReplicaSet").map(|r| r.plural),
-            Some("replicasets")
-        );
+        assert_eq!(by_kind("apps/v1", "ReplicaSet").map(|r| r.plural), Some("replicasets"));
         assert_eq!(by_kind("v1", "Deployment"), None);
     }
 
     #[test]
     fn keys_are_scoped() {
         let pods = lookup("pods").unwrap();
-        assert_eq!(
-            pods.key(Some("default"), "web-1"),
-            "/registry/pods/default/web-1"
-        );
-        assert_eq!(
-            pods.namespace_prefix(Some("default")),
-            "/registry/pods/default/"
-        );
+        assert_eq!(pods.key(Some("default"), "web-1"), "/registry/pods/default/web-1");
+        assert_eq!(pods.namespace_prefix(Some("default")), "/registry/pods/default/");
         let nodes = lookup("nodes").unwrap();
         assert_eq!(nodes.key(None, "n1"), "/registry/nodes/n1");
         let deploy = lookup("deploy").unwrap();

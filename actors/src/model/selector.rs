@@ -45,19 +45,13 @@ pub struct Selector {
 }
 
 fn valid_key(k: &str) -> bool {
-    !k.is_empty()
-        && k.len() <= 317
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+    !k.is_empty() && k.len() <= 317 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
 }
 
 impl Selector {
     /// Parses the string form.
     pub fn parse(input: &str) -> Result<Selector, SelectorError> {
-        let err = |reason: String| SelectorError {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason: String| SelectorError { input: input.to_string(), reason };
         let mut requirements = Vec::new();
         // Split on commas that are not inside parentheses.
         let mut parts = Vec::new();
@@ -87,16 +81,9 @@ impl Selector {
             } else if let Some((k, v)) = part.split_once('=') {
                 Requirement::Equals(k.trim().into(), v.trim().into())
             } else if let Some((k, rest)) = split_word(part, " notin ") {
-                Requirement::NotIn(
-                    k,
-                    set_values(&rest)
-                        .ok_or_else(|| err(format!("{part:?}: expected notin (a,b)")))?,
-                )
+                Requirement::NotIn(k, set_values(&rest).ok_or_else(|| err(format!("{part:?}: expected notin (a,b)")))?)
             } else if let Some((k, rest)) = split_word(part, " in ") {
-                Requirement::In(
-                    k,
-                    set_values(&rest).ok_or_else(|| err(format!("{part:?}: expected in (a,b)")))?,
-                )
+                Requirement::In(k, set_values(&rest).ok_or_else(|| err(format!("{part:?}: expected in (a,b)")))?)
             } else {
                 Requirement::Exists(part.to_string())
             };
@@ -119,40 +106,24 @@ impl Selector {
     /// Builds a selector from a `LabelSelector` object (`matchLabels`,
     /// `matchExpressions`).
     pub fn from_label_selector(sel: &Value) -> Result<Selector, SelectorError> {
-        let err = |reason: String| SelectorError {
-            input: sel.to_string(),
-            reason,
-        };
+        let err = |reason: String| SelectorError { input: sel.to_string(), reason };
         let mut requirements = Vec::new();
         if let Some(labels) = sel.get("matchLabels") {
-            let map = labels
-                .as_object()
-                .ok_or_else(|| err("matchLabels must be a map of strings".into()))?;
+            let map = labels.as_object().ok_or_else(|| err("matchLabels must be a map of strings".into()))?;
             for (k, v) in map {
-                let v = v
-                    .as_str()
-                    .ok_or_else(|| err(format!("matchLabels.{k} must be a string")))?;
+                let v = v.as_str().ok_or_else(|| err(format!("matchLabels.{k} must be a string")))?;
                 requirements.push(Requirement::Equals(k.clone(), v.to_string()));
             }
         }
         if let Some(exprs) = sel.get("matchExpressions") {
-            let list = exprs
-                .as_array()
-                .ok_or_else(|| err("matchExpressions must be a list".into()))?;
+            let list = exprs.as_array().ok_or_else(|| err("matchExpressions must be a list".into()))?;
             for (i, e) in list.iter().enumerate() {
-                let key = e
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| err(format!("matchExpressions[{i}].key is required")))?
-                    .to_string();
+                let key =
+                    e.get("key").and_then(Value::as_str).ok_or_else(|| err(format!("matchExpressions[{i}].key is required")))?.to_string();
                 let values: Vec<String> = e
                     .get("values")
                     .and_then(Value::as_array)
-                    .map(|vs| {
-                        vs.iter()
-                            .filter_map(|v| v.as_str().map(String::from))
-                            .collect()
-                    })
+                    .map(|vs| vs.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                     .unwrap_or_default();
                 let op = e.get("operator").and_then(Value::as_str).unwrap_or("");
                 requirements.push(match op {
@@ -182,12 +153,7 @@ impl Selector {
     /// Matches an object's `metadata.labels`.
     pub fn matches_object(&self, object: &Value) -> bool {
         let labels = object.pointer("/metadata/labels");
-        let get = |k: &str| {
-            labels
-                .and_then(|l| l.get(k))
-                .and_then(Value::as_str)
-                .map(String::from)
-        };
+        let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(String::from);
         self.requirements.iter().all(|r| r.matches(&get))
     }
 
@@ -208,23 +174,12 @@ impl Selector {
 }
 
 fn split_word(part: &str, word: &str) -> Option<(String, String)> {
-    part.find(word).map(|i| {
-        (
-            part[..i].trim().to_string(),
-            part[i + word.len()..].trim().to_string(),
-        )
-    })
+    part.find(word).map(|i| (part[..i].trim().to_string(), part[i + word.len()..].trim().to_string()))
 }
 
 fn set_values(rest: &str) -> Option<Vec<String>> {
     let inner = rest.strip_prefix('(')?.strip_suffix(')')?;
-    Some(
-        inner
-            .split(',')
-            .map(|v| v.trim().to_string())
-            .filter(|v| !v.is_empty())
-            .collect(),
-    )
+    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
 }
 
 #[cfg(test)]
@@ -260,15 +215,9 @@ mod tests {
             "matchExpressions": [{"key": "tier", "operator": "In", "values": ["fe"]}]
         }))
         .unwrap();
-        let labels: BTreeMap<String, String> = [
-            ("app".to_string(), "web".to_string()),
-            ("tier".to_string(), "fe".to_string()),
-        ]
-        .into();
+        let labels: BTreeMap<String, String> = [("app".to_string(), "web".to_string()), ("tier".to_string(), "fe".to_string())].into();
         assert!(s.matches_labels(&labels));
-        let bad = Selector::from_label_selector(
-            &json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}),
-        );
+        let bad = Selector::from_label_selector(&json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}));
         assert!(bad.unwrap_err().reason.contains("Near"));
     }
 }

@@ -11,9 +11,7 @@ use super::resources::Resource;
 pub fn check(res: &Resource, object: &Value) -> Result<(), String> {
     use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, networking::v1 as net};
     fn try_as<T: serde::de::DeserializeOwned>(object: &Value) -> Result<(), String> {
-        serde_json::from_value::<T>(object.clone())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        serde_json::from_value::<T>(object.clone()).map(|_| ()).map_err(|e| e.to_string())
     }
     match res.kind {
         "Namespace" => try_as::<core::Namespace>(object),
@@ -28,13 +26,7 @@ pub fn check(res: &Resource, object: &Value) -> Result<(), String> {
         "NetworkPolicy" => try_as::<net::NetworkPolicy>(object),
         _ => Ok(()),
     }
-    .map_err(|e| {
-        format!(
-            "{} is not a valid {}: {e}",
-            super::object::name(object).unwrap_or("object"),
-            res.kind
-        )
-    })
+    .map_err(|e| format!("{} is not a valid {}: {e}", super::object::name(object).unwrap_or("object"), res.kind))
 }
 
 #[cfg(test)]

@@ -17,11 +17,7 @@ pub struct Column {
 }
 
 const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
-    Column {
-        name,
-        kind,
-        priority,
-    }
+    Column { name, kind, priority }
 }
 
 pub fn columns(res: &Resource) -> Vec<Column> {
@@ -44,11 +40,7 @@ pub fn columns(res: &Resource) -> Vec<Column> {
             col("Internal-IP", "string", 1),
             col("Container-Runtime", "string", 1),
         ],
-        "Namespace" => vec![
-            col("Name", "string", 0),
-            col("Status", "string", 0),
-            col("Age", "string", 0),
-        ],
+        "Namespace" => vec![col("Name", "string", 0), col("Status", "string", 0), col("Age", "string", 0)],
         "Service" => vec![
             col("Name", "string", 0),
             col("Type", "string", 0),
@@ -58,16 +50,8 @@ pub fn columns(res: &Resource) -> Vec<Column> {
             col("Age", "string", 0),
             col("Selector", "string", 1),
         ],
-        "Endpoints" => vec![
-            col("Name", "string", 0),
-            col("Endpoints", "string", 0),
-            col("Age", "string", 0),
-        ],
-        "ConfigMap" => vec![
-            col("Name", "string", 0),
-            col("Data", "integer", 0),
-            col("Age", "string", 0),
-        ],
+        "Endpoints" => vec![col("Name", "string", 0), col("Endpoints", "string", 0), col("Age", "string", 0)],
+        "ConfigMap" => vec![col("Name", "string", 0), col("Data", "integer", 0), col("Age", "string", 0)],
         "Event" => vec![
             col("Last Seen", "string", 0),
             col("Type", "string", 0),
@@ -95,11 +79,7 @@ pub fn columns(res: &Resource) -> Vec<Column> {
             col("Images", "string", 1),
             col("Selector", "string", 1),
         ],
-        "NetworkPolicy" => vec![
-            col("Name", "string", 0),
-            col("Pod-Selector", "string", 0),
-            col("Age", "string", 0),
-        ],
+        "NetworkPolicy" => vec![col("Name", "string", 0), col("Pod-Selector", "string", 0), col("Age", "string", 0)],
         _ => vec![col("Name", "string", 0), col("Age", "string", 0)],
     }
 }
@@ -117,9 +97,7 @@ fn int(v: Option<&Value>) -> i64 {
 }
 
 fn age(object: &Value, now: SystemTime) -> String {
-    meta_str(object, "creationTimestamp")
-        .and_then(parse_timestamp)
-        .map_or_else(|| "<unknown>".into(), |t| human_age(t, now))
+    meta_str(object, "creationTimestamp").and_then(parse_timestamp).map_or_else(|| "<unknown>".into(), |t| human_age(t, now))
 }
 
 fn or_none(s: String) -> String {
@@ -139,12 +117,7 @@ pub fn pod_status(pod: &Value) -> String {
     if reason.is_empty() {
         reason = s(pod.pointer("/status/phase"));
     }
-    for cs in pod
-        .pointer("/status/containerStatuses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for cs in pod.pointer("/status/containerStatuses").and_then(Value::as_array).into_iter().flatten() {
         if let Some(w) = cs.pointer("/state/waiting/reason").and_then(Value::as_str) {
             if !w.is_empty() {
                 return w.into();
@@ -167,11 +140,7 @@ pub fn pod_status(pod: &Value) -> String {
 }
 
 fn containers_and_images(template_spec: Option<&Value>) -> (String, String) {
-    let cs = template_spec
-        .and_then(|t| t.get("containers"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let cs = template_spec.and_then(|t| t.get("containers")).and_then(Value::as_array).cloned().unwrap_or_default();
     let names: Vec<String> = cs.iter().map(|c| s(c.get("name"))).collect();
     let images: Vec<String> = cs.iter().map(|c| s(c.get("image"))).collect();
     (names.join(","), images.join(","))
@@ -179,10 +148,7 @@ fn containers_and_images(template_spec: Option<&Value>) -> (String, String) {
 
 fn selector_text(sel: Option<&Value>) -> String {
     let mut parts = Vec::new();
-    if let Some(m) = sel
-        .and_then(|s| s.get("matchLabels").or(Some(s)))
-        .and_then(Value::as_object)
-    {
+    if let Some(m) = sel.and_then(|s| s.get("matchLabels").or(Some(s))).and_then(Value::as_object) {
         for (k, v) in m {
             if let Some(v) = v.as_str() {
                 parts.push(format!("{k}={v}"));
@@ -197,19 +163,9 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
     let name = s(object.pointer("/metadata/name"));
     match res.kind {
         "Pod" => {
-            let statuses = object
-                .pointer("/status/containerStatuses")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let total = object
-                .pointer("/spec/containers")
-                .and_then(Value::as_array)
-                .map_or(0, Vec::len);
-            let ready = statuses
-                .iter()
-                .filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true))
-                .count();
+            let statuses = object.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let total = object.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
+            let ready = statuses.iter().filter(|c| c.get("ready").and_then(Value::as_bool) == Some(true)).count();
             let restarts: i64 = statuses.iter().map(|c| int(c.get("restartCount"))).sum();
             vec![
                 json!(name),
@@ -225,23 +181,10 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
             let ready = object
                 .pointer("/status/conditions")
                 .and_then(Value::as_array)
-                .and_then(|cs| {
-                    cs.iter()
-                        .find(|c| c.get("type").and_then(Value::as_str) == Some("Ready"))
-                })
-                .map(|c| {
-                    if c.get("status").and_then(Value::as_str) == Some("True") {
-                        "Ready"
-                    } else {
-                        "NotReady"
-                    }
-                })
+                .and_then(|cs| cs.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
+                .map(|c| if c.get("status").and_then(Value::as_str) == Some("True") { "Ready" } else { "NotReady" })
                 .unwrap_or("Unknown");
-            let status = if object
-                .pointer("/spec/unschedulable")
-                .and_then(Value::as_bool)
-                == Some(true)
-            {
+            let status = if object.pointer("/spec/unschedulable").and_then(Value::as_bool) == Some(true) {
                 format!("{ready},SchedulingDisabled")
             } else {
                 ready.to_string()
@@ -249,10 +192,7 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
             let ip = object
                 .pointer("/status/addresses")
                 .and_then(Value::as_array)
-                .and_then(|a| {
-                    a.iter()
-                        .find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP"))
-                })
+                .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
                 .map(|x| s(x.get("address")))
                 .unwrap_or_default();
             vec![
@@ -260,20 +200,12 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
                 json!(status),
                 json!("<none>"),
                 json!(age(object, now)),
-                json!(or_none(
-                    s(object.pointer("/status/nodeInfo/kubeletVersion"))
-                )),
+                json!(or_none(s(object.pointer("/status/nodeInfo/kubeletVersion")))),
                 json!(or_none(ip)),
-                json!(or_none(s(
-                    object.pointer("/status/nodeInfo/containerRuntimeVersion")
-                ))),
+                json!(or_none(s(object.pointer("/status/nodeInfo/containerRuntimeVersion")))),
             ]
         }
-        "Namespace" => vec![
-            json!(name),
-            json!(s(object.pointer("/status/phase"))),
-            json!(age(object, now)),
-        ],
+        "Namespace" => vec![json!(name), json!(s(object.pointer("/status/phase"))), json!(age(object, now))],
         "Service" => {
             let ports: Vec<String> = object
                 .pointer("/spec/ports")
@@ -281,17 +213,8 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
                 .into_iter()
                 .flatten()
                 .map(|p| {
-                    let node_port = p
-                        .get("nodePort")
-                        .and_then(Value::as_i64)
-                        .map(|n| format!(":{n}"))
-                        .unwrap_or_default();
-                    format!(
-                        "{}{}/{}",
-                        int(p.get("port")),
-                        node_port,
-                        p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
-                    )
+                    let node_port = p.get("nodePort").and_then(Value::as_i64).map(|n| format!(":{n}")).unwrap_or_default();
+                    format!("{}{}/{}", int(p.get("port")), node_port, p.get("protocol").and_then(Value::as_str).unwrap_or("TCP"))
                 })
                 .collect();
             vec![
@@ -306,74 +229,33 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
         }
         "Endpoints" => {
             let mut eps = Vec::new();
-            for subset in object
-                .get("subsets")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let ports: Vec<i64> = subset
-                    .get("ports")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .map(|p| int(p.get("port")))
-                    .collect();
-                for a in subset
-                    .get("addresses")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+            for subset in object.get("subsets").and_then(Value::as_array).into_iter().flatten() {
+                let ports: Vec<i64> =
+                    subset.get("ports").and_then(Value::as_array).into_iter().flatten().map(|p| int(p.get("port"))).collect();
+                for a in subset.get("addresses").and_then(Value::as_array).into_iter().flatten() {
                     for p in &ports {
                         eps.push(format!("{}:{p}", s(a.get("ip"))));
                     }
                 }
             }
-            let shown = if eps.len() > 3 {
-                format!("{} + {} more...", eps[..3].join(","), eps.len() - 3)
-            } else {
-                eps.join(",")
-            };
+            let shown = if eps.len() > 3 { format!("{} + {} more...", eps[..3].join(","), eps.len() - 3) } else { eps.join(",") };
             vec![json!(name), json!(or_none(shown)), json!(age(object, now))]
         }
         "ConfigMap" => {
-            let n = object
-                .get("data")
-                .and_then(Value::as_object)
-                .map_or(0, |m| m.len())
-                + object
-                    .get("binaryData")
-                    .and_then(Value::as_object)
-                    .map_or(0, |m| m.len());
+            let n = object.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
+                + object.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
             vec![json!(name), json!(n), json!(age(object, now))]
         }
         "Event" => {
             let last = s(object.get("lastTimestamp")).to_string();
-            let seen = parse_timestamp(&last)
-                .map(|t| human_age(t, now))
-                .unwrap_or_else(|| age(object, now));
+            let seen = parse_timestamp(&last).map(|t| human_age(t, now)).unwrap_or_else(|| age(object, now));
             let inv = object.get("involvedObject").cloned().unwrap_or(json!({}));
-            let obj = format!(
-                "{}/{}",
-                s(inv.get("kind")).to_ascii_lowercase(),
-                s(inv.get("name"))
-            );
-            vec![
-                json!(seen),
-                json!(s(object.get("type"))),
-                json!(s(object.get("reason"))),
-                json!(obj),
-                json!(s(object.get("message"))),
-            ]
+            let obj = format!("{}/{}", s(inv.get("kind")).to_ascii_lowercase(), s(inv.get("name")));
+            vec![json!(seen), json!(s(object.get("type"))), json!(s(object.get("reason"))), json!(obj), json!(s(object.get("message")))]
         }
         "Deployment" => {
             let (c, i) = containers_and_images(object.pointer("/spec/template/spec"));
-            let ready = format!(
-                "{}/{}",
-                int(object.pointer("/status/readyReplicas")),
-                int(object.pointer("/spec/replicas"))
-            );
+            let ready = format!("{}/{}", int(object.pointer("/status/readyReplicas")), int(object.pointer("/spec/replicas")));
             vec![
                 json!(name),
                 json!(ready),
@@ -408,13 +290,7 @@ pub fn cells(res: &Resource, object: &Value, now: SystemTime) -> Vec<Value> {
 
 /// A `meta.k8s.io/v1` Table of `objects`. `full_objects` embeds each
 /// object (includeObject=Object); otherwise its metadata only.
-pub fn table(
-    res: &Resource,
-    objects: &[Value],
-    resource_version: u64,
-    full_objects: bool,
-    now: SystemTime,
-) -> Value {
+pub fn table(res: &Resource, objects: &[Value], resource_version: u64, full_objects: bool, now: SystemTime) -> Value {
     let column_definitions: Vec<Value> = columns(res)
         .iter()
         .map(|c| json!({"name": c.name, "type": c.kind, "format": if c.name == "Name" { "name" } else { "" }, "description": c.name, "priority": c.priority}))
@@ -455,28 +331,14 @@ mod tests {
         let row = cells(lookup("pods").unwrap(), &pod, now);
         assert_eq!(
             row,
-            vec![
-                json!("web-1"),
-                json!("1/2"),
-                json!("CrashLoopBackOff"),
-                json!("3"),
-                json!("5m"),
-                json!("10.0.0.5"),
-                json!("n1")
-            ]
+            vec![json!("web-1"), json!("1/2"), json!("CrashLoopBackOff"), json!("3"), json!("5m"), json!("10.0.0.5"), json!("n1")]
         );
     }
 
     #[test]
     fn table_shape() {
         let res = lookup("cm").unwrap();
-        let t = table(
-            res,
-            &[json!({"metadata": {"name": "c"}, "data": {"a": "1"}})],
-            9,
-            false,
-            SystemTime::now(),
-        );
+        let t = table(res, &[json!({"metadata": {"name": "c"}, "data": {"a": "1"}})], 9, false, SystemTime::now());
         assert_eq!(t["kind"], "Table");
         assert_eq!(t["metadata"]["resourceVersion"], "9");
         assert_eq!(t["rows"][0]["cells"][0], "c");

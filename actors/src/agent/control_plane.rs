@@ -1,0 +1,233 @@
+//! What a node agent needs from the control plane, as a trait: register
+//! its Node, send heartbeats, learn its pods (list, then a resumable
+//! watch), write pod status, and finish a pod's deletion. The in-process
+//! implementation ([`LocalControlPlane`]) calls the registry directly; it
+//! serves `flotilla up` and the sim benchmarks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::model::object;
+use crate::model::resources::lookup;
+use crate::model::selector::Selector;
+use crate::registry::{Registry, RegistryError, WatchEvent};
+
+/// Events queued from a pod watch to its agent before the watch pauses.
+pub const POD_EVENT_QUEUE_MAX: usize = 1024;
+
+/// Why a control-plane call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AgentError {
+    /// The control plane did not answer or refused for now. Retryable.
+    #[error("control plane unavailable: {0}")]
+    Unavailable(String),
+    /// The watch fell behind compaction; list again.
+    #[error("pod watch expired: {0}")]
+    Expired(String),
+    /// The object is gone or was replaced (uid changed).
+    #[error("{0}")]
+    Gone(String),
+    /// Refused for good.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<RegistryError> for AgentError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound { .. } => AgentError::Gone(e.to_string()),
+            RegistryError::Expired { .. } => AgentError::Expired(e.to_string()),
+            RegistryError::Store(ref s) if s.is_retryable() => AgentError::Unavailable(e.to_string()),
+            RegistryError::Conflict { .. } => AgentError::Unavailable(e.to_string()),
+            other => AgentError::Refused(other.to_string()),
+        }
+    }
+}
+
+/// The last heartbeat of each node, with the usage it reported.
+#[derive(Clone, Default)]
+pub struct Heartbeats {
+    inner: Arc<Mutex<HashMap<String, (Instant, NodeUsage)>>>,
+}
+
+/// What a heartbeat carries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub pods: i64,
+}
+
+impl Heartbeats {
+    pub fn beat(&self, node: &str, usage: NodeUsage) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), (Instant::now(), usage));
+    }
+    pub fn last(&self, node: &str) -> Option<(Instant, NodeUsage)> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied()
+    }
+}
+
+/// A node agent's view of the control plane.
+#[async_trait::async_trait]
+pub trait ControlPlane: Send + Sync + 'static {
+    /// Creates the Node, or updates its labels and status if it exists.
+    async fn register_node(&self, node: Value) -> Result<(), AgentError>;
+    /// Replaces the Node's status (conditions, capacity, usage).
+    async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError>;
+    /// A liveness beat with current usage (not a store write).
+    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError>;
+    /// The pods bound to `node`, and the revision of the list.
+    async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError>;
+    /// Changes to pods bound to `node` after revision `after`.
+    async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError>;
+    /// Writes a pod's status, if the pod still has uid `uid`.
+    async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError>;
+    /// Removes a pod whose containers have stopped, if it still has uid `uid`.
+    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError>;
+    /// Records an Event about an object (best effort).
+    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str);
+}
+
+/// The control plane in the same process.
+#[derive(Clone)]
+pub struct LocalControlPlane {
+    pub registry: Registry,
+    pub heartbeats: Heartbeats,
+}
+
+fn node_selector(node: &str) -> Selector {
+    Selector { requirements: vec![crate::model::selector::Requirement::Equals("spec.nodeName".into(), node.into())] }
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for LocalControlPlane {
+    async fn register_node(&self, node: Value) -> Result<(), AgentError> {
+        let nodes = lookup("nodes").expect("nodes are served");
+        let name = object::name(&node).unwrap_or_default().to_string();
+        match self.registry.create(nodes, None, node.clone()).await {
+            Ok(_) => Ok(()),
+            Err(RegistryError::AlreadyExists { .. }) => {
+                let labels = node.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+                self.registry
+                    .read_modify_write(
+                        nodes,
+                        None,
+                        &name,
+                        None,
+                        |old| {
+                            let mut new = old.clone();
+                            new["metadata"]["labels"] = labels.clone();
+                            Ok(new)
+                        },
+                        None,
+                    )
+                    .await?;
+                self.update_node_status(&name, node.get("status").cloned().unwrap_or(json!({}))).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError> {
+        let nodes = lookup("nodes").expect("nodes are served");
+        self.registry
+            .read_modify_write(
+                nodes,
+                None,
+                name,
+                None,
+                |old| {
+                    let mut new = old.clone();
+                    new["status"] = status.clone();
+                    Ok(new)
+                },
+                Some("status"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError> {
+        self.heartbeats.beat(name, usage);
+        Ok(())
+    }
+
+    async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        let pods = lookup("pods").expect("pods are served");
+        let (items, rv, _) = self.registry.list(pods, None, &Selector::default(), &node_selector(node), 0, None).await?;
+        Ok((items, rv))
+    }
+
+    async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        let pods = lookup("pods").expect("pods are served");
+        let mut watch = self.registry.watch(pods, None, after)?;
+        let (tx, rx) = mpsc::channel(POD_EVENT_QUEUE_MAX);
+        let node = node.to_string();
+        tokio::spawn(async move {
+            loop {
+                let batch = tokio::select! {
+                    b = watch.next() => b,
+                    _ = tx.closed() => return,
+                };
+                match batch {
+                    Ok(events) => {
+                        for ev in events {
+                            if ev.object.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
+                                && tx.send(Ok(ev)).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
+        let pods = lookup("pods").expect("pods are served");
+        let uid = uid.to_string();
+        self.registry
+            .read_modify_write(
+                pods,
+                Some(namespace),
+                name,
+                None,
+                |old| {
+                    if object::uid(old) != Some(uid.as_str()) {
+                        return Err(RegistryError::NotFound { kind: "pods".into(), name: object::name(old).unwrap_or("").into() });
+                    }
+                    let mut new = old.clone();
+                    new["status"] = status.clone();
+                    Ok(new)
+                },
+                Some("status"),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
+        let pods = lookup("pods").expect("pods are served");
+        let current = self.registry.get(pods, Some(namespace), name).await?;
+        if object::uid(&current) != Some(uid) {
+            return Err(AgentError::Gone(format!("pod {namespace}/{name} was replaced")));
+        }
+        let rv = object::resource_version(&current);
+        self.registry.delete_now(pods, Some(namespace), name, rv).await?;
+        Ok(())
+    }
+
+    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
+        self.registry.record_event(involved, event_type, reason, message).await;
+    }
+}

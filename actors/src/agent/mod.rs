@@ -1,0 +1,9 @@
+//! The node agent (what the kubelet is): a NodeAgent actor per node
+//! supervising a PodActor per pod, each supervising a ContainerActor per
+//! container, over a container runtime and a control plane.
+
+pub mod container_actor;
+pub mod control_plane;
+pub mod node_agent;
+pub mod pod_actor;
+pub mod pod_state;

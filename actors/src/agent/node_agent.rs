@@ -1,0 +1,252 @@
+//! NodeAgent: one per node. Registers the Node, beats its heart, learns
+//! its pods from a list and then a resumable watch (re-listing only when the
+//! watch breaks), and runs a PodActor per pod. At start it adopts the
+//! containers its runtime still holds for known pods and removes the rest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{json, Value};
+
+use super::control_plane::{AgentError, ControlPlane, NodeUsage};
+use super::pod_actor::{PodActor, PodArgs, PodMsg};
+use super::pod_state::BackoffPolicy;
+use crate::model::object;
+use crate::model::quantity::Quantity;
+use crate::registry::WatchEvent;
+use crate::runtime::ContainerRuntime;
+
+/// How soon a broken pod watch is replaced by a fresh list and watch.
+const RELIST_DELAY: Duration = Duration::from_millis(500);
+
+/// Everything a node agent is started with.
+#[derive(Clone)]
+pub struct NodeAgentArgs {
+    pub name: String,
+    pub node_ip: String,
+    pub labels: BTreeMap<String, String>,
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub heartbeat: Duration,
+    /// How often the Node's status is written to the store.
+    pub status_period: Duration,
+    pub control: Arc<dyn ControlPlane>,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub backoff: BackoffPolicy,
+}
+
+pub struct NodeAgent;
+
+pub enum NodeAgentMsg {
+    Relist,
+    Event(Result<WatchEvent, AgentError>),
+    Heartbeat,
+    ReportStatus,
+}
+
+pub struct NodeAgentState {
+    args: NodeAgentArgs,
+    pods: HashMap<String, ActorRef<PodMsg>>,
+    by_actor: HashMap<ActorId, String>,
+    adoptable: HashMap<String, HashMap<String, String>>,
+    watch_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The Node object an agent registers.
+pub fn node_object(args: &NodeAgentArgs) -> Value {
+    let mut labels: serde_json::Map<String, Value> = args.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    labels.insert("kubernetes.io/hostname".into(), json!(args.name));
+    labels.insert("kubernetes.io/os".into(), json!("linux"));
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": args.name, "labels": labels},
+        "spec": {},
+        "status": node_status(args),
+    })
+}
+
+fn node_status(args: &NodeAgentArgs) -> Value {
+    let now = object::now();
+    let cpu = Quantity::from_millis(args.cpu_millis).to_string();
+    let memory = Quantity::from_bytes(args.memory_bytes, true).to_string();
+    let resources = json!({"cpu": cpu, "memory": memory, "pods": "110"});
+    json!({
+        "capacity": resources, "allocatable": resources,
+        "addresses": [{"type": "InternalIP", "address": args.node_ip}, {"type": "Hostname", "address": args.name}],
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AgentReady", "message": "flotilla agent is posting status",
+                        "lastHeartbeatTime": now, "lastTransitionTime": now}],
+        "nodeInfo": {
+            "machineID": args.name, "systemUUID": args.name, "bootID": "", "kernelVersion": "", "osImage": "",
+            "containerRuntimeVersion": format!("{}://flotilla", args.runtime.kind()),
+            "kubeletVersion": format!("flotilla-{}", env!("CARGO_PKG_VERSION")), "kubeProxyVersion": "",
+            "operatingSystem": "linux", "architecture": std::env::consts::ARCH,
+        },
+    })
+}
+
+impl NodeAgentState {
+    async fn ensure_pod(&mut self, myself: &ActorRef<NodeAgentMsg>, pod: Value) {
+        let uid = object::uid(&pod).unwrap_or("").to_string();
+        if let Some(actor) = self.pods.get(&uid) {
+            let _ = actor.send_message(PodMsg::Update(pod));
+            return;
+        }
+        let args = PodArgs {
+            pod,
+            node: self.args.name.clone(),
+            node_ip: self.args.node_ip.clone(),
+            runtime: self.args.runtime.clone(),
+            control: self.args.control.clone(),
+            adopt: self.adoptable.remove(&uid).unwrap_or_default(),
+            backoff: self.args.backoff,
+        };
+        match Actor::spawn_linked(None, PodActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), uid.clone());
+                self.pods.insert(uid, actor);
+            }
+            Err(e) => tracing::warn!(node = %self.args.name, error = %e, "pod actor did not start"),
+        }
+    }
+}
+
+impl Actor for NodeAgent {
+    type Msg = NodeAgentMsg;
+    type State = NodeAgentState;
+    type Arguments = NodeAgentArgs;
+
+    async fn pre_start(&self, myself: ActorRef<NodeAgentMsg>, args: NodeAgentArgs) -> Result<NodeAgentState, ActorProcessingErr> {
+        args.control.register_node(node_object(&args)).await?;
+        // Containers left by an earlier run of this agent: adopt or remove.
+        let mut adoptable: HashMap<String, HashMap<String, String>> = HashMap::new();
+        for c in args.runtime.list(&args.name).await.unwrap_or_default() {
+            if c.running {
+                adoptable.entry(c.pod_uid).or_default().insert(c.container, c.id);
+            } else {
+                let _ = args.runtime.remove(&c.id).await;
+            }
+        }
+        myself.send_message(NodeAgentMsg::Relist)?;
+        myself.send_interval(args.heartbeat, || NodeAgentMsg::Heartbeat);
+        myself.send_interval(args.status_period, || NodeAgentMsg::ReportStatus);
+        tracing::info!(node = %args.name, runtime = args.runtime.kind(), "node registered");
+        Ok(NodeAgentState { args, pods: HashMap::new(), by_actor: HashMap::new(), adoptable, watch_task: None })
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<NodeAgentMsg>, state: &mut NodeAgentState) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.watch_task.take() {
+            t.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<NodeAgentMsg>,
+        msg: NodeAgentMsg,
+        state: &mut NodeAgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeAgentMsg::Relist => {
+                if let Some(t) = state.watch_task.take() {
+                    t.abort();
+                }
+                let (pods, revision) = match state.args.control.list_pods(&state.args.name).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::debug!(node = %state.args.name, error = %e, "pod list failed; retrying");
+                        myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
+                        return Ok(());
+                    }
+                };
+                let listed: std::collections::HashSet<String> = pods.iter().filter_map(|p| object::uid(p).map(String::from)).collect();
+                for (uid, actor) in &state.pods {
+                    if !listed.contains(uid) {
+                        let _ = actor.send_message(PodMsg::Kill);
+                    }
+                }
+                // Containers of pods that no longer exist are removed.
+                let orphans: Vec<String> = state.adoptable.keys().filter(|u| !listed.contains(*u)).cloned().collect();
+                for uid in orphans {
+                    for (_, id) in state.adoptable.remove(&uid).unwrap_or_default() {
+                        let _ = state.args.runtime.stop(&id, Duration::from_secs(5)).await;
+                        let _ = state.args.runtime.remove(&id).await;
+                    }
+                }
+                for pod in pods {
+                    state.ensure_pod(&myself, pod).await;
+                }
+                match state.args.control.watch_pods(&state.args.name, revision).await {
+                    Ok(mut rx) => {
+                        let me = myself.clone();
+                        state.watch_task = Some(tokio::spawn(async move {
+                            while let Some(ev) = rx.recv().await {
+                                let failed = ev.is_err();
+                                if me.send_message(NodeAgentMsg::Event(ev)).is_err() || failed {
+                                    return;
+                                }
+                            }
+                            let _ = me.send_message(NodeAgentMsg::Event(Err(AgentError::Unavailable("pod watch ended".into()))));
+                        }));
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %state.args.name, error = %e, "pod watch failed; relisting");
+                        myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
+                    }
+                }
+            }
+            NodeAgentMsg::Event(Ok(ev)) => {
+                let uid = object::uid(&ev.object).unwrap_or("").to_string();
+                if ev.kind == "DELETED" {
+                    if let Some(actor) = state.pods.get(&uid) {
+                        let _ = actor.send_message(PodMsg::Kill);
+                    }
+                } else {
+                    state.ensure_pod(&myself, ev.object).await;
+                }
+            }
+            NodeAgentMsg::Event(Err(e)) => {
+                tracing::debug!(node = %state.args.name, error = %e, "pod watch broke; relisting");
+                myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
+            }
+            NodeAgentMsg::Heartbeat => {
+                let usage = NodeUsage { pods: state.pods.len() as i64, ..Default::default() };
+                if let Err(e) = state.args.control.heartbeat(&state.args.name, usage).await {
+                    tracing::debug!(node = %state.args.name, error = %e, "heartbeat failed");
+                }
+            }
+            NodeAgentMsg::ReportStatus => {
+                if let Err(e) = state.args.control.update_node_status(&state.args.name, node_status(&state.args)).await {
+                    tracing::debug!(node = %state.args.name, error = %e, "node status write failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<NodeAgentMsg>,
+        evt: SupervisionEvent,
+        state: &mut NodeAgentState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(uid) = state.by_actor.remove(&cell.get_id()) {
+                    state.pods.remove(&uid);
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(uid) = state.by_actor.remove(&cell.get_id()) {
+                    state.pods.remove(&uid);
+                    tracing::warn!(node = %state.args.name, pod = %uid, error = %err, "pod actor failed; relisting to restart it");
+                    myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,417 @@
+//! PodActor: one per pod bound to the node. It supervises a ContainerActor
+//! per container, applies the restart policy with capped exponential
+//! backoff when one exits, writes every transition into the pod's status,
+//! and carries out a graceful deletion (stop containers, then remove the
+//! pod object).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use serde_json::{json, Value};
+
+use super::container_actor::{ContainerActor, ContainerArgs, ContainerExited, ContainerMsg};
+use super::control_plane::{AgentError, ControlPlane};
+use super::pod_state::{pod_phase, pod_ready, BackoffPolicy, ContainerState, ContainerView, RestartPolicy};
+use crate::model::object;
+use crate::model::quantity::Quantity;
+use crate::runtime::{ContainerRuntime, ContainerSpec, RuntimeError};
+
+/// How soon a status or finalize write that failed is tried again.
+const CONTROL_RETRY: Duration = Duration::from_millis(500);
+
+pub struct PodActor;
+
+pub struct PodArgs {
+    pub pod: Value,
+    pub node: String,
+    pub node_ip: String,
+    pub runtime: Arc<dyn ContainerRuntime>,
+    pub control: Arc<dyn ControlPlane>,
+    /// Running containers of this pod found at agent start-up, by name.
+    pub adopt: HashMap<String, String>,
+    pub backoff: BackoffPolicy,
+}
+
+pub enum PodMsg {
+    StartContainer {
+        index: usize,
+    },
+    ContainerStarted {
+        index: usize,
+        id: String,
+    },
+    /// A newer version of the pod object.
+    Update(Value),
+    /// The pod was deleted outright: stop everything, remove nothing.
+    Kill,
+    WriteStatus,
+    Finalize,
+}
+
+struct Slot {
+    spec: ContainerSpec,
+    actor: Option<ActorRef<ContainerMsg>>,
+    id: Option<String>,
+    previous_id: Option<String>,
+    view: ContainerView,
+    last_state: Option<ContainerState>,
+    restarts: i64,
+    last_delay: Option<Duration>,
+    started: Option<Instant>,
+}
+
+pub struct PodState {
+    args_node: String,
+    node_ip: String,
+    runtime: Arc<dyn ContainerRuntime>,
+    control: Arc<dyn ControlPlane>,
+    backoff: BackoffPolicy,
+    pod: Value,
+    uid: String,
+    namespace: String,
+    name: String,
+    policy: RestartPolicy,
+    slots: Vec<Slot>,
+    by_actor: HashMap<ActorId, usize>,
+    adopt: HashMap<String, String>,
+    terminating: bool,
+    killed: bool,
+    start_time: String,
+}
+
+fn quantity(v: Option<&Value>) -> Option<Quantity> {
+    match v? {
+        Value::String(s) => Quantity::parse(s).ok(),
+        Value::Number(n) => Quantity::parse(&n.to_string()).ok(),
+        _ => None,
+    }
+}
+
+/// The runtime's view of one container of a pod object.
+pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSpec {
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+    };
+    let limits = container.pointer("/resources/limits");
+    let requests = container.pointer("/resources/requests");
+    let pick = |k: &str| quantity(limits.and_then(|l| l.get(k))).or_else(|| quantity(requests.and_then(|r| r.get(k))));
+    let env = container
+        .get("env")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| {
+                    Some((e.get("name")?.as_str()?.to_string(), e.get("value").and_then(Value::as_str).unwrap_or("").to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ContainerSpec {
+        pod_uid: object::uid(pod).unwrap_or("").into(),
+        pod_name: object::name(pod).unwrap_or("").into(),
+        namespace: object::namespace(pod).unwrap_or("default").into(),
+        node: node.into(),
+        name: container.get("name").and_then(Value::as_str).unwrap_or("").into(),
+        image: container.get("image").and_then(Value::as_str).unwrap_or("").into(),
+        pull_policy: container.get("imagePullPolicy").and_then(Value::as_str).unwrap_or("IfNotPresent").into(),
+        command: strings(container.get("command")),
+        args: strings(container.get("args")),
+        env,
+        working_dir: container.get("workingDir").and_then(Value::as_str).map(String::from),
+        cpu_millis: pick("cpu").map(|q| q.millis()),
+        memory_bytes: pick("memory").map(|q| q.value()),
+    }
+}
+
+impl PodState {
+    fn status(&self) -> Value {
+        let views: Vec<ContainerView> = self.slots.iter().map(|s| s.view.clone()).collect();
+        let phase = pod_phase(self.policy, &views);
+        let ready = pod_ready(&views);
+        let now = object::now();
+        let cond = |t: &str, ok: bool| json!({"type": t, "status": if ok { "True" } else { "False" }, "lastTransitionTime": now});
+        let statuses: Vec<Value> = self
+            .slots
+            .iter()
+            .map(|s| {
+                let mut v = json!({
+                    "name": s.spec.name, "image": s.spec.image, "imageID": "",
+                    "state": s.view.state.to_json(), "ready": s.view.ready,
+                    "restartCount": s.restarts, "started": matches!(s.view.state, ContainerState::Running { .. }),
+                });
+                if let Some(id) = &s.id {
+                    v["containerID"] = json!(format!("{}://{id}", self.runtime.kind()));
+                }
+                if let Some(last) = &s.last_state {
+                    v["lastState"] = last.to_json();
+                }
+                v
+            })
+            .collect();
+        json!({
+            "phase": phase.as_str(),
+            "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)],
+            "hostIP": self.node_ip, "podIP": self.node_ip, "podIPs": [{"ip": self.node_ip}],
+            "startTime": self.start_time,
+            "containerStatuses": statuses,
+        })
+    }
+
+    fn all_stopped(&self) -> bool {
+        self.slots.iter().all(|s| s.actor.is_none())
+    }
+}
+
+impl Actor for PodActor {
+    type Msg = PodMsg;
+    type State = PodState;
+    type Arguments = PodArgs;
+
+    async fn pre_start(&self, myself: ActorRef<PodMsg>, args: PodArgs) -> Result<PodState, ActorProcessingErr> {
+        let pod = args.pod;
+        let containers = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let slots = containers
+            .iter()
+            .map(|c| Slot {
+                spec: container_spec(&pod, c, &args.node),
+                actor: None,
+                id: None,
+                previous_id: None,
+                view: ContainerView {
+                    name: c.get("name").and_then(Value::as_str).unwrap_or("").into(),
+                    state: ContainerState::Waiting { reason: "ContainerCreating".into(), message: String::new() },
+                    ever_started: false,
+                    ready: false,
+                },
+                last_state: None,
+                restarts: 0,
+                last_delay: None,
+                started: None,
+            })
+            .collect::<Vec<_>>();
+        let state = PodState {
+            args_node: args.node,
+            node_ip: args.node_ip,
+            runtime: args.runtime,
+            control: args.control,
+            backoff: args.backoff,
+            uid: object::uid(&pod).unwrap_or("").into(),
+            namespace: object::namespace(&pod).unwrap_or("default").into(),
+            name: object::name(&pod).unwrap_or("").into(),
+            policy: RestartPolicy::parse(pod.pointer("/spec/restartPolicy").and_then(Value::as_str)),
+            slots,
+            by_actor: HashMap::new(),
+            adopt: args.adopt,
+            terminating: false,
+            killed: false,
+            start_time: object::now(),
+            pod,
+        };
+        if object::meta_str(&state.pod, "deletionTimestamp").is_some() {
+            myself.send_message(PodMsg::Update(state.pod.clone()))?;
+        } else {
+            for index in 0..state.slots.len() {
+                myself.send_message(PodMsg::StartContainer { index })?;
+            }
+            myself.send_message(PodMsg::WriteStatus)?;
+        }
+        Ok(state)
+    }
+
+    async fn handle(&self, myself: ActorRef<PodMsg>, msg: PodMsg, state: &mut PodState) -> Result<(), ActorProcessingErr> {
+        match msg {
+            PodMsg::StartContainer { index } => {
+                if state.terminating || state.killed || state.slots.get(index).is_none_or(|s| s.actor.is_some()) {
+                    return Ok(());
+                }
+                let adopt = state.adopt.remove(&state.slots[index].spec.name);
+                let args = ContainerArgs {
+                    index,
+                    runtime: state.runtime.clone(),
+                    spec: state.slots[index].spec.clone(),
+                    pod: myself.clone(),
+                    adopt,
+                };
+                match Actor::spawn_linked(None, ContainerActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => {
+                        state.by_actor.insert(actor.get_id(), index);
+                        state.slots[index].actor = Some(actor);
+                    }
+                    Err(e) => {
+                        let (reason, message) = match &e {
+                            ractor::SpawnErr::StartupFailed(inner) => match inner.downcast_ref::<RuntimeError>() {
+                                Some(re) => (re.reason(), re.to_string()),
+                                None => ("CreateContainerError", inner.to_string()),
+                            },
+                            other => ("CreateContainerError", other.to_string()),
+                        };
+                        let slot = &mut state.slots[index];
+                        let delay = state.backoff.next_delay(slot.last_delay, Duration::ZERO);
+                        slot.last_delay = Some(delay);
+                        // Between pull attempts Kubernetes shows ImagePullBackOff.
+                        let shown = if reason == "ErrImagePull" && slot.restarts > 0 { "ImagePullBackOff" } else { reason };
+                        slot.restarts += i64::from(reason != "ErrImagePull");
+                        slot.view.state = ContainerState::Waiting { reason: shown.into(), message: message.clone() };
+                        tracing::info!(pod = %state.name, container = %slot.spec.name, reason, "container could not start; retrying in {delay:?}");
+                        state
+                            .control
+                            .record_event(&state.pod, "Warning", "Failed", &format!("container {}: {message}", slot.spec.name))
+                            .await;
+                        myself.send_after(delay, move || PodMsg::StartContainer { index });
+                        myself.send_message(PodMsg::WriteStatus)?;
+                    }
+                }
+            }
+            PodMsg::ContainerStarted { index, id } => {
+                let Some(slot) = state.slots.get_mut(index) else { return Ok(()) };
+                // Supervision events overtake ordinary messages: a container
+                // that exited at once may already have been handled.
+                if slot.actor.is_none() {
+                    slot.previous_id = Some(id);
+                    return Ok(());
+                }
+                if let Some(old) = slot.previous_id.take() {
+                    let _ = state.runtime.remove(&old).await;
+                }
+                slot.id = Some(id);
+                slot.started = Some(Instant::now());
+                slot.view.state = ContainerState::Running { started_at: object::now() };
+                slot.view.ever_started = true;
+                slot.view.ready = true;
+                myself.send_message(PodMsg::WriteStatus)?;
+            }
+            PodMsg::Update(pod) => {
+                let deleting = object::meta_str(&pod, "deletionTimestamp").is_some();
+                state.pod = pod;
+                if deleting && !state.terminating {
+                    state.terminating = true;
+                    let grace = state
+                        .pod
+                        .pointer("/metadata/deletionGracePeriodSeconds")
+                        .or_else(|| state.pod.pointer("/spec/terminationGracePeriodSeconds"))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                        .max(0) as u64;
+                    for slot in &state.slots {
+                        if let Some(a) = &slot.actor {
+                            let _ = a.send_message(ContainerMsg::Stop { grace: Duration::from_secs(grace) });
+                        }
+                    }
+                    if state.all_stopped() {
+                        myself.send_message(PodMsg::Finalize)?;
+                    }
+                }
+            }
+            PodMsg::Kill => {
+                state.killed = true;
+                for slot in &state.slots {
+                    if let Some(a) = &slot.actor {
+                        let _ = a.send_message(ContainerMsg::Stop { grace: Duration::from_secs(2) });
+                    }
+                }
+                if state.all_stopped() {
+                    cleanup(state).await;
+                    myself.stop(Some("pod deleted".into()));
+                }
+            }
+            PodMsg::WriteStatus => {
+                if state.killed {
+                    return Ok(());
+                }
+                match state.control.update_pod_status(&state.namespace, &state.name, &state.uid, state.status()).await {
+                    Ok(()) => {}
+                    Err(AgentError::Gone(_)) => {}
+                    Err(AgentError::Refused(e)) => tracing::warn!(pod = %state.name, error = %e, "pod status refused by the API"),
+                    Err(e) => {
+                        tracing::debug!(pod = %state.name, error = %e, "status write failed; retrying");
+                        myself.send_after(CONTROL_RETRY, || PodMsg::WriteStatus);
+                    }
+                }
+            }
+            PodMsg::Finalize => match state.control.finalize_pod(&state.namespace, &state.name, &state.uid).await {
+                Ok(()) | Err(AgentError::Gone(_)) => {
+                    cleanup(state).await;
+                    myself.stop(Some("pod deleted".into()));
+                }
+                Err(e) => {
+                    tracing::debug!(pod = %state.name, error = %e, "finalize failed; retrying");
+                    myself.send_after(CONTROL_RETRY, || PodMsg::Finalize);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<PodMsg>,
+        evt: SupervisionEvent,
+        state: &mut PodState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, failure) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err)),
+            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+            _ => return Ok(()),
+        };
+        let Some(index) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        let slot = &mut state.slots[index];
+        slot.actor = None;
+        let exit = failure.as_ref().and_then(|e| e.downcast_ref::<ContainerExited>()).map(|c| c.exit.clone());
+        let ran_for = slot.started.map(|s| s.elapsed()).unwrap_or_default();
+        let terminated = ContainerState::Terminated {
+            exit_code: exit.as_ref().map_or(0, |e| e.code),
+            reason: exit.as_ref().map_or_else(|| "Completed".to_string(), |e| e.reason.clone()),
+            message: exit.as_ref().map_or_else(String::new, |e| e.message.clone()),
+            started_at: match &slot.view.state {
+                ContainerState::Running { started_at } => started_at.clone(),
+                _ => String::new(),
+            },
+            finished_at: object::now(),
+        };
+        slot.view.ready = false;
+        slot.view.ever_started = true;
+        slot.previous_id = slot.id.take().or(slot.previous_id.take());
+        if state.terminating || state.killed {
+            slot.view.state = terminated;
+            if state.all_stopped() {
+                if state.killed {
+                    cleanup(state).await;
+                    myself.stop(Some("pod deleted".into()));
+                } else {
+                    myself.send_message(PodMsg::Finalize)?;
+                }
+            }
+            return Ok(());
+        }
+        let code = exit.as_ref().map_or(0, |e| e.code);
+        if state.policy.restarts(code) {
+            let delay = state.backoff.next_delay(slot.last_delay, ran_for);
+            slot.last_delay = Some(delay);
+            slot.restarts += 1;
+            slot.last_state = Some(terminated);
+            slot.view.state = ContainerState::Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: format!("back-off {}s restarting failed container {}", delay.as_secs_f64(), slot.spec.name),
+            };
+            tracing::info!(pod = %state.name, container = %slot.spec.name, code, "container exited; restarting in {delay:?}");
+            let message = format!("container {} exited with code {code}; restarting in {:.1}s", slot.spec.name, delay.as_secs_f64());
+            state.control.record_event(&state.pod, "Warning", "BackOff", &message).await;
+            myself.send_after(delay, move || PodMsg::StartContainer { index });
+        } else {
+            slot.view.state = terminated;
+        }
+        myself.send_message(PodMsg::WriteStatus)?;
+        Ok(())
+    }
+}
+
+async fn cleanup(state: &mut PodState) {
+    for slot in &mut state.slots {
+        for id in [slot.id.take(), slot.previous_id.take()].into_iter().flatten() {
+            let _ = state.runtime.remove(&id).await;
+        }
+    }
+    tracing::debug!(pod = %state.name, node = %state.args_node, "pod cleaned up");
+}

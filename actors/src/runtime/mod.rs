@@ -1,0 +1,133 @@
+//! Container runtimes behind one trait: `process` (a child process per
+//! container, the default where no Docker engine answers) and `sim`
+//! (nothing runs; containers live in memory with injectable crashes, for
+//! tests and benchmarks of the control plane).
+
+pub mod process;
+pub mod sim;
+
+use std::time::Duration;
+
+/// What a runtime needs to run one container of a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub pod_uid: String,
+    pub pod_name: String,
+    pub namespace: String,
+    pub node: String,
+    pub name: String,
+    pub image: String,
+    pub pull_policy: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub working_dir: Option<String>,
+    pub cpu_millis: Option<i64>,
+    pub memory_bytes: Option<i64>,
+}
+
+/// How a container ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exit {
+    pub code: i64,
+    /// Completed, Error, OOMKilled.
+    pub reason: String,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn from_code(code: i64) -> Exit {
+        Exit { code, reason: if code == 0 { "Completed".into() } else { "Error".into() }, message: String::new() }
+    }
+}
+
+/// A container the runtime already has, found at start-up (for adoption).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedContainer {
+    pub id: String,
+    pub pod_uid: String,
+    pub container: String,
+    pub running: bool,
+}
+
+/// Why a runtime call failed; `reason()` is what the pod status shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image cannot be had (no registry, unknown image).
+    #[error("image {image:?} cannot be pulled: {message}")]
+    ImagePull { image: String, message: String },
+    /// The container could not be created (command not found, bad spec).
+    #[error("cannot create container: {0}")]
+    Create(String),
+    /// The runtime itself is not reachable (Docker engine down). Retryable.
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+    /// No such container.
+    #[error("no container {0}")]
+    NotFound(String),
+}
+
+impl RuntimeError {
+    /// The waiting reason Kubernetes shows for this failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RuntimeError::ImagePull { .. } => "ErrImagePull",
+            RuntimeError::Create(_) => "CreateContainerError",
+            RuntimeError::Unavailable(_) => "RuntimeUnavailable",
+            RuntimeError::NotFound(_) => "ContainerMissing",
+        }
+    }
+}
+
+/// Resource usage of one container, from the runtime's own figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+}
+
+/// A container runtime. Implementations must be cheap to share (`Arc`).
+#[async_trait::async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// `docker`, `process` or `sim`.
+    fn kind(&self) -> &'static str;
+    /// Pulls if needed, creates and starts; answers the container id.
+    async fn start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+    /// Waits until the container exits.
+    async fn wait(&self, id: &str) -> Result<Exit, RuntimeError>;
+    /// Asks the container to stop (SIGTERM), then kills it after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Forgets a stopped container and its resources.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// The container's output; the last `tail` lines when given.
+    async fn logs(&self, id: &str, tail: Option<usize>) -> Result<Vec<u8>, RuntimeError>;
+    /// Current usage.
+    async fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
+    /// Containers this runtime holds for `node` (labelled at creation).
+    async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError>;
+}
+
+/// The last `n` lines of `bytes`.
+pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<u8> {
+    let trimmed = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let mut count = 0;
+    for (i, b) in trimmed.iter().enumerate().rev() {
+        if *b == b'\n' {
+            count += 1;
+            if count == n {
+                return bytes[i + 1..].to_vec();
+            }
+        }
+    }
+    bytes.to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tails_lines() {
+        assert_eq!(super::tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(super::tail_lines(b"a\nb\nc", 1), b"c");
+        assert_eq!(super::tail_lines(b"a\n", 5), b"a\n");
+    }
+}

@@ -1,0 +1,210 @@
+//! Node agent tests: a real store member and registry in the test process,
+//! a NodeAgent over the sim and process runtimes, pods bound to it by hand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
+use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
+use flotilla_actors::agent::pod_state::BackoffPolicy;
+use flotilla_actors::model::resources::lookup;
+use flotilla_actors::runtime::process::ProcessRuntime;
+use flotilla_actors::runtime::sim::SimRuntime;
+use flotilla_actors::runtime::ContainerRuntime;
+use flotilla_actors::{Registry, RegistryError};
+use flotilla_raft::{Member, StartMode, StoreConfig};
+use ractor::Actor;
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn registry(dir: &std::path::Path) -> Registry {
+    let addr = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let member = Member::start(StoreConfig::new(1, dir.join("m1"), addr, StartMode::Bootstrap)).await.expect("member");
+    let registry = Registry::new(member);
+    let start = tokio::time::Instant::now();
+    while registry.ensure_builtin_namespaces().await.is_err() {
+        assert!(start.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    registry
+}
+
+async fn start_agent(
+    registry: &Registry,
+    name: &str,
+    runtime: Arc<dyn ContainerRuntime>,
+) -> ractor::ActorRef<flotilla_actors::agent::node_agent::NodeAgentMsg> {
+    let args = NodeAgentArgs {
+        name: name.into(),
+        node_ip: "127.0.0.1".into(),
+        labels: BTreeMap::new(),
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+        heartbeat: Duration::from_millis(200),
+        status_period: Duration::from_secs(5),
+        control: Arc::new(LocalControlPlane { registry: registry.clone(), heartbeats: Heartbeats::default() }),
+        runtime,
+        backoff: BackoffPolicy {
+            initial: Duration::from_millis(100),
+            max: Duration::from_millis(800),
+            reset_after: Duration::from_secs(60),
+        },
+    };
+    let (agent, _) = Actor::spawn(None, NodeAgent, args).await.expect("agent starts");
+    agent
+}
+
+fn pod(name: &str, node: &str, command: &[&str], restart: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": node, "restartPolicy": restart, "terminationGracePeriodSeconds": 5,
+                 "containers": [{"name": "main", "image": "flotilla/busybox:latest", "command": command}]}})
+}
+
+async fn wait_pod<F: Fn(&Value) -> bool>(registry: &Registry, name: &str, what: &str, check: F) -> Value {
+    let pods = lookup("pods").unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        if let Ok(p) = registry.get(pods, Some("default"), name).await {
+            if check(&p) {
+                return p;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!("pod {name} never {what}: {}", p["status"]);
+            }
+        } else if start.elapsed() > DEADLINE {
+            panic!("pod {name} never {what}: it does not exist");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn restarts(p: &Value) -> i64 {
+    p.pointer("/status/containerStatuses/0/restartCount").and_then(Value::as_i64).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sim_pods_run_crash_restart_with_backoff_and_stop_on_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let sim = Arc::new(SimRuntime::new(Duration::from_millis(5)));
+    let _agent = start_agent(&registry, "sim-1", sim.clone()).await;
+    let nodes = lookup("nodes").unwrap();
+    let node = registry.get(nodes, None, "sim-1").await.expect("node registered");
+    assert_eq!(node["status"]["capacity"]["cpu"], "4");
+    assert_eq!(node["status"]["conditions"][0]["status"], "True");
+
+    let pods = lookup("pods").unwrap();
+    registry.create(pods, Some("default"), pod("web", "sim-1", &["serve"], "Always")).await.unwrap();
+    let running =
+        wait_pod(&registry, "web", "ran", |p| p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true)
+            .await;
+    assert_eq!(running["status"]["conditions"][3]["type"], "Ready");
+    assert!(running["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().starts_with("sim://"));
+
+    // Two crashes: each is restarted, and the count shows it.
+    for n in 1..=2 {
+        let start = tokio::time::Instant::now();
+        while !sim.crash("web", "main", 1) {
+            assert!(start.elapsed() < DEADLINE, "container never running again");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let p = wait_pod(&registry, "web", "restarted", |p| restarts(p) == n && p["status"]["containerStatuses"][0]["ready"] == true).await;
+        assert_eq!(p["status"]["containerStatuses"][0]["lastState"]["terminated"]["exitCode"], 1);
+    }
+
+    // Deleting the pod stops its container, then the object goes away.
+    registry.delete(pods, Some("default"), "web", None, flotilla_actors::Propagation::Background).await.unwrap();
+    let start = tokio::time::Instant::now();
+    loop {
+        match registry.get(pods, Some("default"), "web").await {
+            Err(RegistryError::NotFound { .. }) => break,
+            _ => {
+                assert!(start.elapsed() < DEADLINE, "pod never finalized");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(sim.running(), 0);
+
+    // A pod whose image cannot be pulled reports it, and the agent lives on.
+    registry.create(pods, Some("default"), pod("ghost", "sim-1", &["x"], "Always").tap_image("doesnotexist:1")).await.unwrap();
+    wait_pod(&registry, "ghost", "reported the pull failure", |p| {
+        matches!(
+            p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str),
+            Some("ErrImagePull") | Some("ImagePullBackOff")
+        )
+    })
+    .await;
+    registry.create(pods, Some("default"), pod("after", "sim-1", &["serve"], "Always")).await.unwrap();
+    wait_pod(&registry, "after", "ran", |p| p["status"]["phase"] == "Running").await;
+}
+
+trait TapImage {
+    fn tap_image(self, image: &str) -> Value;
+}
+
+impl TapImage for Value {
+    fn tap_image(mut self, image: &str) -> Value {
+        self["spec"]["containers"][0]["image"] = json!(image);
+        self
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_pods_report_exit_codes_logs_and_stop_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let runtime = Arc::new(ProcessRuntime::new(dir.path().join("agent")).unwrap());
+    let _agent = start_agent(&registry, "proc-1", runtime.clone()).await;
+    let pods = lookup("pods").unwrap();
+
+    registry.create(pods, Some("default"), pod("ok", "proc-1", &["sh", "-c", "echo done"], "Never")).await.unwrap();
+    let p = wait_pod(&registry, "ok", "succeeded", |p| p["status"]["phase"] == "Succeeded").await;
+    assert_eq!(p["status"]["containerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+
+    registry.create(pods, Some("default"), pod("bad", "proc-1", &["sh", "-c", "exit 7"], "Never")).await.unwrap();
+    let p = wait_pod(&registry, "bad", "failed", |p| p["status"]["phase"] == "Failed").await;
+    assert_eq!(p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 7);
+
+    registry.create(pods, Some("default"), pod("flaky", "proc-1", &["sh", "-c", "echo try; exit 2"], "OnFailure")).await.unwrap();
+    wait_pod(&registry, "flaky", "restarted twice", |p| restarts(p) >= 2).await;
+
+    registry.create(pods, Some("default"), pod("missing", "proc-1", &["/no/such/program"], "Always")).await.unwrap();
+    let p = wait_pod(&registry, "missing", "reported the missing command", |p| {
+        p.pointer("/status/containerStatuses/0/state/waiting/reason").and_then(Value::as_str) == Some("CreateContainerError")
+    })
+    .await;
+    assert!(p["status"]["containerStatuses"][0]["state"]["waiting"]["message"].as_str().unwrap().contains("not found"));
+
+    // A long-running pod: its logs are readable, and deleting it sends
+    // SIGTERM, which it answers within the grace period.
+    registry
+        .create(
+            pods,
+            Some("default"),
+            pod("server", "proc-1", &["sh", "-c", "trap 'echo bye; exit 0' TERM; echo hello; while true; do sleep 0.1; done"], "Always"),
+        )
+        .await
+        .unwrap();
+    let p = wait_pod(&registry, "server", "ran", |p| p["status"]["phase"] == "Running").await;
+    let id = p["status"]["containerStatuses"][0]["containerID"].as_str().unwrap().trim_start_matches("process://").to_string();
+    let start = tokio::time::Instant::now();
+    while !String::from_utf8_lossy(&runtime.logs(&id, None).await.unwrap()).contains("hello") {
+        assert!(start.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = tokio::time::Instant::now();
+    registry.delete(pods, Some("default"), "server", None, flotilla_actors::Propagation::Background).await.unwrap();
+    loop {
+        match registry.get(pods, Some("default"), "server").await {
+            Err(RegistryError::NotFound { .. }) => break,
+            _ => {
+                assert!(t.elapsed() < DEADLINE, "pod never finalized");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(5), "the container answered SIGTERM, no need to wait out the grace period");
+}
