@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# Builds flotilla and starts a single-member cluster in ./flotilla-data
-# (peer port 127.0.0.1:7400). Installs what is missing first.
+# Builds flotilla and runs `flotilla up`: a single-member server (store and
+# HTTP API on 127.0.0.1:8080) and a local node agent, with data in
+# ./flotilla-data. Installs what is missing first. Extra arguments go to
+# `flotilla up` (e.g. --runtime sim).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 cargo build --bin flotilla
-if [ -f flotilla-data/member.json ]; then
-  exec "$CARGO_TARGET_DIR/debug/flotilla" server --id 1 --data-dir flotilla-data "$@"
-else
-  exec "$CARGO_TARGET_DIR/debug/flotilla" server --id 1 --data-dir flotilla-data --bootstrap "$@"
-fi
+exec "$CARGO_TARGET_DIR/debug/flotilla" up --data-dir flotilla-data "$@"

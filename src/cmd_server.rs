@@ -46,7 +46,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone());
-    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string() };
+    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     tokio::spawn(ensure_namespaces(registry));
     println!(
@@ -82,7 +82,7 @@ async fn ensure_namespaces(registry: flotilla_actors::Registry) {
     }
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {

@@ -2,7 +2,7 @@
 //! from the `flotilla` library.
 
 use clap::{Parser, Subcommand};
-use flotilla::{bench_api, client, cmd_apply, cmd_change, cmd_get, cmd_server, cmd_store};
+use flotilla::{bench_api, client, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
@@ -23,6 +23,8 @@ struct NamespaceArgs {
 
 #[derive(Subcommand)]
 enum Command {
+    /// All in one process: a single-member server and one local node agent.
+    Up(cmd_up::UpArgs),
     /// Run a control-plane member: replicated store and HTTP API.
     Server(cmd_server::ServerArgs),
     /// The operator's low-level store tool (what etcdctl is to etcd).
@@ -79,6 +81,22 @@ enum Command {
         #[command(flatten)]
         ns: NamespaceArgs,
     },
+    /// Print a container's output.
+    Logs {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// Keep streaming new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+    },
+    /// CPU and memory usage of nodes or pods.
+    Top { what: String },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -109,7 +127,12 @@ fn init_logging() {
 async fn run(cli: Cli) -> Result<i32, String> {
     let client = || client::ApiClient::new(cli.server.clone());
     match cli.command {
+        Command::Up(args) => cmd_up::run(args).await,
         Command::Server(args) => cmd_server::run(args).await,
+        Command::Logs { ref pod, ref container, follow, tail, ref ns } => {
+            cmd_logs::logs(&client()?, pod, container.as_deref(), follow, tail, ns.namespace.as_deref()).await
+        }
+        Command::Top { ref what } => cmd_logs::top(&client()?, what).await,
         Command::Store(args) => cmd_store::run(args).await,
         Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,
         Command::Get { ref kind, ref name, ref ns, all_namespaces, output, ref selector, watch } => {

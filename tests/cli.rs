@@ -175,3 +175,55 @@ fn bad_input_and_an_absent_server_give_one_line_errors() {
     assert_eq!(code, 1);
     assert!(err.contains("pod \"ghost\"") && err.contains("not found"), "{err}");
 }
+
+#[test]
+fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let http = free_tcp();
+    let url = format!("http://{http}");
+    let child = Command::new(BIN)
+        .args(["up", "--runtime", "process", "--node-name", "n1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--peer", &free_udp(), "--http", &http])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn flotilla up");
+    let _up = Server(child);
+    let start = Instant::now();
+    loop {
+        let (code, out, _) = flotilla(&url, &["get", "nodes"], None);
+        if code == 0 && out.contains("n1") && out.contains("Ready") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "flotilla up never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello-pod.yaml"))
+        .expect("example")
+        .replace("NODE_NAME", "n1");
+    let (code, out, err) = flotilla(&url, &["apply", "-f", "-"], Some(&manifest));
+    assert_eq!((code, out.as_str()), (0, "pod/hello created\n"), "{err}");
+    let start = Instant::now();
+    loop {
+        let (_, out, _) = flotilla(&url, &["logs", "hello", "--tail", "1"], None);
+        if out.starts_with("hello from flotilla") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "no logs: {out}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, pods, _) = flotilla(&url, &["get", "pods"], None);
+    assert!(pods.contains("hello") && pods.contains("Running") && pods.contains("1/1"), "{pods}");
+    let (code, _, _) = flotilla(&url, &["delete", "pod", "hello"], None);
+    assert_eq!(code, 0);
+    let start = Instant::now();
+    loop {
+        let (code, _, _) = flotilla(&url, &["get", "pod", "hello"], None);
+        if code == 1 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "pod never went away");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -3,6 +3,7 @@
 //! table of resources, so a kind added there is served everywhere.
 
 pub mod discovery;
+pub mod logs;
 pub mod objects;
 pub mod status;
 pub mod watch;
@@ -28,6 +29,8 @@ pub const REQUEST_BODY_MAX_BYTES: usize = 3 * 1024 * 1024;
 pub struct ApiState {
     pub registry: Registry,
     pub http_addr: String,
+    /// Runtimes of the agents in this process, for logs and usage.
+    pub agents: flotilla_actors::agent::directory::AgentDirectory,
 }
 
 pub fn router(state: ApiState) -> Router {
@@ -37,6 +40,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api", get(|State(s): State<Arc<ApiState>>| async move { Json(discovery::api_versions(&s.http_addr)) }))
         .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
+        .route("/apis/metrics.k8s.io/v1beta1/nodes", get(logs::node_metrics))
+        .route("/apis/metrics.k8s.io/v1beta1/pods", get(logs::pod_metrics))
         .fallback(resource_entry)
         .with_state(Arc::new(state))
         .layer(axum::extract::DefaultBodyLimit::disable())

@@ -176,6 +176,7 @@ pub async fn handle(
             let obj = registry.get(res, ns, name).await?;
             Ok(object_response(table, res, obj, params.full_objects))
         }
+        (Method::GET, Some(name), Some("log")) => super::logs::pod_log(state, ns.unwrap_or("default"), name, query).await,
         (Method::GET, Some(name), Some("scale")) => Ok(respond(StatusCode::OK, scale_of(&registry.get(res, ns, name).await?))),
         (Method::POST, None, None) => {
             if res.namespaced && ns.is_none() {

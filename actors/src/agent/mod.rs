@@ -4,6 +4,7 @@
 
 pub mod container_actor;
 pub mod control_plane;
+pub mod directory;
 pub mod node_agent;
 pub mod pod_actor;
 pub mod pod_state;

@@ -146,6 +146,9 @@ impl PodState {
                 }
                 if let Some(last) = &s.last_state {
                     v["lastState"] = last.to_json();
+                    if let (Some(prev), Some(t)) = (&s.previous_id, v["lastState"].get_mut("terminated")) {
+                        t["containerID"] = json!(format!("{}://{prev}", self.runtime.kind()));
+                    }
                 }
                 v
             })

@@ -1,0 +1,172 @@
+//! Container logs (`pods/{name}/log`, with `container`, `tailLines` and
+//! `follow`) and resource usage (`metrics.k8s.io`, what `top` reads), served
+//! from the runtime of the pod's node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::selector::Selector;
+use flotilla_actors::runtime::ContainerRuntime;
+use serde_json::{json, Value};
+
+use super::status::ApiError;
+use super::ApiState;
+
+/// How often a followed log is read for new output.
+const FOLLOW_POLL: Duration = Duration::from_millis(300);
+
+/// The running container's id, else (crash-looping) the last one's.
+fn container_id(pod: &Value, container: &str) -> Option<String> {
+    let status =
+        pod.pointer("/status/containerStatuses")?.as_array()?.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(container))?;
+    let id = status.get("containerID").or_else(|| status.pointer("/lastState/terminated/containerID"))?.as_str()?;
+    Some(id.split_once("://").map_or(id, |(_, rest)| rest).to_string())
+}
+
+fn runtime_for(state: &ApiState, pod: &Value) -> Result<Arc<dyn ContainerRuntime>, ApiError> {
+    let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    if node.is_empty() {
+        return Err(ApiError::bad_request("the pod is not bound to a node yet; it has no logs"));
+    }
+    state.agents.runtime(node).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("node {node:?} has no agent reachable from this server for logs; ask the server its agent runs with"),
+        )
+    })
+}
+
+pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Result<Response, ApiError> {
+    let params: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let pods = lookup("pods").expect("pods are served");
+    let pod = state.registry.get(pods, Some(ns), name).await?;
+    let containers: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().filter_map(|c| c.get("name").and_then(Value::as_str).map(String::from)).collect())
+        .unwrap_or_default();
+    let container = match params.get("container") {
+        Some(c) if containers.contains(c) => c.clone(),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "container {c:?} is not valid for pod {name}; choose one of: {}",
+                containers.join(", ")
+            )))
+        }
+        None if containers.len() == 1 => containers[0].clone(),
+        None => {
+            return Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: {}",
+                containers.join(", ")
+            )))
+        }
+    };
+    let tail = match params.get("tailLines") {
+        Some(t) => Some(t.parse::<usize>().map_err(|_| ApiError::bad_request(format!("tailLines={t:?} must be a whole number")))?),
+        None => None,
+    };
+    let runtime = runtime_for(state, &pod)?;
+    let id = container_id(&pod, &container)
+        .ok_or_else(|| ApiError::bad_request(format!("container {container:?} in pod {name} has not started yet")))?;
+    let first = runtime.logs(&id, tail).await.map_err(|e| ApiError::not_found(e.to_string()))?;
+    if params.get("follow").is_none_or(|f| f != "true") {
+        return Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain")], first).into_response());
+    }
+    // Follow: send what there is, then whatever is appended, until the
+    // container's log goes away.
+    let full_len = runtime.logs(&id, None).await.map(|b| b.len()).unwrap_or(0);
+    let stream = futures::stream::unfold((Some(first), full_len, runtime, id), |(pending, mut offset, runtime, id)| async move {
+        if let Some(bytes) = pending {
+            return Some((Ok::<_, std::io::Error>(bytes), (None, offset, runtime, id)));
+        }
+        loop {
+            tokio::time::sleep(FOLLOW_POLL).await;
+            let all = runtime.logs(&id, None).await.ok()?;
+            if all.len() < offset {
+                offset = 0; // rotated
+            }
+            if all.len() > offset {
+                let new = all[offset..].to_vec();
+                offset = all.len();
+                return Some((Ok(new), (None, offset, runtime, id)));
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(axum::http::header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?)
+}
+
+async fn usage_of(state: &ApiState, pod: &Value) -> (i64, i64, Vec<Value>) {
+    let (mut cpu, mut mem, mut containers) = (0, 0, Vec::new());
+    let Ok(runtime) = runtime_for(state, pod) else { return (0, 0, containers) };
+    for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+        let Some(id) = container_id(pod, name) else { continue };
+        if let Ok(u) = runtime.usage(&id).await {
+            cpu += u.cpu_millis;
+            mem += u.memory_bytes;
+            containers.push(
+                json!({"name": name, "usage": {"cpu": format!("{}m", u.cpu_millis), "memory": format!("{}Ki", u.memory_bytes / 1024)}}),
+            );
+        }
+    }
+    (cpu, mem, containers)
+}
+
+/// `PodMetricsList` for pods on nodes whose agent is in this process.
+pub async fn pod_metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let pods = lookup("pods").expect("pods are served");
+    let items = match state.registry.list(pods, None, &Selector::default(), &Selector::default(), 0, None).await {
+        Ok((items, _, _)) => items,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let mut out = Vec::new();
+    for pod in &items {
+        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+            continue;
+        }
+        let (_, _, containers) = usage_of(&state, pod).await;
+        if containers.is_empty() {
+            continue;
+        }
+        out.push(json!({"metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
+            "timestamp": flotilla_actors::model::object::now(), "window": "1s", "containers": containers}));
+    }
+    Json(json!({"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": out})).into_response()
+}
+
+/// `NodeMetricsList`: the sum of each node's running pods.
+pub async fn node_metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let (pods, nodes) = (lookup("pods").expect("pods"), lookup("nodes").expect("nodes"));
+    let (pod_items, node_items) = match (
+        state.registry.list(pods, None, &Selector::default(), &Selector::default(), 0, None).await,
+        state.registry.list(nodes, None, &Selector::default(), &Selector::default(), 0, None).await,
+    ) {
+        (Ok((p, _, _)), Ok((n, _, _))) => (p, n),
+        (Err(e), _) | (_, Err(e)) => return ApiError::from(e).into_response(),
+    };
+    let mut out = Vec::new();
+    for node in &node_items {
+        let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+        let (mut cpu, mut mem) = (0, 0);
+        for pod in pod_items.iter().filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name)) {
+            let (c, m, _) = usage_of(&state, pod).await;
+            cpu += c;
+            mem += m;
+        }
+        out.push(json!({"metadata": {"name": name}, "timestamp": flotilla_actors::model::object::now(), "window": "1s",
+            "usage": {"cpu": format!("{cpu}m"), "memory": format!("{}Ki", mem / 1024)}}));
+    }
+    Json(json!({"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": out})).into_response()
+}

@@ -1,0 +1,120 @@
+//! `flotilla up`: everything in one process, a single-member server (store
+//! and API) and one local node agent, for a first try on one machine.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
+use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
+use flotilla_actors::agent::pod_state::BackoffPolicy;
+use flotilla_actors::runtime::process::ProcessRuntime;
+use flotilla_actors::runtime::sim::SimRuntime;
+use flotilla_actors::runtime::ContainerRuntime;
+use flotilla_actors::Registry;
+use flotilla_raft::{Member, StartMode, StoreConfig};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    Auto,
+    Docker,
+    Process,
+    Sim,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[arg(long, default_value = "./flotilla-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    peer: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    runtime: RuntimeChoice,
+    /// Name of the local node (default: this machine's host name).
+    #[arg(long)]
+    node_name: Option<String>,
+}
+
+/// This machine's host name, made a valid node name.
+pub fn host_node_name() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+    let name: String =
+        raw.trim().to_ascii_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '-' }).collect();
+    let name = name.trim_matches(|c| c == '-' || c == '.').to_string();
+    if name.is_empty() {
+        "local".into()
+    } else {
+        name
+    }
+}
+
+/// Total memory of this machine, from /proc/meminfo.
+pub fn host_memory_bytes() -> i64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<i64>().ok())
+        })
+        .map_or(4 << 30, |kb| kb * 1024)
+}
+
+pub async fn run(args: UpArgs) -> Result<i32, String> {
+    let http: std::net::SocketAddr =
+        args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
+    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
+    let start = if args.data_dir.join("member.json").exists() { StartMode::Restart } else { StartMode::Bootstrap };
+    let member = Member::start(StoreConfig::new(1, &args.data_dir, &args.peer, start)).await.map_err(|e| e.to_string())?;
+    // The agent's state lives beside the store, once the store exists.
+    let (runtime, note): (Arc<dyn ContainerRuntime>, &str) = match args.runtime {
+        RuntimeChoice::Sim => (Arc::new(SimRuntime::new(Duration::from_millis(10))), ""),
+        RuntimeChoice::Docker => {
+            member.shutdown().await;
+            return Err("the docker runtime is not part of this build yet; use --runtime process (or sim)".into());
+        }
+        RuntimeChoice::Process | RuntimeChoice::Auto => {
+            let rt = ProcessRuntime::new(args.data_dir.join("agent")).map_err(|e| e.to_string())?;
+            (
+                Arc::new(rt),
+                if args.runtime == RuntimeChoice::Auto { " (auto: the docker runtime is not part of this build yet)" } else { "" },
+            )
+        }
+    };
+    let registry = Registry::new(member.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = registry.ensure_builtin_namespaces().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("the store did not become writable: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let node_name = args.node_name.clone().unwrap_or_else(host_node_name);
+    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
+    state.agents.register(&node_name, runtime.clone());
+    let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
+    let agent_args = NodeAgentArgs {
+        name: node_name.clone(),
+        node_ip: "127.0.0.1".into(),
+        labels: BTreeMap::new(),
+        cpu_millis: std::thread::available_parallelism().map_or(1, |n| n.get() as i64) * 1000,
+        memory_bytes: host_memory_bytes(),
+        heartbeat: Duration::from_millis(200),
+        status_period: Duration::from_secs(10),
+        control: Arc::new(LocalControlPlane { registry, heartbeats: Heartbeats::default() }),
+        runtime: runtime.clone(),
+        backoff: BackoffPolicy::default(),
+    };
+    let (agent, _) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the node agent did not start: {e}"))?;
+    println!("flotilla is up: API on http://{http}, node {node_name:?} with the {} runtime{note}", runtime.kind());
+    println!("data in {}; stop with Ctrl-C", args.data_dir.display());
+    println!("next: flotilla apply -f examples/hello-pod.yaml && flotilla get pods -w");
+    crate::cmd_server::wait_for_signal().await;
+    eprintln!("flotilla: shutting down (containers keep running and are adopted on the next start)");
+    agent.stop(None);
+    api.abort();
+    member.shutdown().await;
+    Ok(0)
+}
