@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
 use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
 use flotilla_actors::agent::pod_state::BackoffPolicy;
+use flotilla_actors::runtime::docker::DockerRuntime;
 use flotilla_actors::runtime::process::ProcessRuntime;
 use flotilla_actors::runtime::sim::SimRuntime;
 use flotilla_actors::runtime::ContainerRuntime;
@@ -71,17 +72,21 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     // The agent's state lives beside the store, once the store exists.
     let (runtime, note): (Arc<dyn ContainerRuntime>, &str) = match args.runtime {
         RuntimeChoice::Sim => (Arc::new(SimRuntime::new(Duration::from_millis(10))), ""),
-        RuntimeChoice::Docker => {
-            member.shutdown().await;
-            return Err("the docker runtime is not part of this build yet; use --runtime process (or sim)".into());
-        }
-        RuntimeChoice::Process | RuntimeChoice::Auto => {
-            let rt = ProcessRuntime::new(args.data_dir.join("agent")).map_err(|e| e.to_string())?;
-            (
-                Arc::new(rt),
-                if args.runtime == RuntimeChoice::Auto { " (auto: the docker runtime is not part of this build yet)" } else { "" },
-            )
-        }
+        RuntimeChoice::Docker => match DockerRuntime::connect().await {
+            Ok(d) => (Arc::new(d), ""),
+            Err(e) => {
+                member.shutdown().await;
+                return Err(format!("--runtime docker: {e}; is the Docker engine running (or DOCKER_HOST set)?"));
+            }
+        },
+        RuntimeChoice::Auto => match DockerRuntime::connect().await {
+            Ok(d) => (Arc::new(d), " (auto: the Docker engine answered)"),
+            Err(_) => (
+                Arc::new(ProcessRuntime::new(args.data_dir.join("agent")).map_err(|e| e.to_string())?),
+                " (auto: no Docker engine answered)",
+            ),
+        },
+        RuntimeChoice::Process => (Arc::new(ProcessRuntime::new(args.data_dir.join("agent")).map_err(|e| e.to_string())?), ""),
     };
     let registry = Registry::new(member.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -3,6 +3,7 @@
 //! (nothing runs; containers live in memory with injectable crashes, for
 //! tests and benchmarks of the control plane).
 
+pub mod docker;
 pub mod process;
 pub mod sim;
 
