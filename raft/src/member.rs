@@ -478,8 +478,8 @@ impl Member {
                     match reply {
                         Ok(Reply::Written(result)) => return Ok(result),
                         Ok(other) => return Err(StoreError::Protocol(format!("unexpected write reply {other:?}"))),
-                        // The leader moved or died: find the new one.
-                        Err(e) if e.is_retryable() => {
+                        // The leader moved, died or is shutting down: find the new one.
+                        Err(e) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => {
                             tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
                             tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
                         }
@@ -690,10 +690,13 @@ impl Member {
         if let Some(task) = self.server_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
+        // Close the peer port first: callers then see the connection go
+        // and look for the new leader, instead of getting answers from a
+        // Raft that is stopping.
+        self.endpoint.close(0u32.into(), b"member shutting down");
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
         }
-        self.endpoint.close(0u32.into(), b"member shutting down");
         // Let peers see the close, so the port is free for a restart.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }

@@ -8,3 +8,4 @@ pub mod directory;
 pub mod node_agent;
 pub mod pod_actor;
 pub mod pod_state;
+pub mod probe;
