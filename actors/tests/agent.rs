@@ -208,3 +208,37 @@ async fn process_pods_report_exit_codes_logs_and_stop_gracefully() {
     }
     assert!(t.elapsed() < Duration::from_secs(5), "the container answered SIGTERM, no need to wait out the grace period");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readiness_and_liveness_probes_drive_ready_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let runtime = Arc::new(ProcessRuntime::new(dir.path().join("agent")).unwrap());
+    let _agent = start_agent(&registry, "probe-1", runtime).await;
+    let pods = lookup("pods").unwrap();
+    let marker = dir.path().join("ready");
+    let marker_s = marker.to_str().unwrap().to_string();
+    let mut ready_pod = pod("gated", "probe-1", &["sh", "-c", "while true; do sleep 0.1; done"], "Always");
+    ready_pod["spec"]["containers"][0]["readinessProbe"] =
+        json!({"exec": {"command": ["test", "-f", marker_s]}, "periodSeconds": 1, "failureThreshold": 1});
+    registry.create(pods, Some("default"), ready_pod).await.unwrap();
+    let p = wait_pod(&registry, "gated", "ran", |p| p["status"]["phase"] == "Running").await;
+    assert_eq!(p["status"]["containerStatuses"][0]["ready"], false, "not ready before the probe passes");
+    std::fs::write(&marker, b"").unwrap();
+    wait_pod(&registry, "gated", "became ready", |p| {
+        p["status"]["containerStatuses"][0]["ready"] == true && p["status"]["conditions"][3]["status"] == "True"
+    })
+    .await;
+    std::fs::remove_file(&marker).unwrap();
+    wait_pod(&registry, "gated", "became unready", |p| p["status"]["containerStatuses"][0]["ready"] == false).await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut live_pod = pod("unhealthy", "probe-1", &["sh", "-c", "while true; do sleep 0.1; done"], "Always");
+    live_pod["spec"]["containers"][0]["livenessProbe"] = json!({"tcpSocket": {"port": closed}, "periodSeconds": 1, "failureThreshold": 2});
+    registry.create(pods, Some("default"), live_pod).await.unwrap();
+    let p = wait_pod(&registry, "unhealthy", "was restarted by its liveness probe", |p| restarts(p) >= 1).await;
+    assert_eq!(
+        p["status"]["containerStatuses"][0]["lastState"]["terminated"]["message"],
+        "liveness probe failed; the container was restarted"
+    );
+}

@@ -9,7 +9,11 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::pod_actor::PodMsg;
+use super::probe::{check_network, Probe, ProbeAction, ProbeState};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Exit};
+
+/// Grace given to a container whose liveness probe failed.
+const LIVENESS_KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// How a container actor ends when its container exits on its own.
 #[derive(Debug, thiserror::Error)]
@@ -28,18 +32,53 @@ pub struct ContainerArgs {
     pub pod: ActorRef<PodMsg>,
     /// A container of this pod found running at agent start-up.
     pub adopt: Option<String>,
+    pub liveness: Option<Probe>,
+    pub readiness: Option<Probe>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    Liveness,
+    Readiness,
 }
 
 pub enum ContainerMsg {
     Exited(Exit),
     Stop { grace: Duration },
+    Probe { kind: ProbeKind, healthy: bool },
 }
 
 pub struct ContainerState {
     runtime: Arc<dyn ContainerRuntime>,
     name: String,
     id: String,
+    index: usize,
+    pod: ActorRef<PodMsg>,
     stopping: bool,
+    liveness_failed: bool,
+    probes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Runs one probe every period and reports changes of verdict.
+async fn probe_loop(kind: ProbeKind, probe: Probe, runtime: Arc<dyn ContainerRuntime>, id: String, me: ActorRef<ContainerMsg>) {
+    tokio::time::sleep(probe.initial_delay).await;
+    // Liveness is presumed until proven otherwise; readiness the opposite.
+    let mut state = ProbeState::new(kind == ProbeKind::Liveness);
+    loop {
+        let ok = match &probe.action {
+            ProbeAction::Exec(cmd) => matches!(tokio::time::timeout(probe.timeout, runtime.exec(&id, cmd)).await, Ok(Ok(0))),
+            network => match runtime.address(&id).await {
+                Some(host) => check_network(network, &host, probe.timeout).await,
+                None => true,
+            },
+        };
+        if let Some(healthy) = state.record(ok, &probe) {
+            if me.send_message(ContainerMsg::Probe { kind, healthy }).is_err() {
+                return;
+            }
+        }
+        tokio::time::sleep(probe.period).await;
+    }
 }
 
 impl Actor for ContainerActor {
@@ -53,7 +92,8 @@ impl Actor for ContainerActor {
             None => args.runtime.start(&args.spec).await?,
         };
         tracing::debug!(pod = %args.spec.pod_name, container = %args.spec.name, %id, "container running");
-        let _ = args.pod.send_message(PodMsg::ContainerStarted { index: args.index, id: id.clone() });
+        let has_readiness = args.readiness.is_some();
+        let _ = args.pod.send_message(PodMsg::ContainerStarted { index: args.index, id: id.clone(), has_readiness });
         let runtime = args.runtime.clone();
         let waiter_id = id.clone();
         let me = myself.clone();
@@ -65,7 +105,22 @@ impl Actor for ContainerActor {
             });
             let _ = me.send_message(ContainerMsg::Exited(exit));
         });
-        Ok(ContainerState { runtime: args.runtime, name: args.spec.name, id, stopping: false })
+        let mut probes = Vec::new();
+        for (kind, probe) in [(ProbeKind::Liveness, args.liveness), (ProbeKind::Readiness, args.readiness)] {
+            if let Some(probe) = probe {
+                probes.push(tokio::spawn(probe_loop(kind, probe, args.runtime.clone(), id.clone(), myself.clone())));
+            }
+        }
+        Ok(ContainerState {
+            runtime: args.runtime,
+            name: args.spec.name,
+            id,
+            index: args.index,
+            pod: args.pod,
+            stopping: false,
+            liveness_failed: false,
+            probes,
+        })
     }
 
     async fn handle(
@@ -80,6 +135,11 @@ impl Actor for ContainerActor {
                     myself.stop(Some(format!("stopped with code {}", exit.code)));
                     return Ok(());
                 }
+                let exit = if state.liveness_failed {
+                    Exit { code: exit.code, reason: "Error".into(), message: "liveness probe failed; the container was restarted".into() }
+                } else {
+                    exit
+                };
                 Err(Box::new(ContainerExited { name: state.name.clone(), exit }))
             }
             ContainerMsg::Stop { grace } => {
@@ -93,6 +153,28 @@ impl Actor for ContainerActor {
                 });
                 Ok(())
             }
+            ContainerMsg::Probe { kind: ProbeKind::Readiness, healthy } => {
+                let _ = state.pod.send_message(PodMsg::Readiness { index: state.index, ready: healthy });
+                Ok(())
+            }
+            ContainerMsg::Probe { kind: ProbeKind::Liveness, healthy } => {
+                if !healthy && !state.stopping && !state.liveness_failed {
+                    state.liveness_failed = true;
+                    tracing::info!(container = %state.name, "liveness probe failed; restarting the container");
+                    let (runtime, id) = (state.runtime.clone(), state.id.clone());
+                    tokio::spawn(async move {
+                        let _ = runtime.stop(&id, LIVENESS_KILL_GRACE).await;
+                    });
+                }
+                Ok(())
+            }
         }
+    }
+
+    async fn post_stop(&self, _myself: ActorRef<ContainerMsg>, state: &mut ContainerState) -> Result<(), ActorProcessingErr> {
+        for p in state.probes.drain(..) {
+            p.abort();
+        }
+        Ok(())
     }
 }

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use super::container_actor::{ContainerActor, ContainerArgs, ContainerExited, ContainerMsg};
 use super::control_plane::{AgentError, ControlPlane};
 use super::pod_state::{pod_phase, pod_ready, BackoffPolicy, ContainerState, ContainerView, RestartPolicy};
+use super::probe::Probe;
 use crate::model::object;
 use crate::model::quantity::Quantity;
 use crate::runtime::{ContainerRuntime, ContainerSpec, RuntimeError};
@@ -41,6 +42,12 @@ pub enum PodMsg {
     ContainerStarted {
         index: usize,
         id: String,
+        has_readiness: bool,
+    },
+    /// A readiness probe's verdict changed.
+    Readiness {
+        index: usize,
+        ready: bool,
     },
     /// A newer version of the pod object.
     Update(Value),
@@ -52,6 +59,8 @@ pub enum PodMsg {
 
 struct Slot {
     spec: ContainerSpec,
+    liveness: Option<Probe>,
+    readiness: Option<Probe>,
     actor: Option<ActorRef<ContainerMsg>>,
     id: Option<String>,
     previous_id: Option<String>,
@@ -179,6 +188,8 @@ impl Actor for PodActor {
             .iter()
             .map(|c| Slot {
                 spec: container_spec(&pod, c, &args.node),
+                liveness: Probe::parse(c.get("livenessProbe"), c),
+                readiness: Probe::parse(c.get("readinessProbe"), c),
                 actor: None,
                 id: None,
                 previous_id: None,
@@ -230,12 +241,15 @@ impl Actor for PodActor {
                     return Ok(());
                 }
                 let adopt = state.adopt.remove(&state.slots[index].spec.name);
+                let slot = &state.slots[index];
                 let args = ContainerArgs {
                     index,
                     runtime: state.runtime.clone(),
-                    spec: state.slots[index].spec.clone(),
+                    spec: slot.spec.clone(),
                     pod: myself.clone(),
                     adopt,
+                    liveness: slot.liveness.clone(),
+                    readiness: slot.readiness.clone(),
                 };
                 match Actor::spawn_linked(None, ContainerActor, args, myself.get_cell()).await {
                     Ok((actor, _)) => {
@@ -267,7 +281,15 @@ impl Actor for PodActor {
                     }
                 }
             }
-            PodMsg::ContainerStarted { index, id } => {
+            PodMsg::Readiness { index, ready } => {
+                if let Some(slot) = state.slots.get_mut(index) {
+                    if slot.actor.is_some() && matches!(slot.view.state, ContainerState::Running { .. }) && slot.view.ready != ready {
+                        slot.view.ready = ready;
+                        myself.send_message(PodMsg::WriteStatus)?;
+                    }
+                }
+            }
+            PodMsg::ContainerStarted { index, id, has_readiness } => {
                 let Some(slot) = state.slots.get_mut(index) else { return Ok(()) };
                 // Supervision events overtake ordinary messages: a container
                 // that exited at once may already have been handled.
@@ -282,7 +304,7 @@ impl Actor for PodActor {
                 slot.started = Some(Instant::now());
                 slot.view.state = ContainerState::Running { started_at: object::now() };
                 slot.view.ever_started = true;
-                slot.view.ready = true;
+                slot.view.ready = !has_readiness;
                 myself.send_message(PodMsg::WriteStatus)?;
             }
             PodMsg::Update(pod) => {

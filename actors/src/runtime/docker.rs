@@ -211,6 +211,29 @@ impl ContainerRuntime for DockerRuntime {
         Ok(Usage { cpu_millis: cpu.max(0), memory_bytes: memory })
     }
 
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let options = bollard::exec::CreateExecOptions {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            ..Default::default()
+        };
+        let created = timed(self.docker.create_exec(id, options)).await?;
+        timed(self.docker.start_exec(&created.id, Some(bollard::exec::StartExecOptions { detach: true, ..Default::default() }))).await?;
+        loop {
+            let state = timed(self.docker.inspect_exec(&created.id)).await?;
+            if state.running != Some(true) {
+                return Ok(state.exit_code.unwrap_or(1));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn address(&self, id: &str) -> Option<String> {
+        let info = timed(self.docker.inspect_container(id, None)).await.ok()?;
+        info.network_settings?.networks?.values().find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()))
+    }
+
     async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={node}")])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();

@@ -106,6 +106,12 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn usage(&self, id: &str) -> Result<Usage, RuntimeError>;
     /// Containers this runtime holds for `node` (labelled at creation).
     async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError>;
+    /// Runs a command in the container's context (exec probes); answers
+    /// its exit code.
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError>;
+    /// The address tcp and http probes dial; None where nothing listens
+    /// (sim), which counts as a pass.
+    async fn address(&self, id: &str) -> Option<String>;
 }
 
 /// The last `n` lines of `bytes`.

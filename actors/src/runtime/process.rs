@@ -249,6 +249,28 @@ impl ContainerRuntime for ProcessRuntime {
         Ok(Usage { cpu_millis: 0, memory_bytes: rss_bytes(pid).unwrap_or(0) })
     }
 
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        if !self.lock().contains_key(id) {
+            return Err(RuntimeError::NotFound(id.into()));
+        }
+        let (program, rest) = command.split_first().ok_or_else(|| RuntimeError::Create("empty exec command".into()))?;
+        let status = tokio::process::Command::new(program)
+            .args(rest)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| RuntimeError::Create(format!("exec {program:?}: {e}")))?;
+        Ok(status.code().map_or(1, i64::from))
+    }
+
+    /// Processes share the host's network.
+    async fn address(&self, _id: &str) -> Option<String> {
+        Some("127.0.0.1".into())
+    }
+
     async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError> {
         Ok(self
             .lock()

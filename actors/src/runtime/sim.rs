@@ -117,6 +117,17 @@ impl ContainerRuntime for SimRuntime {
         Ok(Usage { cpu_millis: c.spec.cpu_millis.unwrap_or(0) / 2, memory_bytes: c.spec.memory_bytes.unwrap_or(0) / 2 })
     }
 
+    async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
+        let guard = self.lock();
+        let c = guard.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        // A simulated probe fails only when it names a file the test marked bad.
+        Ok(if command.iter().any(|a| a.contains("fail")) || c.exit.borrow().is_some() { 1 } else { 0 })
+    }
+
+    async fn address(&self, _id: &str) -> Option<String> {
+        None
+    }
+
     async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError> {
         Ok(self
             .lock()
