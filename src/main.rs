@@ -2,7 +2,7 @@
 //! from the `flotilla` library.
 
 use clap::{Parser, Subcommand};
-use flotilla::{bench_api, client, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
+use flotilla::{bench_api, bench_startup, client, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
@@ -115,6 +115,8 @@ enum Command {
 enum BenchCommand {
     /// API create/update latency against running servers.
     Api(bench_api::ApiBenchArgs),
+    /// Pod startup latency (bound to Running) on one node and runtime.
+    Startup(bench_startup::StartupBenchArgs),
 }
 
 fn init_logging() {
@@ -147,6 +149,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
             cmd_change::scale(&client()?, kind, name, replicas, ns.namespace.as_deref()).await
         }
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await,
+        Command::Bench(BenchCommand::Startup(args)) => bench_startup::run(args).await,
         Command::Events { ref ns, all_namespaces, watch } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
     }
 }
