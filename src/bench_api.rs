@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+
+use crate::stats::percentile_ms;
 use serde_json::json;
 
 #[derive(Args)]
@@ -25,13 +27,6 @@ pub struct ApiBenchArgs {
     namespace: String,
     #[arg(long)]
     json: bool,
-}
-
-fn ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: ApiBenchArgs) -> Result<i32, String> {
@@ -92,16 +87,16 @@ pub async fn run(args: ApiBenchArgs) -> Result<i32, String> {
     );
     println!("  op       p50 ms   p99 ms   max ms");
     for (name, v) in [("create", &creates), ("update", &updates), ("all", &all)] {
-        println!("  {name:<7}{:>8.2} {:>8.2} {:>8.2}", ms(v, 0.5), ms(v, 0.99), ms(v, 1.0));
+        println!("  {name:<7}{:>8.2} {:>8.2} {:>8.2}", percentile_ms(v, 0.5), percentile_ms(v, 0.99), percentile_ms(v, 1.0));
     }
     println!("  mutations/s: {per_sec:.1}");
     if args.json {
         println!(
             "{}",
             json!({"clients": args.clients, "mutations": all.len(), "mutations_per_sec": (per_sec * 10.0).round() / 10.0,
-                   "create_p50_ms": ms(&creates, 0.5), "create_p99_ms": ms(&creates, 0.99),
-                   "update_p50_ms": ms(&updates, 0.5), "update_p99_ms": ms(&updates, 0.99),
-                   "p50_ms": ms(&all, 0.5), "p99_ms": ms(&all, 0.99), "max_ms": ms(&all, 1.0)})
+                   "create_p50_ms": percentile_ms(&creates, 0.5), "create_p99_ms": percentile_ms(&creates, 0.99),
+                   "update_p50_ms": percentile_ms(&updates, 0.5), "update_p99_ms": percentile_ms(&updates, 0.99),
+                   "p50_ms": percentile_ms(&all, 0.5), "p99_ms": percentile_ms(&all, 0.99), "max_ms": percentile_ms(&all, 1.0)})
         );
     }
     Ok(0)

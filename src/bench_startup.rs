@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+
+use crate::stats::percentile_ms;
 use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
 use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
 use flotilla_actors::agent::pod_state::BackoffPolicy;
@@ -39,13 +41,6 @@ pub struct StartupBenchArgs {
     timeout_secs: u64,
     #[arg(long)]
     json: bool,
-}
-
-fn ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
 pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
@@ -154,7 +149,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
     }
     latencies.sort();
     let rss_after = rss_bytes(std::process::id() as i32).unwrap_or(0);
-    let (p50, p99, max) = (ms(&latencies, 0.5), ms(&latencies, 0.99), ms(&latencies, 1.0));
+    let (p50, p99, max) = (percentile_ms(&latencies, 0.5), percentile_ms(&latencies, 0.99), percentile_ms(&latencies, 1.0));
     let rate = if args.rate > 0.0 { format!("{} pods/s", args.rate) } else { "all at once".into() };
     println!("pod startup benchmark: {} pods on the {} runtime, one node, created {rate}", args.pods, runtime.kind());
     println!("  p50 ms   p99 ms   max ms   rss MB (before -> with pods running)");

@@ -15,4 +15,5 @@ pub mod cmd_server;
 pub mod cmd_store;
 pub mod cmd_up;
 pub mod manifest;
+pub mod stats;
 pub mod store_bench;

@@ -4,9 +4,11 @@
 //! can be compared in one run on one machine.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use clap::Args;
+
+use crate::stats::percentile_ms;
 use flotilla_raft::{Role, StoreClient};
 
 #[derive(Args)]
@@ -28,14 +30,6 @@ pub struct BenchArgs {
 /// Clients share QUIC connections beyond this many (each connection
 /// multiplexes streams, as etcd's gRPC clients share channels).
 const CONNECTIONS_MAX: usize = 64;
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx].as_secs_f64() * 1000.0
-}
 
 pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, String> {
     if args.clients == 0 || args.ops == 0 {
@@ -87,7 +81,7 @@ pub async fn run(peers: &[String], token: &str, args: BenchArgs) -> Result<i32, 
     let elapsed = started.elapsed();
     latencies.sort();
     let writes_per_sec = args.ops as f64 / elapsed.as_secs_f64();
-    let (p50, p99, max) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99), percentile(&latencies, 1.0));
+    let (p50, p99, max) = (percentile_ms(&latencies, 0.50), percentile_ms(&latencies, 0.99), percentile_ms(&latencies, 1.0));
     println!(
         "flotilla put benchmark: {} members, {} clients, {} ops, {}-byte values",
         members.len(),

@@ -6,6 +6,10 @@
 //! stores its objects here. [`Member`] is a running member (used in-process
 //! by the server); [`StoreClient`] is the operator's remote client.
 
+// openraft's StorageError, which its storage traits require us to return,
+// is large; boxing it at our helpers would only move the copy.
+#![allow(clippy::result_large_err)]
+
 pub mod client;
 pub mod data_dir;
 pub mod db;

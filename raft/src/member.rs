@@ -394,6 +394,21 @@ impl Member {
         }
     }
 
+    /// Where to send a request that only the leader can serve: `Some(addr)`
+    /// of the leader, or `None` to retry here (this member leads, or no
+    /// leader is known yet, after a short wait). Fails only on errors that
+    /// retrying will not fix.
+    async fn route(&self) -> Result<Option<String>, StoreError> {
+        match self.leader_addr().await {
+            Ok(found) => Ok(found),
+            Err(e) if e.is_retryable() => {
+                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn validate(&self, command: &Command) -> Result<(), StoreError> {
         let check_key = |key: &[u8]| {
             if key.is_empty() {
@@ -465,15 +480,7 @@ impl Member {
             match self.raft.client_write(command.clone()).await {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    let addr = match self.leader_addr().await {
-                        Ok(Some(addr)) => addr,
-                        Ok(None) => continue,
-                        Err(e) if e.is_retryable() => {
-                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
+                    let Some(addr) = self.route().await? else { continue };
                     let reply = self.transport.call(&addr, &Request::Write(command.clone()), self.limits.client_rpc_timeout()).await;
                     match reply {
                         Ok(Reply::Written(result)) => return Ok(result),
@@ -502,15 +509,7 @@ impl Member {
                 match self.raft.ensure_linearizable().await {
                     Ok(_) => return Ok(()),
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                        let addr = match self.leader_addr().await {
-                            Ok(Some(addr)) => addr,
-                            Ok(None) => continue,
-                            Err(e) if e.is_retryable() => {
-                                tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
-                                continue;
-                            }
-                            Err(e) => return Err(e),
-                        };
+                        let Some(addr) = self.route().await? else { continue };
                         match self.transport.call(&addr, &Request::ReadIndex, self.limits.client_rpc_timeout()).await {
                             Ok(Reply::ReadIndex(index)) => {
                                 self.raft

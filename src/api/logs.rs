@@ -100,11 +100,11 @@ pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Res
             }
         }
     });
-    Ok(Response::builder()
+    Response::builder()
         .status(StatusCode::OK)
         .header(axum::http::header::CONTENT_TYPE, "text/plain")
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }
 
 async fn usage_of(state: &ApiState, pod: &Value) -> (i64, i64, Vec<Value>) {
