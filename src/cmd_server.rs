@@ -46,6 +46,9 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone());
+    // Node agents reach the control plane through this member.
+    let local = flotilla_actors::agent::control_plane::LocalControlPlane { registry: registry.clone(), heartbeats: Default::default() };
+    member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local }));
     let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     tokio::spawn(ensure_namespaces(registry));

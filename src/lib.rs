@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench_api;
 pub mod bench_startup;
 pub mod client;
+pub mod cmd_agent;
 pub mod cmd_apply;
 pub mod cmd_change;
 pub mod cmd_get;

@@ -2,7 +2,7 @@
 //! from the `flotilla` library.
 
 use clap::{Parser, Subcommand};
-use flotilla::{bench_api, bench_startup, client, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
+use flotilla::{bench_api, bench_startup, client, cmd_agent, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
@@ -25,6 +25,8 @@ struct NamespaceArgs {
 enum Command {
     /// All in one process: a single-member server and one local node agent.
     Up(cmd_up::UpArgs),
+    /// Run a node agent that reaches the servers over QUIC.
+    Agent(cmd_agent::AgentArgs),
     /// Run a control-plane member: replicated store and HTTP API.
     Server(cmd_server::ServerArgs),
     /// The operator's low-level store tool (what etcdctl is to etcd).
@@ -130,6 +132,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
     let client = || client::ApiClient::new(cli.server.clone());
     match cli.command {
         Command::Up(args) => cmd_up::run(args).await,
+        Command::Agent(args) => cmd_agent::run(args).await,
         Command::Server(args) => cmd_server::run(args).await,
         Command::Logs { ref pod, ref container, follow, tail, ref ns } => {
             cmd_logs::logs(&client()?, pod, container.as_deref(), follow, tail, ns.namespace.as_deref()).await

@@ -18,6 +18,9 @@ pub struct StoreClient {
     transport: Transport,
     peers: Vec<String>,
     limits: Limits,
+    /// The peer that answered last; tried first, so a dead peer early in the
+    /// list costs one timeout, not one per call.
+    preferred: std::sync::atomic::AtomicUsize,
 }
 
 impl StoreClient {
@@ -28,19 +31,28 @@ impl StoreClient {
         if peers.is_empty() {
             return Err(StoreError::Invalid("no peer address given".into()));
         }
-        Ok(StoreClient { transport: token_transport(&token, &limits)?, peers, limits })
+        Ok(StoreClient { transport: token_transport(&token, &limits)?, peers, limits, preferred: Default::default() })
     }
 
     pub fn peers(&self) -> &[String] {
         &self.peers
     }
 
+    /// The peers in the order to try them: the last one that answered first.
+    fn ordered_peers(&self) -> impl Iterator<Item = (usize, &String)> {
+        let start = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % self.peers.len();
+        self.peers.iter().enumerate().cycle().skip(start).take(self.peers.len())
+    }
+
     /// Sends `request` to the first peer that answers.
     pub async fn call(&self, request: &Request) -> Result<Reply, StoreError> {
         let mut last = None;
-        for peer in &self.peers {
+        for (i, peer) in self.ordered_peers() {
             match self.transport.call(peer, request, self.limits.client_rpc_timeout()).await {
-                Ok(reply) => return Ok(reply),
+                Ok(reply) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(reply);
+                }
                 Err(e) if e.is_retryable() => last = Some(e),
                 Err(e) => return Err(e),
             }
@@ -142,12 +154,61 @@ impl StoreClient {
         ResumingWatch { client: self, prefix, next_revision: from_revision, stream: None, buffered: VecDeque::new() }
     }
 
+    /// An application request to the first member that answers.
+    pub async fn app_call(&self, body: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        match self.call(&Request::App(body)).await? {
+            Reply::App(bytes) => Ok(bytes),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// An application stream from the first member that answers: frames are
+    /// delivered on the returned channel until the stream ends or breaks
+    /// (then an error is the last item).
+    pub async fn app_stream(&self, body: Vec<u8>) -> Result<tokio::sync::mpsc::Receiver<Result<Vec<u8>, StoreError>>, StoreError> {
+        let request = Request::AppStream(body);
+        let mut last = None;
+        let mut opened = None;
+        for (i, peer) in self.ordered_peers() {
+            match self.transport.open_stream(peer, &request).await {
+                Ok(s) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+                    opened = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let mut stream = opened.ok_or_else(|| last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::app::APP_STREAM_QUEUE_MAX);
+        let max = self.limits.reply_size_max_bytes;
+        tokio::spawn(async move {
+            loop {
+                let item = match read_frame::<Reply>(&mut stream, max).await {
+                    Ok(Some(Reply::App(bytes))) => Ok(bytes),
+                    Ok(Some(Reply::Error(e))) => Err(e),
+                    Ok(Some(other)) => Err(unexpected(other)),
+                    Ok(None) => Err(StoreError::Unreachable { addr: String::new(), reason: "the stream ended".into() }),
+                    Err(e) => Err(e),
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     async fn open_watch(&self, prefix: &[u8], from_revision: u64) -> Result<quinn::RecvStream, StoreError> {
         let request = Request::Watch { prefix: prefix.to_vec(), from_revision };
         let mut last = None;
-        for peer in &self.peers {
+        for (i, peer) in self.ordered_peers() {
             match self.transport.open_stream(peer, &request).await {
-                Ok(s) => return Ok(s),
+                Ok(s) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(s);
+                }
                 Err(e) => last = Some(e),
             }
         }

@@ -10,6 +10,7 @@
 // is large; boxing it at our helpers would only move the copy.
 #![allow(clippy::result_large_err)]
 
+pub mod app;
 pub mod client;
 pub mod data_dir;
 pub mod db;

@@ -103,6 +103,7 @@ pub struct Member {
     faults: Faults,
     endpoint: quinn::Endpoint,
     server_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    app: std::sync::RwLock<Option<std::sync::Arc<dyn crate::app::AppHandler>>>,
 }
 
 impl std::fmt::Debug for Member {
@@ -273,6 +274,7 @@ impl Member {
             peer_addr: config.peer_addr.clone(),
             endpoint: endpoint.clone(),
             server_task: std::sync::Mutex::new(None),
+            app: std::sync::RwLock::new(None),
         });
         let task = tokio::spawn(crate::server::serve(endpoint, Arc::downgrade(&member)));
         *member.server_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
@@ -698,6 +700,15 @@ impl Member {
         }
         // Let peers see the close, so the port is free for a restart.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Serves application requests (`Request::App`) with `handler`.
+    pub fn set_app_handler(&self, handler: Arc<dyn crate::app::AppHandler>) {
+        *self.app.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+    }
+
+    pub fn app_handler(&self) -> Option<Arc<dyn crate::app::AppHandler>> {
+        self.app.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The version of the peer protocol this member speaks.

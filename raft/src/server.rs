@@ -105,6 +105,9 @@ async fn handle_stream(
         if let Request::Watch { prefix, from_revision } = request {
             return stream_watch(&mut send, &m, prefix, from_revision).await;
         }
+        if let Request::AppStream(body) = request {
+            return stream_app(&mut send, &m, body).await;
+        }
         let answer = dispatch(&m, request).await.unwrap_or_else(Reply::Error);
         reply(&mut send, answer).await
     }
@@ -152,7 +155,11 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
             m.remove_member(node_id).await?;
             Reply::Ok
         }
-        Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } => {
+        Request::App(body) => match m.app_handler() {
+            Some(h) => Reply::App(h.call(body).await?),
+            None => return Err(StoreError::Invalid("this member serves no application requests".into())),
+        },
+        Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } | Request::AppStream(_) => {
             return Err(StoreError::Protocol("request handled elsewhere".into()))
         }
     })
@@ -177,5 +184,30 @@ async fn stream_watch(send: &mut quinn::SendStream, m: &Member, prefix: Vec<u8>,
             _ = send.stopped() => return Ok(()),
         };
         write_frame(send, &frame).await?;
+    }
+}
+
+/// Streams an application reply until it ends or the client goes away.
+async fn stream_app(send: &mut quinn::SendStream, m: &Member, body: Vec<u8>) -> Result<(), StoreError> {
+    let Some(handler) = m.app_handler() else {
+        return reply(send, Reply::Error(StoreError::Invalid("this member serves no application requests".into()))).await;
+    };
+    let mut rx = match handler.stream(body).await {
+        Ok(rx) => rx,
+        Err(e) => return reply(send, Reply::Error(e)).await,
+    };
+    loop {
+        let item = tokio::select! {
+            item = rx.recv() => item,
+            _ = send.stopped() => return Ok(()),
+        };
+        match item {
+            Some(Ok(bytes)) => write_frame(send, &Reply::App(bytes)).await?,
+            Some(Err(e)) => return reply(send, Reply::Error(e)).await,
+            None => {
+                let _ = send.finish();
+                return Ok(());
+            }
+        }
     }
 }

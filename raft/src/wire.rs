@@ -51,6 +51,10 @@ pub enum Request {
         from_revision: u64,
     },
     Members,
+    /// An application request (see `app.rs`); opaque to the store.
+    App(Vec<u8>),
+    /// An application request answered by a stream of `Reply::App` frames.
+    AppStream(Vec<u8>),
 }
 
 impl Request {
@@ -73,6 +77,8 @@ impl Request {
             Request::ReadIndex => "read-index",
             Request::Watch { .. } => "watch",
             Request::Members => "members",
+            Request::App(_) => "app",
+            Request::AppStream(_) => "app-stream",
         }
     }
 }
@@ -134,6 +140,7 @@ pub enum Reply {
     Revisions(Revisions),
     ReadIndex(Option<u64>),
     Members(Vec<MemberInfo>),
+    App(Vec<u8>),
     /// Changes up to and including `revision` (a watch sends many).
     WatchEvents {
         revision: u64,

@@ -9,3 +9,4 @@ pub mod node_agent;
 pub mod pod_actor;
 pub mod pod_state;
 pub mod probe;
+pub mod remote;

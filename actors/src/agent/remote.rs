@@ -1,0 +1,240 @@
+//! The agent protocol over the peer port: a remote node agent reaches the
+//! control plane through any server member with the join token
+//! ([`RemoteControlPlane`]); each member answers with [`AgentService`],
+//! which is the in-process control plane behind the store's app hook.
+//! Given several servers, the agent moves to the next when one goes away.
+
+use std::sync::Arc;
+
+use flotilla_raft::app::{AppFrames, AppHandler, APP_STREAM_QUEUE_MAX};
+use flotilla_raft::{StoreClient, StoreError};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::control_plane::{AgentError, ControlPlane, LocalControlPlane, NodeUsage};
+use crate::registry::WatchEvent;
+
+/// What an agent asks of the control plane.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum AgentRequest {
+    RegisterNode(Value),
+    UpdateNodeStatus { name: String, status: Value },
+    Heartbeat { name: String, cpu_millis: i64, memory_bytes: i64, pods: i64 },
+    ListPods { node: String },
+    WatchPods { node: String, after: u64 },
+    UpdatePodStatus { namespace: String, name: String, uid: String, status: Value },
+    FinalizePod { namespace: String, name: String, uid: String },
+    RecordEvent { involved: Value, event_type: String, reason: String, message: String },
+}
+
+/// The answer; errors carry the agent error's kind so retries work the same
+/// remotely as locally.
+#[derive(Serialize, Deserialize, Debug)]
+pub enum AgentReply {
+    Done,
+    Pods { pods: Vec<Value>, revision: u64 },
+    Event { kind: String, object: Value },
+    Failed { retryable: bool, gone: bool, expired: bool, message: String },
+}
+
+fn failed(e: AgentError) -> AgentReply {
+    AgentReply::Failed {
+        retryable: matches!(e, AgentError::Unavailable(_)),
+        gone: matches!(e, AgentError::Gone(_)),
+        expired: matches!(e, AgentError::Expired(_)),
+        message: e.to_string(),
+    }
+}
+
+fn encode(reply: &AgentReply) -> Vec<u8> {
+    serde_json::to_vec(reply).unwrap_or_default()
+}
+
+/// Serves agents on a server member.
+pub struct AgentService {
+    pub local: LocalControlPlane,
+}
+
+impl AppHandler for AgentService {
+    fn call(&self, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, StoreError>> {
+        let local = self.local.clone();
+        Box::pin(async move {
+            let request: AgentRequest =
+                serde_json::from_slice(&request).map_err(|e| StoreError::Protocol(format!("agent request: {e}")))?;
+            let reply = match request {
+                AgentRequest::RegisterNode(node) => local.register_node(node).await.map(|_| AgentReply::Done),
+                AgentRequest::UpdateNodeStatus { name, status } => local.update_node_status(&name, status).await.map(|_| AgentReply::Done),
+                AgentRequest::Heartbeat { name, cpu_millis, memory_bytes, pods } => {
+                    local.heartbeat(&name, NodeUsage { cpu_millis, memory_bytes, pods }).await.map(|_| AgentReply::Done)
+                }
+                AgentRequest::ListPods { node } => local.list_pods(&node).await.map(|(pods, revision)| AgentReply::Pods { pods, revision }),
+                AgentRequest::UpdatePodStatus { namespace, name, uid, status } => {
+                    local.update_pod_status(&namespace, &name, &uid, status).await.map(|_| AgentReply::Done)
+                }
+                AgentRequest::FinalizePod { namespace, name, uid } => {
+                    local.finalize_pod(&namespace, &name, &uid).await.map(|_| AgentReply::Done)
+                }
+                AgentRequest::RecordEvent { involved, event_type, reason, message } => {
+                    local.record_event(&involved, &event_type, &reason, &message).await;
+                    Ok(AgentReply::Done)
+                }
+                AgentRequest::WatchPods { .. } => return Err(StoreError::Invalid("watch pods is a stream request".into())),
+            };
+            Ok(encode(&reply.unwrap_or_else(failed)))
+        })
+    }
+
+    fn stream(&self, request: Vec<u8>) -> BoxFuture<'static, Result<AppFrames, StoreError>> {
+        let local = self.local.clone();
+        Box::pin(async move {
+            let request: AgentRequest =
+                serde_json::from_slice(&request).map_err(|e| StoreError::Protocol(format!("agent request: {e}")))?;
+            let AgentRequest::WatchPods { node, after } = request else {
+                return Err(StoreError::Invalid("only watch pods is a stream request".into()));
+            };
+            let (tx, rx) = mpsc::channel(APP_STREAM_QUEUE_MAX);
+            match local.watch_pods(&node, after).await {
+                Err(e) => {
+                    let _ = tx.send(Ok(encode(&failed(e)))).await;
+                }
+                Ok(mut events) => {
+                    tokio::spawn(async move {
+                        while let Some(ev) = events.recv().await {
+                            let reply = match ev {
+                                Ok(WatchEvent { kind, object }) => AgentReply::Event { kind: kind.to_string(), object },
+                                Err(e) => failed(e),
+                            };
+                            if tx.send(Ok(encode(&reply))).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+            Ok(rx)
+        })
+    }
+}
+
+/// The control plane seen from a node agent in another process.
+pub struct RemoteControlPlane {
+    client: Arc<StoreClient>,
+}
+
+impl RemoteControlPlane {
+    pub fn new(servers: Vec<String>, token: &str) -> Result<Self, AgentError> {
+        Ok(RemoteControlPlane { client: Arc::new(StoreClient::new(servers, token).map_err(|e| AgentError::Refused(e.to_string()))?) })
+    }
+
+    async fn call(&self, request: AgentRequest) -> Result<AgentReply, AgentError> {
+        let body = serde_json::to_vec(&request).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let bytes = self.client.app_call(body).await.map_err(store_error)?;
+        let reply: AgentReply =
+            serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused(format!("bad reply from the server: {e}")))?;
+        match reply {
+            AgentReply::Failed { retryable, gone, expired, message } => Err(if gone {
+                AgentError::Gone(message)
+            } else if expired {
+                AgentError::Expired(message)
+            } else if retryable {
+                AgentError::Unavailable(message)
+            } else {
+                AgentError::Refused(message)
+            }),
+            other => Ok(other),
+        }
+    }
+}
+
+fn store_error(e: StoreError) -> AgentError {
+    if e.is_retryable() || matches!(e, StoreError::Fatal { .. } | StoreError::Protocol(_)) {
+        AgentError::Unavailable(e.to_string())
+    } else {
+        AgentError::Refused(e.to_string())
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for RemoteControlPlane {
+    async fn register_node(&self, node: Value) -> Result<(), AgentError> {
+        self.call(AgentRequest::RegisterNode(node)).await.map(|_| ())
+    }
+
+    async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError> {
+        self.call(AgentRequest::UpdateNodeStatus { name: name.into(), status }).await.map(|_| ())
+    }
+
+    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError> {
+        self.call(AgentRequest::Heartbeat {
+            name: name.into(),
+            cpu_millis: usage.cpu_millis,
+            memory_bytes: usage.memory_bytes,
+            pods: usage.pods,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        match self.call(AgentRequest::ListPods { node: node.into() }).await? {
+            AgentReply::Pods { pods, revision } => Ok((pods, revision)),
+            other => Err(AgentError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        let body =
+            serde_json::to_vec(&AgentRequest::WatchPods { node: node.into(), after }).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let mut frames = self.client.app_stream(body).await.map_err(store_error)?;
+        let (tx, rx) = mpsc::channel(super::control_plane::POD_EVENT_QUEUE_MAX);
+        tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                let item = match frame {
+                    Err(e) => Err(store_error(e)),
+                    Ok(bytes) => match serde_json::from_slice::<AgentReply>(&bytes) {
+                        Ok(AgentReply::Event { kind, object }) => {
+                            let kind = match kind.as_str() {
+                                "ADDED" => "ADDED",
+                                "DELETED" => "DELETED",
+                                _ => "MODIFIED",
+                            };
+                            Ok(WatchEvent { kind, object })
+                        }
+                        Ok(AgentReply::Failed { expired: true, message, .. }) => Err(AgentError::Expired(message)),
+                        Ok(other) => Err(AgentError::Unavailable(format!("pod watch: {other:?}"))),
+                        Err(e) => Err(AgentError::Unavailable(format!("pod watch: {e}"))),
+                    },
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
+        self.call(AgentRequest::UpdatePodStatus { namespace: namespace.into(), name: name.into(), uid: uid.into(), status })
+            .await
+            .map(|_| ())
+    }
+
+    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
+        self.call(AgentRequest::FinalizePod { namespace: namespace.into(), name: name.into(), uid: uid.into() }).await.map(|_| ())
+    }
+
+    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
+        let request = AgentRequest::RecordEvent {
+            involved: involved.clone(),
+            event_type: event_type.into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        if let Err(e) = self.call(request).await {
+            tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+}

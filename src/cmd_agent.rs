@@ -1,0 +1,95 @@
+//! `flotilla agent`: a node agent in its own process, reaching the control
+//! plane over QUIC through any of the given servers with the join token.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
+use flotilla_actors::agent::pod_state::BackoffPolicy;
+use flotilla_actors::agent::remote::RemoteControlPlane;
+use flotilla_actors::model::quantity::Quantity;
+use flotilla_actors::runtime::docker::DockerRuntime;
+use flotilla_actors::runtime::process::ProcessRuntime;
+use flotilla_actors::runtime::sim::SimRuntime;
+use flotilla_actors::runtime::ContainerRuntime;
+
+use crate::cmd_up::{host_memory_bytes, RuntimeChoice};
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The node's name.
+    #[arg(long)]
+    name: String,
+    /// Server peer addresses, comma-separated; the agent moves to the next
+    /// when one goes away.
+    #[arg(long, value_delimiter = ',', required = true)]
+    server: Vec<String>,
+    /// The cluster's join token (else $FLOTILLA_TOKEN).
+    #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
+    token: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    runtime: RuntimeChoice,
+    /// CPU capacity to report (cores, e.g. 2 or 500m); default: this machine's.
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory capacity to report (e.g. 4Gi); default: this machine's.
+    #[arg(long)]
+    memory: Option<String>,
+    /// Node labels, k=v,...
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Where the process runtime keeps its logs and records.
+    #[arg(long, default_value = "./flotilla-agent")]
+    state_dir: PathBuf,
+    /// The address pods are reported at.
+    #[arg(long, default_value = "127.0.0.1")]
+    node_ip: String,
+}
+
+pub async fn run(args: AgentArgs) -> Result<i32, String> {
+    let cpu_millis = match &args.cpu {
+        Some(c) => Quantity::parse(c).map_err(|e| format!("--cpu: {e}"))?.millis(),
+        None => std::thread::available_parallelism().map_or(1, |n| n.get() as i64) * 1000,
+    };
+    let memory_bytes = match &args.memory {
+        Some(m) => Quantity::parse(m).map_err(|e| format!("--memory: {e}"))?.value(),
+        None => host_memory_bytes(),
+    };
+    let mut labels = BTreeMap::new();
+    for l in args.labels.iter().filter(|l| !l.is_empty()) {
+        let (k, v) = l.split_once('=').ok_or_else(|| format!("--labels: {l:?} must be key=value"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let runtime: Arc<dyn ContainerRuntime> = match args.runtime {
+        RuntimeChoice::Sim => Arc::new(SimRuntime::new(Duration::from_millis(10))),
+        RuntimeChoice::Docker => Arc::new(DockerRuntime::connect().await.map_err(|e| format!("--runtime docker: {e}"))?),
+        RuntimeChoice::Process => Arc::new(ProcessRuntime::new(&args.state_dir).map_err(|e| e.to_string())?),
+        RuntimeChoice::Auto => match DockerRuntime::connect().await {
+            Ok(d) => Arc::new(d),
+            Err(_) => Arc::new(ProcessRuntime::new(&args.state_dir).map_err(|e| e.to_string())?),
+        },
+    };
+    let control = RemoteControlPlane::new(args.server.clone(), &args.token).map_err(|e| e.to_string())?;
+    let agent_args = NodeAgentArgs {
+        name: args.name.clone(),
+        node_ip: args.node_ip.clone(),
+        labels,
+        cpu_millis,
+        memory_bytes,
+        heartbeat: Duration::from_millis(200),
+        status_period: Duration::from_secs(10),
+        control: Arc::new(control),
+        runtime: runtime.clone(),
+        backoff: BackoffPolicy::default(),
+    };
+    let (agent, handle) =
+        ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the agent could not register its node: {e}"))?;
+    println!("flotilla agent: node {} ({} runtime) serving through {}", args.name, runtime.kind(), args.server.join(", "));
+    crate::cmd_server::wait_for_signal().await;
+    agent.stop(None);
+    let _ = handle.await;
+    Ok(0)
+}
