@@ -182,21 +182,29 @@ impl Registry {
         }
         let name = object::name(&obj).unwrap_or_default().to_string();
         let key = res.key(ns, &name).into_bytes();
+        if self.put_if(key, CompareTarget::CreateRevision(0), &mut obj).await? {
+            Ok(obj)
+        } else {
+            Err(RegistryError::AlreadyExists { kind: res.plural.into(), name })
+        }
+    }
+
+    /// Writes `obj` at `key` if the key's state matches `expected`; on
+    /// success sets the object's resourceVersion to the write's revision.
+    async fn put_if(&self, key: Vec<u8>, expected: CompareTarget, obj: &mut Value) -> Result<bool, RegistryError> {
         let result = self
             .member
             .txn(
-                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) }],
-                vec![TxnOp::Put { key, value: encode(&obj) }],
+                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: expected }],
+                vec![TxnOp::Put { key, value: encode(obj) }],
                 vec![],
             )
             .await?;
-        match result.outcome {
-            Outcome::Txn { succeeded: true, .. } => {
-                object::metadata_mut(&mut obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
-                Ok(obj)
-            }
-            _ => Err(RegistryError::AlreadyExists { kind: res.plural.into(), name }),
+        let succeeded = matches!(result.outcome, Outcome::Txn { succeeded: true, .. });
+        if succeeded {
+            object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
         }
+        Ok(succeeded)
     }
 
     /// Replaces an object. If the body carries a resourceVersion it must be
@@ -276,16 +284,7 @@ impl Registry {
             if strip_rv(&new) == strip_rv(&old) {
                 return Ok(old);
             }
-            let result = self
-                .member
-                .txn(
-                    vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }],
-                    vec![TxnOp::Put { key: key.clone(), value: encode(&new) }],
-                    vec![],
-                )
-                .await?;
-            if let Outcome::Txn { succeeded: true, .. } = result.outcome {
-                object::metadata_mut(&mut new).insert("resourceVersion".into(), json!(result.revision.to_string()));
+            if self.put_if(key.clone(), CompareTarget::ModRevision(current), &mut new).await? {
                 return Ok(new);
             }
             if precondition.is_some() {
@@ -390,20 +389,9 @@ impl Registry {
         meta.insert("deletionTimestamp".into(), json!(object::timestamp(deadline)));
         meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
         let key = res.key(ns, name).into_bytes();
-        let result = self
-            .member
-            .txn(
-                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rv) }],
-                vec![TxnOp::Put { key, value: encode(&new) }],
-                vec![],
-            )
-            .await?;
-        match result.outcome {
-            Outcome::Txn { succeeded: true, .. } => {
-                object::metadata_mut(&mut new).insert("resourceVersion".into(), json!(result.revision.to_string()));
-                Ok(new)
-            }
-            _ => Err(RegistryError::Conflict {
+        match self.put_if(key, CompareTarget::ModRevision(rv), &mut new).await? {
+            true => Ok(new),
+            false => Err(RegistryError::Conflict {
                 kind: res.plural.into(),
                 name: name.into(),
                 message: "the pod changed while it was being deleted; try again".into(),
