@@ -70,9 +70,11 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
         memory_bytes: 64 << 30,
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(10),
-        control: Arc::new(LocalControlPlane { registry: registry.clone(), heartbeats: Heartbeats::default() }),
+        control: Arc::new(LocalControlPlane::new(registry.clone(), Heartbeats::default())),
         runtime: runtime.clone(),
         backoff: BackoffPolicy::default(),
+        fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
+        pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
     };
     let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| e.to_string())?;
     let rss_before = rss_bytes(std::process::id() as i32).unwrap_or(0);

@@ -44,6 +44,10 @@ pub struct AgentArgs {
     /// Where the process runtime keeps its logs and records.
     #[arg(long, default_value = "./flotilla-agent")]
     state_dir: PathBuf,
+    /// Cut off from every server for this long, the agent stops its own
+    /// containers (they have been replaced elsewhere by then).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=86_400_000))]
+    fence_ms: u64,
     /// The address pods are reported at.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
@@ -84,12 +88,22 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
         control: Arc::new(control),
         runtime: runtime.clone(),
         backoff: BackoffPolicy::default(),
+        fence: Duration::from_millis(args.fence_ms),
+        pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
     };
-    let (agent, handle) =
+    let (agent, mut handle) =
         ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the agent could not register its node: {e}"))?;
     println!("flotilla agent: node {} ({} runtime) serving through {}", args.name, runtime.kind(), args.server.join(", "));
-    crate::cmd_server::wait_for_signal().await;
-    agent.stop(None);
-    let _ = handle.await;
-    Ok(0)
+    tokio::select! {
+        _ = crate::cmd_server::wait_for_signal() => {
+            agent.stop(None);
+            let _ = handle.await;
+            Ok(0)
+        }
+        _ = &mut handle => {
+            // Only `flotilla chaos kill-node` stops the agent on its own.
+            eprintln!("flotilla agent: node {} killed by chaos", args.name);
+            Ok(137)
+        }
+    }
 }

@@ -28,6 +28,10 @@ pub struct ServerArgs {
     /// The cluster's join token (else $FLOTILLA_TOKEN).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// How long a node's heartbeats may stop before it is NotReady and its
+    /// pods are replaced elsewhere. Use the same value on every member.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    node_grace_ms: u64,
 }
 
 pub async fn run(args: ServerArgs) -> Result<i32, String> {
@@ -47,8 +51,11 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone());
     // Node agents reach the control plane through this member.
-    let local = flotilla_actors::agent::control_plane::LocalControlPlane { registry: registry.clone(), heartbeats: Default::default() };
-    member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local }));
+    let heartbeats = flotilla_actors::agent::control_plane::Heartbeats::default();
+    let local = flotilla_actors::agent::control_plane::LocalControlPlane::new(registry.clone(), heartbeats.clone());
+    member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local, member: Some(member.clone()) }));
+    let settings = flotilla_actors::leader::LeaderSettings { node_grace_ms: args.node_grace_ms, ..Default::default() };
+    let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats, settings).await?;
     let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     tokio::spawn(ensure_namespaces(registry));
@@ -64,6 +71,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     }
     wait_for_signal().await;
     eprintln!("flotilla server: shutting down member {}", member.id());
+    leader.stop(None);
     api.abort();
     member.shutdown().await;
     Ok(0)

@@ -96,6 +96,8 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let heartbeats = Heartbeats::default();
+    let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats.clone(), Default::default()).await?;
     let node_name = args.node_name.clone().unwrap_or_else(host_node_name);
     let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
     state.agents.register(&node_name, runtime.clone());
@@ -108,9 +110,11 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         memory_bytes: host_memory_bytes(),
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(10),
-        control: Arc::new(LocalControlPlane { registry, heartbeats: Heartbeats::default() }),
+        control: Arc::new(LocalControlPlane::new(registry, heartbeats)),
         runtime: runtime.clone(),
         backoff: BackoffPolicy::default(),
+        fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
+        pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
     };
     let (agent, _) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the node agent did not start: {e}"))?;
     println!("flotilla is up: API on http://{http}, node {node_name:?} with the {} runtime{note}", runtime.kind());
@@ -119,6 +123,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     crate::cmd_server::wait_for_signal().await;
     eprintln!("flotilla: shutting down (containers keep running and are adopted on the next start)");
     agent.stop(None);
+    leader.stop(None);
     api.abort();
     member.shutdown().await;
     Ok(0)

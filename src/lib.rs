@@ -5,16 +5,22 @@
 
 pub mod api;
 pub mod bench_api;
+pub mod bench_failover;
+pub mod bench_schedule;
 pub mod bench_startup;
 pub mod client;
 pub mod cmd_agent;
 pub mod cmd_apply;
 pub mod cmd_change;
+pub mod cmd_chaos;
 pub mod cmd_get;
 pub mod cmd_logs;
+pub mod cmd_rollout;
 pub mod cmd_server;
 pub mod cmd_store;
 pub mod cmd_up;
 pub mod manifest;
+pub mod sim_cluster;
 pub mod stats;
 pub mod store_bench;
+pub mod wiring;

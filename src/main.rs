@@ -2,7 +2,10 @@
 //! from the `flotilla` library.
 
 use clap::{Parser, Subcommand};
-use flotilla::{bench_api, bench_startup, client, cmd_agent, cmd_apply, cmd_change, cmd_get, cmd_logs, cmd_server, cmd_store, cmd_up};
+use flotilla::{
+    bench_api, bench_failover, bench_schedule, bench_startup, client, cmd_agent, cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs,
+    cmd_rollout, cmd_server, cmd_store, cmd_up,
+};
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
@@ -99,6 +102,12 @@ enum Command {
     },
     /// CPU and memory usage of nodes or pods.
     Top { what: String },
+    /// Break things on purpose: kill a node or a pod, partition a node, heal it.
+    #[command(subcommand)]
+    Chaos(cmd_chaos::ChaosCommand),
+    /// Follow or undo a deployment's rollout.
+    #[command(subcommand)]
+    Rollout(cmd_rollout::RolloutCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -119,6 +128,10 @@ enum BenchCommand {
     Api(bench_api::ApiBenchArgs),
     /// Pod startup latency (bound to Running) on one node and runtime.
     Startup(bench_startup::StartupBenchArgs),
+    /// Pods per second through the API, scheduler, Raft and sim agents to Running.
+    Schedule(bench_schedule::ScheduleBenchArgs),
+    /// Time from killing a node agent until its replicas run elsewhere.
+    Failover(bench_failover::FailoverBenchArgs),
 }
 
 fn init_logging() {
@@ -153,6 +166,10 @@ async fn run(cli: Cli) -> Result<i32, String> {
         }
         Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await,
         Command::Bench(BenchCommand::Startup(args)) => bench_startup::run(args).await,
+        Command::Bench(BenchCommand::Schedule(args)) => bench_schedule::run(args).await,
+        Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args).await,
+        Command::Chaos(command) => cmd_chaos::run(&client()?, command).await,
+        Command::Rollout(command) => cmd_rollout::run(&client()?, command).await,
         Command::Events { ref ns, all_namespaces, watch } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
     }
 }

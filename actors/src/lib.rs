@@ -3,6 +3,7 @@
 //! the replicated store with admission and optimistic concurrency.
 
 pub mod agent;
+pub mod leader;
 pub mod model;
 pub mod registry;
 pub mod runtime;

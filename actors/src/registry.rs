@@ -207,6 +207,35 @@ impl Registry {
         Ok(succeeded)
     }
 
+    /// Binds pods to nodes in one transaction: each pod is written back with
+    /// `spec.nodeName` and a PodScheduled condition, only if no pod changed
+    /// since it was read and every node still exists. Returns the
+    /// revision of the write, or None when a comparison failed (bind the
+    /// pods one by one to find out which).
+    pub async fn bind_pods(&self, binds: &[(&Value, &str)]) -> Result<Option<u64>, RegistryError> {
+        let pods = lookup("pods").expect("pods are served");
+        let nodes = lookup("nodes").expect("nodes are served");
+        let mut compares = Vec::with_capacity(binds.len() * 2);
+        let mut puts = Vec::with_capacity(binds.len());
+        let mut seen_nodes = std::collections::HashSet::new();
+        let now = object::now();
+        for (pod, node) in binds {
+            let key = pods.key(object::namespace(pod), object::name(pod).unwrap_or_default()).into_bytes();
+            let rv = object::resource_version(pod).unwrap_or(0);
+            compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(rv) });
+            if seen_nodes.insert(*node) {
+                let node_key = nodes.key(None, node).into_bytes();
+                compares.push(Compare { key: node_key, op: CompareOp::Greater, target: CompareTarget::CreateRevision(0) });
+            }
+            let mut bound = (*pod).clone();
+            bound["spec"]["nodeName"] = json!(node);
+            set_condition(&mut bound, json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": now}));
+            puts.push(TxnOp::Put { key, value: encode(&bound) });
+        }
+        let result = self.member.txn(compares, puts, vec![]).await?;
+        Ok(matches!(result.outcome, Outcome::Txn { succeeded: true, .. }).then_some(result.revision))
+    }
+
     /// Replaces an object. If the body carries a resourceVersion it must be
     /// the current one (409 otherwise); without one the write is
     /// unconditional. `subresource` is `Some("status")` for status writes.
@@ -560,6 +589,23 @@ impl Registry {
         })
         .await
         .is_ok()
+    }
+}
+
+/// Sets a pod condition by type, keeping the others.
+pub fn set_condition(pod: &mut Value, condition: Value) {
+    if !pod.get("status").is_some_and(Value::is_object) {
+        pod["status"] = json!({});
+    }
+    let status = pod["status"].as_object_mut().expect("made an object above");
+    let conditions = status.entry("conditions").or_insert_with(|| json!([]));
+    if !conditions.is_array() {
+        *conditions = json!([]);
+    }
+    let list = conditions.as_array_mut().expect("made an array above");
+    match list.iter_mut().find(|c| c.get("type") == condition.get("type")) {
+        Some(existing) => *existing = condition,
+        None => list.push(condition),
     }
 }
 

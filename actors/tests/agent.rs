@@ -44,13 +44,15 @@ async fn start_agent(
         memory_bytes: 8 << 30,
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(5),
-        control: Arc::new(LocalControlPlane { registry: registry.clone(), heartbeats: Heartbeats::default() }),
+        control: Arc::new(LocalControlPlane::new(registry.clone(), Heartbeats::default())),
         runtime,
         backoff: BackoffPolicy {
             initial: Duration::from_millis(100),
             max: Duration::from_millis(800),
             reset_after: Duration::from_secs(60),
         },
+        fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
+        pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
     };
     let (agent, _) = Actor::spawn(None, NodeAgent, args).await.expect("agent starts");
     agent

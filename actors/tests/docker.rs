@@ -59,9 +59,11 @@ fn agent_args(registry: &Registry, node: &str, runtime: Arc<dyn ContainerRuntime
         memory_bytes: 4 << 30,
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(5),
-        control: Arc::new(LocalControlPlane { registry: registry.clone(), heartbeats: Heartbeats::default() }),
+        control: Arc::new(LocalControlPlane::new(registry.clone(), Heartbeats::default())),
         runtime,
         backoff: BackoffPolicy { initial: Duration::from_millis(200), max: Duration::from_secs(2), reset_after: Duration::from_secs(60) },
+        fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
+        pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
     }
 }
 

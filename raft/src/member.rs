@@ -702,6 +702,23 @@ impl Member {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
+    /// Sends an application request to the leader's handler, or to this
+    /// member's own when it leads (or no leader is known): for state only
+    /// the leader keeps, such as node agents' heartbeats.
+    pub async fn call_leader_app(&self, body: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, StoreError> {
+        let addr = if self.is_leader() { None } else { self.leader_addr().await? };
+        match addr {
+            None => match self.app_handler() {
+                Some(h) => h.call(body).await,
+                None => Err(StoreError::Invalid("this member serves no application requests".into())),
+            },
+            Some(addr) => match self.transport.call(&addr, &Request::App(body), timeout).await? {
+                Reply::App(bytes) => Ok(bytes),
+                other => Err(StoreError::Protocol(format!("unexpected app reply {other:?}"))),
+            },
+        }
+    }
+
     /// Serves application requests (`Request::App`) with `handler`.
     pub fn set_app_handler(&self, handler: Arc<dyn crate::app::AppHandler>) {
         *self.app.write().unwrap_or_else(|p| p.into_inner()) = Some(handler);

@@ -11,6 +11,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::chaos_orders::ChaosOrders;
+use super::pod_fanout::PodFanout;
 use crate::model::object;
 use crate::model::resources::lookup;
 use crate::model::selector::Selector;
@@ -78,8 +80,10 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn register_node(&self, node: Value) -> Result<(), AgentError>;
     /// Replaces the Node's status (conditions, capacity, usage).
     async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError>;
-    /// A liveness beat with current usage (not a store write).
-    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError>;
+    /// A liveness beat with current usage (not a store write). The reply
+    /// carries the node's chaos order, if any. With `probe_only` nothing
+    /// is recorded: a partitioned agent only listens for its orders.
+    async fn heartbeat(&self, name: &str, usage: NodeUsage, probe_only: bool) -> Result<Option<String>, AgentError>;
     /// The pods bound to `node`, and the revision of the list.
     async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError>;
     /// Changes to pods bound to `node` after revision `after`.
@@ -97,6 +101,15 @@ pub trait ControlPlane: Send + Sync + 'static {
 pub struct LocalControlPlane {
     pub registry: Registry,
     pub heartbeats: Heartbeats,
+    fanout: PodFanout,
+    chaos: ChaosOrders,
+}
+
+impl LocalControlPlane {
+    /// One per process: its agents share one pod watch.
+    pub fn new(registry: Registry, heartbeats: Heartbeats) -> Self {
+        LocalControlPlane { fanout: PodFanout::new(registry.clone()), chaos: ChaosOrders::new(registry.clone()), registry, heartbeats }
+    }
 }
 
 fn node_selector(node: &str) -> Selector {
@@ -151,9 +164,11 @@ impl ControlPlane for LocalControlPlane {
         Ok(())
     }
 
-    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError> {
-        self.heartbeats.beat(name, usage);
-        Ok(())
+    async fn heartbeat(&self, name: &str, usage: NodeUsage, probe_only: bool) -> Result<Option<String>, AgentError> {
+        if !probe_only {
+            self.heartbeats.beat(name, usage);
+        }
+        Ok(self.chaos.get(name))
     }
 
     async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {
@@ -163,6 +178,9 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        if let Some(rx) = self.fanout.subscribe(node, after, POD_EVENT_QUEUE_MAX) {
+            return Ok(rx);
+        }
         let pods = lookup("pods").expect("pods are served");
         let mut watch = self.registry.watch(pods, None, after)?;
         let (tx, rx) = mpsc::channel(POD_EVENT_QUEUE_MAX);
@@ -229,5 +247,60 @@ impl ControlPlane for LocalControlPlane {
 
     async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
         self.registry.record_event(involved, event_type, reason, message).await;
+    }
+}
+
+/// A control plane that can be cut off (`flotilla chaos partition`): while
+/// cut, every call fails as if the network dropped it, except heartbeat
+/// probes, which only ask for chaos orders so that `heal` can be heard.
+pub struct PartitionableControlPlane {
+    pub inner: Arc<dyn ControlPlane>,
+    pub cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PartitionableControlPlane {
+    fn check(&self) -> Result<(), AgentError> {
+        if self.cut.load(std::sync::atomic::Ordering::Acquire) {
+            Err(AgentError::Unavailable("partitioned from every server (flotilla chaos partition)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlPlane for PartitionableControlPlane {
+    async fn register_node(&self, node: Value) -> Result<(), AgentError> {
+        self.check()?;
+        self.inner.register_node(node).await
+    }
+    async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError> {
+        self.check()?;
+        self.inner.update_node_status(name, status).await
+    }
+    async fn heartbeat(&self, name: &str, usage: NodeUsage, probe_only: bool) -> Result<Option<String>, AgentError> {
+        let cut = self.cut.load(std::sync::atomic::Ordering::Acquire);
+        self.inner.heartbeat(name, usage, probe_only || cut).await
+    }
+    async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        self.check()?;
+        self.inner.list_pods(node).await
+    }
+    async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        self.check()?;
+        self.inner.watch_pods(node, after).await
+    }
+    async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
+        self.check()?;
+        self.inner.update_pod_status(namespace, name, uid, status).await
+    }
+    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
+        self.check()?;
+        self.inner.finalize_pod(namespace, name, uid).await
+    }
+    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
+        if self.check().is_ok() {
+            self.inner.record_event(involved, event_type, reason, message).await
+        }
     }
 }

@@ -2,11 +2,13 @@
 //! supervising a PodActor per pod, each supervising a ContainerActor per
 //! container, over a container runtime and a control plane.
 
+pub mod chaos_orders;
 pub mod container_actor;
 pub mod control_plane;
 pub mod directory;
 pub mod node_agent;
 pub mod pod_actor;
+pub mod pod_fanout;
 pub mod pod_state;
 pub mod probe;
 pub mod remote;

@@ -10,13 +10,17 @@ use std::time::Duration;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
-use super::control_plane::{AgentError, ControlPlane, NodeUsage};
+use super::chaos_orders::{ChaosAction, ChaosOrder};
+use super::control_plane::{AgentError, ControlPlane, NodeUsage, PartitionableControlPlane};
 use super::pod_actor::{PodActor, PodArgs, PodMsg};
 use super::pod_state::BackoffPolicy;
 use crate::model::object;
 use crate::model::quantity::Quantity;
 use crate::registry::WatchEvent;
 use crate::runtime::ContainerRuntime;
+
+/// The reason an agent stopped by `flotilla chaos kill-node` gives.
+pub const KILLED_BY_CHAOS: &str = "chaos: kill-node";
 
 /// How soon a broken pod watch is replaced by a fresh list and watch.
 const RELIST_DELAY: Duration = Duration::from_millis(500);
@@ -35,7 +39,18 @@ pub struct NodeAgentArgs {
     pub control: Arc<dyn ControlPlane>,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub backoff: BackoffPolicy,
+    /// Cut off from every server for this long, the agent stops its own
+    /// containers (their replicas have been placed elsewhere by then).
+    pub fence: Duration,
+    /// Pods this node takes (Kubernetes' kubelet default is 110).
+    pub pods_max: i64,
 }
+
+/// The kubelet's default `maxPods`.
+pub const PODS_MAX_DEFAULT: i64 = 110;
+
+/// Kubernetes has no fencing; ten seconds is ten node grace periods.
+pub const FENCE_DEFAULT: Duration = Duration::from_secs(10);
 
 pub struct NodeAgent;
 
@@ -48,6 +63,15 @@ pub enum NodeAgentMsg {
 
 pub struct NodeAgentState {
     args: NodeAgentArgs,
+    /// Last time a heartbeat reached a server.
+    last_contact: std::time::Instant,
+    /// Containers stopped because no server could be reached.
+    fenced: bool,
+    /// Set by `flotilla chaos partition`: traffic to servers is dropped.
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    /// Orders older than the agent (or already done) are ignored.
+    started_unix_ms: u64,
+    last_order_ms: u64,
     pods: HashMap<String, ActorRef<PodMsg>>,
     by_actor: HashMap<ActorId, String>,
     adoptable: HashMap<String, HashMap<String, String>>,
@@ -71,7 +95,7 @@ fn node_status(args: &NodeAgentArgs) -> Value {
     let now = object::now();
     let cpu = Quantity::from_millis(args.cpu_millis).to_string();
     let memory = Quantity::from_bytes(args.memory_bytes, true).to_string();
-    let resources = json!({"cpu": cpu, "memory": memory, "pods": "110"});
+    let resources = json!({"cpu": cpu, "memory": memory, "pods": args.pods_max.to_string()});
     json!({
         "capacity": resources, "allocatable": resources,
         "addresses": [{"type": "InternalIP", "address": args.node_ip}, {"type": "Hostname", "address": args.name}],
@@ -86,8 +110,59 @@ fn node_status(args: &NodeAgentArgs) -> Value {
     })
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 impl NodeAgentState {
+    /// No server for longer than the fence: stop every container here.
+    async fn fence(&mut self) {
+        self.fenced = true;
+        if let Some(t) = self.watch_task.take() {
+            t.abort();
+        }
+        tracing::warn!(node = %self.args.name, pods = self.pods.len(), fence_ms = self.args.fence.as_millis() as u64,
+                       "no server reachable for longer than the fence; stopping this node's containers");
+        for actor in self.pods.values() {
+            let _ = actor.send_message(PodMsg::Kill);
+        }
+    }
+
+    /// Carries out a chaos order once.
+    async fn obey(&mut self, myself: &ActorRef<NodeAgentMsg>, order: ChaosOrder) {
+        if order.issued_unix_ms <= self.started_unix_ms || order.issued_unix_ms == self.last_order_ms {
+            return;
+        }
+        self.last_order_ms = order.issued_unix_ms;
+        let name = self.args.name.clone();
+        match order.action {
+            ChaosAction::Partition => {
+                tracing::warn!(node = %name, "chaos: partitioned from every server");
+                self.cut.store(true, std::sync::atomic::Ordering::Release);
+                if let Some(t) = self.watch_task.take() {
+                    t.abort();
+                }
+            }
+            ChaosAction::Heal => {
+                tracing::warn!(node = %name, "chaos: partition healed");
+                self.cut.store(false, std::sync::atomic::Ordering::Release);
+                let _ = myself.send_message(NodeAgentMsg::Relist);
+            }
+            ChaosAction::KillNode => {
+                tracing::warn!(node = %name, "chaos: killing this node (containers and agent)");
+                for c in self.args.runtime.list(&name).await.unwrap_or_default() {
+                    let _ = self.args.runtime.stop(&c.id, Duration::ZERO).await;
+                }
+                // Children stop with their parent; nothing is written back.
+                myself.stop(Some(KILLED_BY_CHAOS.into()));
+            }
+        }
+    }
+
     async fn ensure_pod(&mut self, myself: &ActorRef<NodeAgentMsg>, pod: Value) {
+        if self.fenced {
+            return;
+        }
         let uid = object::uid(&pod).unwrap_or("").to_string();
         if let Some(actor) = self.pods.get(&uid) {
             let _ = actor.send_message(PodMsg::Update(pod));
@@ -117,7 +192,9 @@ impl Actor for NodeAgent {
     type State = NodeAgentState;
     type Arguments = NodeAgentArgs;
 
-    async fn pre_start(&self, myself: ActorRef<NodeAgentMsg>, args: NodeAgentArgs) -> Result<NodeAgentState, ActorProcessingErr> {
+    async fn pre_start(&self, myself: ActorRef<NodeAgentMsg>, mut args: NodeAgentArgs) -> Result<NodeAgentState, ActorProcessingErr> {
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        args.control = Arc::new(PartitionableControlPlane { inner: args.control.clone(), cut: cut.clone() });
         args.control.register_node(node_object(&args)).await?;
         // Containers left by an earlier run of this agent: adopt or remove.
         let mut adoptable: HashMap<String, HashMap<String, String>> = HashMap::new();
@@ -132,7 +209,19 @@ impl Actor for NodeAgent {
         myself.send_interval(args.heartbeat, || NodeAgentMsg::Heartbeat);
         myself.send_interval(args.status_period, || NodeAgentMsg::ReportStatus);
         tracing::info!(node = %args.name, runtime = args.runtime.kind(), "node registered");
-        Ok(NodeAgentState { args, pods: HashMap::new(), by_actor: HashMap::new(), adoptable, watch_task: None })
+        let started_unix_ms = unix_ms();
+        Ok(NodeAgentState {
+            args,
+            last_contact: std::time::Instant::now(),
+            fenced: false,
+            cut,
+            started_unix_ms,
+            last_order_ms: 0,
+            pods: HashMap::new(),
+            by_actor: HashMap::new(),
+            adoptable,
+            watch_task: None,
+        })
     }
 
     async fn post_stop(&self, _myself: ActorRef<NodeAgentMsg>, state: &mut NodeAgentState) -> Result<(), ActorProcessingErr> {
@@ -152,6 +241,9 @@ impl Actor for NodeAgent {
             NodeAgentMsg::Relist => {
                 if let Some(t) = state.watch_task.take() {
                     t.abort();
+                }
+                if state.fenced {
+                    return Ok(());
                 }
                 let (pods, revision) = match state.args.control.list_pods(&state.args.name).await {
                     Ok(r) => r,
@@ -213,8 +305,25 @@ impl Actor for NodeAgent {
             }
             NodeAgentMsg::Heartbeat => {
                 let usage = NodeUsage { pods: state.pods.len() as i64, ..Default::default() };
-                if let Err(e) = state.args.control.heartbeat(&state.args.name, usage).await {
-                    tracing::debug!(node = %state.args.name, error = %e, "heartbeat failed");
+                let cut = state.cut.load(std::sync::atomic::Ordering::Acquire);
+                match state.args.control.heartbeat(&state.args.name, usage, false).await {
+                    Ok(order) => {
+                        if !cut {
+                            state.last_contact = std::time::Instant::now();
+                            if state.fenced {
+                                state.fenced = false;
+                                tracing::warn!(node = %state.args.name, "a server answers again; unfencing and relisting pods");
+                                myself.send_message(NodeAgentMsg::Relist)?;
+                            }
+                        }
+                        if let Some(order) = order.as_deref().and_then(ChaosOrder::parse) {
+                            state.obey(&myself, order).await;
+                        }
+                    }
+                    Err(e) => tracing::debug!(node = %state.args.name, error = %e, "heartbeat failed"),
+                }
+                if !state.fenced && state.last_contact.elapsed() > state.args.fence {
+                    state.fence().await;
                 }
             }
             NodeAgentMsg::ReportStatus => {

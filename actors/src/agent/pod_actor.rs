@@ -98,6 +98,14 @@ fn quantity(v: Option<&Value>) -> Option<Quantity> {
     }
 }
 
+/// The annotation `flotilla chaos kill-pod` sets (to a fresh value each
+/// time) to have the agent kill the pod's containers.
+pub const CHAOS_KILL_ANNOTATION: &str = "chaos.flotilla.io/kill";
+
+fn chaos_kill_order(pod: &Value) -> Option<&str> {
+    pod.pointer("/metadata/annotations").and_then(|a| a.get(CHAOS_KILL_ANNOTATION)).and_then(Value::as_str)
+}
+
 /// The runtime's view of one container of a pod object.
 pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSpec {
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -309,6 +317,17 @@ impl Actor for PodActor {
             }
             PodMsg::Update(pod) => {
                 let deleting = object::meta_str(&pod, "deletionTimestamp").is_some();
+                let kill_order = chaos_kill_order(&pod);
+                if kill_order.is_some() && kill_order != chaos_kill_order(&state.pod) && !deleting {
+                    // `flotilla chaos kill-pod`: the containers die as if they
+                    // crashed, and the restart policy takes it from there.
+                    tracing::info!(pod = %state.name, "chaos: killing the pod's containers");
+                    for slot in &state.slots {
+                        if let Some(id) = &slot.id {
+                            let _ = state.runtime.stop(id, Duration::ZERO).await;
+                        }
+                    }
+                }
                 state.pod = pod;
                 if deleting && !state.terminating {
                     state.terminating = true;

@@ -20,13 +20,46 @@ use crate::registry::WatchEvent;
 #[derive(Serialize, Deserialize, Debug)]
 pub enum AgentRequest {
     RegisterNode(Value),
-    UpdateNodeStatus { name: String, status: Value },
-    Heartbeat { name: String, cpu_millis: i64, memory_bytes: i64, pods: i64 },
-    ListPods { node: String },
-    WatchPods { node: String, after: u64 },
-    UpdatePodStatus { namespace: String, name: String, uid: String, status: Value },
-    FinalizePod { namespace: String, name: String, uid: String },
-    RecordEvent { involved: Value, event_type: String, reason: String, message: String },
+    UpdateNodeStatus {
+        name: String,
+        status: Value,
+    },
+    /// `relayed` is set when a member passes the beat on to the leader.
+    Heartbeat {
+        name: String,
+        cpu_millis: i64,
+        memory_bytes: i64,
+        pods: i64,
+        #[serde(default)]
+        relayed: bool,
+        /// Only ask for chaos orders; record no beat.
+        #[serde(default)]
+        probe_only: bool,
+    },
+    ListPods {
+        node: String,
+    },
+    WatchPods {
+        node: String,
+        after: u64,
+    },
+    UpdatePodStatus {
+        namespace: String,
+        name: String,
+        uid: String,
+        status: Value,
+    },
+    FinalizePod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+    RecordEvent {
+        involved: Value,
+        event_type: String,
+        reason: String,
+        message: String,
+    },
 }
 
 /// The answer; errors carry the agent error's kind so retries work the same
@@ -36,6 +69,7 @@ pub enum AgentReply {
     Done,
     Pods { pods: Vec<Value>, revision: u64 },
     Event { kind: String, object: Value },
+    Beat { order: Option<String> },
     Failed { retryable: bool, gone: bool, expired: bool, message: String },
 }
 
@@ -52,23 +86,57 @@ fn encode(reply: &AgentReply) -> Vec<u8> {
     serde_json::to_vec(reply).unwrap_or_default()
 }
 
-/// Serves agents on a server member.
+/// How long a member waits for the leader to take a relayed heartbeat.
+const HEARTBEAT_RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1_000);
+
+/// Serves agents on a server member. Heartbeats are kept where they
+/// arrive and relayed to the leader, whose NodeActors judge them.
 pub struct AgentService {
     pub local: LocalControlPlane,
+    pub member: Option<Arc<flotilla_raft::Member>>,
+}
+
+impl AgentService {
+    fn relay_heartbeat(&self, name: String, usage: NodeUsage) {
+        let Some(member) = self.member.clone() else { return };
+        if member.is_leader() {
+            return;
+        }
+        let request = AgentRequest::Heartbeat {
+            name,
+            cpu_millis: usage.cpu_millis,
+            memory_bytes: usage.memory_bytes,
+            pods: usage.pods,
+            relayed: true,
+            probe_only: false,
+        };
+        let Ok(body) = serde_json::to_vec(&request) else { return };
+        tokio::spawn(async move {
+            if let Err(e) = member.call_leader_app(body, HEARTBEAT_RELAY_TIMEOUT).await {
+                tracing::debug!(error = %e, "heartbeat not relayed to the leader");
+            }
+        });
+    }
 }
 
 impl AppHandler for AgentService {
     fn call(&self, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, StoreError>> {
         let local = self.local.clone();
+        let request: AgentRequest = match serde_json::from_slice(&request) {
+            Ok(r) => r,
+            Err(e) => return Box::pin(async move { Err(StoreError::Protocol(format!("agent request: {e}"))) }),
+        };
+        if let AgentRequest::Heartbeat { name, cpu_millis, memory_bytes, pods, relayed: false, probe_only: false } = &request {
+            self.relay_heartbeat(name.clone(), NodeUsage { cpu_millis: *cpu_millis, memory_bytes: *memory_bytes, pods: *pods });
+        }
         Box::pin(async move {
-            let request: AgentRequest =
-                serde_json::from_slice(&request).map_err(|e| StoreError::Protocol(format!("agent request: {e}")))?;
             let reply = match request {
                 AgentRequest::RegisterNode(node) => local.register_node(node).await.map(|_| AgentReply::Done),
                 AgentRequest::UpdateNodeStatus { name, status } => local.update_node_status(&name, status).await.map(|_| AgentReply::Done),
-                AgentRequest::Heartbeat { name, cpu_millis, memory_bytes, pods } => {
-                    local.heartbeat(&name, NodeUsage { cpu_millis, memory_bytes, pods }).await.map(|_| AgentReply::Done)
-                }
+                AgentRequest::Heartbeat { name, cpu_millis, memory_bytes, pods, probe_only, .. } => local
+                    .heartbeat(&name, NodeUsage { cpu_millis, memory_bytes, pods }, probe_only)
+                    .await
+                    .map(|order| AgentReply::Beat { order }),
                 AgentRequest::ListPods { node } => local.list_pods(&node).await.map(|(pods, revision)| AgentReply::Pods { pods, revision }),
                 AgentRequest::UpdatePodStatus { namespace, name, uid, status } => {
                     local.update_pod_status(&namespace, &name, &uid, status).await.map(|_| AgentReply::Done)
@@ -166,15 +234,21 @@ impl ControlPlane for RemoteControlPlane {
         self.call(AgentRequest::UpdateNodeStatus { name: name.into(), status }).await.map(|_| ())
     }
 
-    async fn heartbeat(&self, name: &str, usage: NodeUsage) -> Result<(), AgentError> {
-        self.call(AgentRequest::Heartbeat {
-            name: name.into(),
-            cpu_millis: usage.cpu_millis,
-            memory_bytes: usage.memory_bytes,
-            pods: usage.pods,
+    async fn heartbeat(&self, name: &str, usage: NodeUsage, probe_only: bool) -> Result<Option<String>, AgentError> {
+        let reply = self
+            .call(AgentRequest::Heartbeat {
+                name: name.into(),
+                cpu_millis: usage.cpu_millis,
+                memory_bytes: usage.memory_bytes,
+                pods: usage.pods,
+                relayed: false,
+                probe_only,
+            })
+            .await?;
+        Ok(match reply {
+            AgentReply::Beat { order } => order,
+            _ => None,
         })
-        .await
-        .map(|_| ())
     }
 
     async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {

@@ -1,0 +1,155 @@
+//! PodFanout: one store watch on pods, shared by every node agent served
+//! by this process, dispatching each change to the agents of the node it
+//! is bound to. A watch per agent would decode every pod event once per
+//! node (5,000 nodes make that 5,000 times). Recent events are kept in a
+//! bounded ring so an agent that subscribes from a revision just behind
+//! the shared watch is replayed exactly what it missed; one further
+//! behind gets a watch of its own.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::control_plane::AgentError;
+use crate::model::object;
+use crate::model::resources::lookup;
+use crate::registry::{Registry, RegistryError, WatchEvent};
+
+/// Events kept for replay to late subscribers.
+const RING_EVENTS_MAX: usize = 16_384;
+/// How long the shared watch waits before starting again after it broke.
+const REWATCH_DELAY: Duration = Duration::from_millis(100);
+
+type Subscriber = mpsc::Sender<Result<WatchEvent, AgentError>>;
+
+#[derive(Default)]
+struct FanoutState {
+    /// The revision through which the shared watch has delivered.
+    position: u64,
+    /// Recent events, oldest first, with their revisions.
+    ring: VecDeque<(u64, Arc<str>, WatchEvent)>,
+    subscribers: HashMap<Arc<str>, Vec<(u64, Subscriber)>>,
+    started: bool,
+}
+
+/// Shares one pod watch among node agents.
+#[derive(Clone)]
+pub struct PodFanout {
+    registry: Registry,
+    state: Arc<Mutex<FanoutState>>,
+}
+
+fn node_of(pod: &Value) -> Option<&str> {
+    pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty())
+}
+
+impl PodFanout {
+    pub fn new(registry: Registry) -> Self {
+        PodFanout { registry, state: Arc::new(Mutex::new(FanoutState::default())) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FanoutState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Changes to pods bound to `node` after revision `after`, or None when
+    /// the shared watch cannot serve that revision (the caller watches on
+    /// its own).
+    pub fn subscribe(&self, node: &str, after: u64, queue_max: usize) -> Option<mpsc::Receiver<Result<WatchEvent, AgentError>>> {
+        let mut st = self.lock();
+        if !st.started {
+            st.started = true;
+            st.position = after;
+            let me = self.clone();
+            tokio::spawn(async move { me.run(after).await });
+        }
+        let oldest_covered = st.ring.front().map_or(st.position, |(rev, _, _)| rev.saturating_sub(1));
+        if after < oldest_covered {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(queue_max);
+        for (rev, n, ev) in &st.ring {
+            if *rev > after && n.as_ref() == node && tx.try_send(Ok(ev.clone())).is_err() {
+                return None;
+            }
+        }
+        st.subscribers.entry(Arc::from(node)).or_default().push((after, tx));
+        Some(rx)
+    }
+
+    async fn run(self, mut position: u64) {
+        let pods = lookup("pods").expect("pods are served");
+        loop {
+            let mut watch = match self.registry.watch(pods, None, position) {
+                Ok(w) => w,
+                Err(RegistryError::Expired { .. }) => {
+                    // History is gone: every subscriber must list again.
+                    position = self.registry.member().revisions().revision;
+                    self.reset(position, "pod watch expired; list again");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared pod watch failed; retrying");
+                    tokio::time::sleep(REWATCH_DELAY).await;
+                    continue;
+                }
+            };
+            loop {
+                match watch.next().await {
+                    Ok(events) => {
+                        let revision = watch.progress_revision();
+                        self.dispatch(events, revision);
+                        position = revision;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "shared pod watch broke; resuming");
+                        tokio::time::sleep(REWATCH_DELAY).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, events: Vec<WatchEvent>, revision: u64) {
+        let mut st = self.lock();
+        for ev in events {
+            let Some(node) = node_of(&ev.object).map(Arc::<str>::from) else { continue };
+            let rev = object::resource_version(&ev.object).unwrap_or(revision);
+            if let Some(subs) = st.subscribers.get_mut(&node) {
+                // A subscriber that cannot keep up is dropped; its agent
+                // lists again (bounded queues, never unbounded memory).
+                subs.retain(|(after, tx)| match if rev > *after { tx.try_send(Ok(ev.clone())) } else { Ok(()) } {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        let _ = tx.try_send(Err(AgentError::Unavailable("pod watch fell behind; list again".into())));
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
+                if subs.is_empty() {
+                    st.subscribers.remove(&node);
+                }
+            }
+            st.ring.push_back((rev, node, ev));
+            if st.ring.len() > RING_EVENTS_MAX {
+                st.ring.pop_front();
+            }
+        }
+        st.position = st.position.max(revision);
+    }
+
+    fn reset(&self, position: u64, reason: &str) {
+        let mut st = self.lock();
+        for (_, subs) in st.subscribers.drain() {
+            for (_, tx) in subs {
+                let _ = tx.try_send(Err(AgentError::Expired(reason.into())));
+            }
+        }
+        st.ring.clear();
+        st.position = position;
+    }
+}

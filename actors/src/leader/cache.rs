@@ -1,0 +1,463 @@
+//! ClusterCache: the leader's in-memory view of the objects its actors
+//! decide on (pods, nodes, replica sets, deployments, services,
+//! endpoints), fed by one list-then-watch per kind. Deciding from memory
+//! is what lets the scheduler and the controllers keep up with thousands of
+//! pods per second; writes still go through the registry (and so through
+//! Raft), and an actor that wrote waits until the cache has seen its own
+//! write ([`ClusterCache::wait_for`]) before deciding again, so it never
+//! acts twice on a stale view.
+//!
+//! Pods are held compactly ([`PodView`]); the full object is kept only
+//! while a pod is unbound, because the scheduler writes it back when it
+//! binds. Consumers learn what changed from per-consumer dirty sets and
+//! wake on a generation counter.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::placement::{pod_info, PodInfo};
+use crate::model::object;
+use crate::model::resources::lookup;
+use crate::model::selector::Selector;
+use crate::registry::{Registry, WatchEvent};
+
+/// How long a kind's feed waits before listing again after its watch broke.
+const RELIST_DELAY: Duration = Duration::from_millis(200);
+
+/// The kinds the cache holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Pods,
+    Nodes,
+    ReplicaSets,
+    Deployments,
+    Services,
+    Endpoints,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [Kind::Pods, Kind::Nodes, Kind::ReplicaSets, Kind::Deployments, Kind::Services, Kind::Endpoints];
+
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::Pods => "pods",
+            Kind::Nodes => "nodes",
+            Kind::ReplicaSets => "replicasets",
+            Kind::Deployments => "deployments",
+            Kind::Services => "services",
+            Kind::Endpoints => "endpoints",
+        }
+    }
+}
+
+/// What the leader's actors need to know about a pod.
+#[derive(Clone, Debug)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub resource_version: u64,
+    pub owner_uid: Option<String>,
+    pub owner_kind: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub node: Option<String>,
+    pub phase: String,
+    pub ready: bool,
+    pub terminating: bool,
+    pub pod_ip: Option<String>,
+    pub created: String,
+    /// Container ports: (name, port, protocol).
+    pub ports: Vec<(Option<String>, i64, String)>,
+    pub info: Arc<PodInfo>,
+    /// The whole object, only while the pod waits for a node.
+    pub object: Option<Arc<Value>>,
+}
+
+impl PodView {
+    pub fn from_object(pod: &Value) -> PodView {
+        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()).map(String::from);
+        let terminating = object::meta_str(pod, "deletionTimestamp").is_some();
+        let ready = pod
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        let labels = pod
+            .pointer("/metadata/labels")
+            .and_then(Value::as_object)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+            .unwrap_or_default();
+        let mut ports = Vec::new();
+        for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
+            for p in c.get("ports").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(port) = p.get("containerPort").and_then(Value::as_i64) {
+                    ports.push((
+                        p.get("name").and_then(Value::as_str).map(String::from),
+                        port,
+                        p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string(),
+                    ));
+                }
+            }
+        }
+        PodView {
+            namespace: object::namespace(pod).unwrap_or("default").to_string(),
+            name: object::name(pod).unwrap_or_default().to_string(),
+            uid: object::uid(pod).unwrap_or_default().to_string(),
+            resource_version: object::resource_version(pod).unwrap_or(0),
+            owner_uid: object::controller_ref(pod).and_then(|r| r.get("uid")).and_then(Value::as_str).map(String::from),
+            owner_kind: object::controller_ref(pod).and_then(|r| r.get("kind")).and_then(Value::as_str).map(String::from),
+            labels,
+            object: (node.is_none() && !terminating).then(|| Arc::new(pod.clone())),
+            node,
+            phase: pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending").to_string(),
+            ready,
+            terminating,
+            pod_ip: pod.pointer("/status/podIP").and_then(Value::as_str).map(String::from),
+            created: object::meta_str(pod, "creationTimestamp").unwrap_or_default().to_string(),
+            ports,
+            info: Arc::new(pod_info(pod)),
+        }
+    }
+
+    /// Ended pods no longer count as replicas.
+    pub fn is_active(&self) -> bool {
+        !self.terminating && self.phase != "Succeeded" && self.phase != "Failed"
+    }
+
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What changed since a consumer last looked.
+#[derive(Default, Debug)]
+pub struct Dirty {
+    pub replicasets: HashSet<String>,
+    pub deployments: HashSet<String>,
+    /// Namespaces whose services or pods changed (endpoints follow both).
+    pub service_namespaces: HashSet<String>,
+}
+
+/// The cached objects. Keys are `namespace/name` (or `name` for nodes).
+#[derive(Default)]
+pub struct CacheState {
+    pub pods: HashMap<String, PodView>,
+    pub pods_by_owner: HashMap<String, BTreeSet<String>>,
+    pub pods_by_node: HashMap<String, BTreeSet<String>>,
+    /// Pods waiting for a node, oldest key first.
+    pub pending: BTreeSet<String>,
+    pub nodes: BTreeMap<String, Value>,
+    pub replicasets: BTreeMap<String, Value>,
+    pub deployments: BTreeMap<String, Value>,
+    pub services: BTreeMap<String, Value>,
+    pub endpoints: BTreeMap<String, Value>,
+    rs_by_uid: HashMap<String, String>,
+    deployment_by_uid: HashMap<String, String>,
+    revisions: HashMap<Kind, u64>,
+    synced: HashSet<Kind>,
+    /// Counts bound pods that went away or ended (capacity freed).
+    pub released_pods: u64,
+    pub dirty: Dirty,
+}
+
+fn key_of(obj: &Value) -> String {
+    match object::namespace(obj) {
+        Some(ns) => format!("{ns}/{}", object::name(obj).unwrap_or_default()),
+        None => object::name(obj).unwrap_or_default().to_string(),
+    }
+}
+
+impl CacheState {
+    /// Whether every kind has been listed once.
+    pub fn synced(&self) -> bool {
+        self.synced.len() == Kind::ALL.len()
+    }
+
+    pub fn revision(&self, kind: Kind) -> u64 {
+        self.revisions.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// Whether an owner of one of the cached kinds exists, by uid.
+    pub fn owner_exists(&self, kind: &str, uid: &str) -> bool {
+        match kind {
+            "ReplicaSet" => self.rs_by_uid.contains_key(uid),
+            "Deployment" => self.deployment_by_uid.contains_key(uid),
+            _ => true,
+        }
+    }
+
+    /// Pods owned (as controller) by `uid`.
+    pub fn pods_of(&self, owner_uid: &str) -> impl Iterator<Item = &PodView> {
+        self.pods_by_owner.get(owner_uid).into_iter().flatten().filter_map(|k| self.pods.get(k))
+    }
+
+    pub fn pods_on(&self, node: &str) -> impl Iterator<Item = &PodView> {
+        self.pods_by_node.get(node).into_iter().flatten().filter_map(|k| self.pods.get(k))
+    }
+
+    /// The ReplicaSets a Deployment owns.
+    pub fn replicasets_of(&self, deployment_uid: &str) -> Vec<&Value> {
+        self.replicasets
+            .values()
+            .filter(|rs| object::controller_ref(rs).and_then(|r| r.get("uid")).and_then(Value::as_str) == Some(deployment_uid))
+            .collect()
+    }
+
+    fn remove_pod(&mut self, key: &str) {
+        let Some(old) = self.pods.remove(key) else { return };
+        if let Some(o) = &old.owner_uid {
+            if let Some(set) = self.pods_by_owner.get_mut(o) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.pods_by_owner.remove(o);
+                }
+            }
+            self.mark_owner_dirty(o);
+        }
+        if let Some(n) = &old.node {
+            if let Some(set) = self.pods_by_node.get_mut(n) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.pods_by_node.remove(n);
+                }
+            }
+        }
+        self.pending.remove(key);
+        self.dirty.service_namespaces.insert(old.namespace);
+    }
+
+    fn put_pod(&mut self, pod: &Value) {
+        let view = PodView::from_object(pod);
+        let key = view.key();
+        if !view.is_active() && self.pods.get(&key).is_some_and(|p| p.is_active()) {
+            self.released_pods += 1;
+        }
+        self.remove_pod(&key);
+        if let Some(o) = &view.owner_uid {
+            self.pods_by_owner.entry(o.clone()).or_default().insert(key.clone());
+            let o = o.clone();
+            self.mark_owner_dirty(&o);
+        }
+        match &view.node {
+            Some(n) => {
+                self.pods_by_node.entry(n.clone()).or_default().insert(key.clone());
+            }
+            None if !view.terminating => {
+                self.pending.insert(key.clone());
+            }
+            None => {}
+        }
+        self.dirty.service_namespaces.insert(view.namespace.clone());
+        self.pods.insert(key, view);
+    }
+
+    fn mark_owner_dirty(&mut self, owner_uid: &str) {
+        if let Some(rs) = self.rs_by_uid.get(owner_uid) {
+            self.dirty.replicasets.insert(rs.clone());
+        }
+    }
+
+    fn apply(&mut self, kind: Kind, ev: &WatchEvent) {
+        let key = key_of(&ev.object);
+        let deleted = ev.kind == "DELETED";
+        match kind {
+            Kind::Pods if deleted => {
+                if self.pods.get(&key).is_some_and(|p| p.node.is_some()) {
+                    self.released_pods += 1;
+                }
+                self.remove_pod(&key)
+            }
+            Kind::Pods => self.put_pod(&ev.object),
+            Kind::Nodes if deleted => {
+                self.nodes.remove(&key);
+            }
+            Kind::Nodes => {
+                self.nodes.insert(key, ev.object.clone());
+            }
+            Kind::ReplicaSets => {
+                let uid = object::uid(&ev.object).unwrap_or_default().to_string();
+                if let Some(d) = object::controller_ref(&ev.object).and_then(|r| r.get("uid")).and_then(Value::as_str) {
+                    if let Some(dk) = self.deployment_by_uid.get(d) {
+                        self.dirty.deployments.insert(dk.clone());
+                    }
+                }
+                self.dirty.replicasets.insert(key.clone());
+                if deleted {
+                    self.rs_by_uid.remove(&uid);
+                    self.replicasets.remove(&key);
+                } else {
+                    self.rs_by_uid.insert(uid, key.clone());
+                    self.replicasets.insert(key, ev.object.clone());
+                }
+            }
+            Kind::Deployments => {
+                let uid = object::uid(&ev.object).unwrap_or_default().to_string();
+                self.dirty.deployments.insert(key.clone());
+                if deleted {
+                    self.deployment_by_uid.remove(&uid);
+                    self.deployments.remove(&key);
+                } else {
+                    self.deployment_by_uid.insert(uid, key.clone());
+                    self.deployments.insert(key, ev.object.clone());
+                }
+            }
+            Kind::Services => {
+                self.dirty.service_namespaces.insert(object::namespace(&ev.object).unwrap_or("default").to_string());
+                if deleted {
+                    self.services.remove(&key);
+                } else {
+                    self.services.insert(key, ev.object.clone());
+                }
+            }
+            Kind::Endpoints => {
+                self.dirty.service_namespaces.insert(object::namespace(&ev.object).unwrap_or("default").to_string());
+                if deleted {
+                    self.endpoints.remove(&key);
+                } else {
+                    self.endpoints.insert(key, ev.object.clone());
+                }
+            }
+        }
+    }
+
+    /// Replaces everything of `kind` with a fresh list.
+    fn replace_all(&mut self, kind: Kind, items: Vec<Value>, revision: u64) {
+        match kind {
+            Kind::Pods => {
+                let keys: Vec<String> = self.pods.keys().cloned().collect();
+                for k in keys {
+                    self.remove_pod(&k);
+                }
+            }
+            Kind::Nodes => self.nodes.clear(),
+            Kind::ReplicaSets => {
+                self.replicasets.clear();
+                self.rs_by_uid.clear();
+            }
+            Kind::Deployments => {
+                self.deployments.clear();
+                self.deployment_by_uid.clear();
+            }
+            Kind::Services => self.services.clear(),
+            Kind::Endpoints => self.endpoints.clear(),
+        }
+        for object in items {
+            self.apply(kind, &WatchEvent { kind: "ADDED", object });
+        }
+        if kind == Kind::ReplicaSets {
+            // Pods listed before their ReplicaSets could not mark them.
+            self.dirty.replicasets.extend(self.replicasets.keys().cloned());
+        }
+        self.revisions.insert(kind, revision);
+        self.synced.insert(kind);
+    }
+}
+
+/// The shared cache and the tasks that feed it.
+pub struct ClusterCache {
+    state: Arc<RwLock<CacheState>>,
+    generation: watch::Sender<u64>,
+    feeds: Vec<JoinHandle<()>>,
+}
+
+impl Drop for ClusterCache {
+    fn drop(&mut self) {
+        for f in &self.feeds {
+            f.abort();
+        }
+    }
+}
+
+impl ClusterCache {
+    /// Starts one list-and-watch feed per kind.
+    pub fn start(registry: Registry) -> Arc<ClusterCache> {
+        let state = Arc::new(RwLock::new(CacheState::default()));
+        let (generation, _) = watch::channel(0u64);
+        let feeds = Kind::ALL.iter().map(|&kind| tokio::spawn(feed(registry.clone(), kind, state.clone(), generation.clone()))).collect();
+        Arc::new(ClusterCache { state, generation, feeds })
+    }
+
+    pub fn read(&self) -> RwLockReadGuard<'_, CacheState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// For consumers taking their dirty sets.
+    pub fn write(&self) -> RwLockWriteGuard<'_, CacheState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that changes whenever the cache does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Waits until `kind` has been seen up to `revision` (and every kind
+    /// listed once); false on timeout.
+    pub async fn wait_for(&self, kind: Kind, revision: u64, timeout: Duration) -> bool {
+        let mut rx = self.subscribe();
+        tokio::time::timeout(timeout, async {
+            loop {
+                {
+                    let s = self.read();
+                    if s.synced() && s.revision(kind) >= revision {
+                        return;
+                    }
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+async fn feed(registry: Registry, kind: Kind, state: Arc<RwLock<CacheState>>, generation: watch::Sender<u64>) {
+    let res = lookup(kind.plural()).expect("cached kinds are served");
+    let bump = || generation.send_modify(|g| *g += 1);
+    loop {
+        let (items, revision) = match registry.list(res, None, &Selector::default(), &Selector::default(), 0, None).await {
+            Ok((items, revision, _)) => (items, revision),
+            Err(e) => {
+                tracing::debug!(kind = kind.plural(), error = %e, "cache list failed; retrying");
+                tokio::time::sleep(RELIST_DELAY).await;
+                continue;
+            }
+        };
+        state.write().unwrap_or_else(|p| p.into_inner()).replace_all(kind, items, revision);
+        bump();
+        let mut watch = match registry.watch(res, None, revision) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(kind = kind.plural(), error = %e, "cache watch failed; listing again");
+                tokio::time::sleep(RELIST_DELAY).await;
+                continue;
+            }
+        };
+        loop {
+            match watch.next().await {
+                Ok(events) => {
+                    {
+                        let mut s = state.write().unwrap_or_else(|p| p.into_inner());
+                        for ev in &events {
+                            s.apply(kind, ev);
+                        }
+                        let rev = watch.progress_revision();
+                        s.revisions.insert(kind, rev);
+                    }
+                    bump();
+                }
+                Err(e) => {
+                    tracing::debug!(kind = kind.plural(), error = %e, "cache watch broke; listing again");
+                    tokio::time::sleep(RELIST_DELAY).await;
+                    break;
+                }
+            }
+        }
+    }
+}

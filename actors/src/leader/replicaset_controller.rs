@@ -1,0 +1,155 @@
+//! The ReplicaSet controller: for each set the cache marks as changed (or
+//! all of them on resync), [`replicas::decide`] says how many pods to
+//! create and which to delete; this performs that, at most
+//! `replica_burst_max` pod writes per pass, and writes the set's status.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::cache::Kind;
+use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
+use super::replicas::{decide, pod_from_template, ReplicaDecision};
+use crate::model::object;
+use crate::model::resources::lookup;
+use crate::registry::{Propagation, RegistryError};
+
+#[derive(Default)]
+pub struct ReplicaSetController;
+
+pub fn make() -> Box<dyn Reconciler> {
+    Box::new(ReplicaSetController)
+}
+
+fn err(source: RegistryError) -> ControllerError {
+    ControllerError::Registry { controller: "replicaset-controller", source }
+}
+
+/// A store error the next pass should simply retry past: the object moved
+/// or is gone, or its namespace is going away.
+fn benign(e: &RegistryError) -> bool {
+    matches!(
+        e,
+        RegistryError::NotFound { .. }
+            | RegistryError::Conflict { .. }
+            | RegistryError::AlreadyExists { .. }
+            | RegistryError::NamespaceTerminating(_)
+            | RegistryError::NamespaceNotFound(_)
+    )
+}
+
+enum Write {
+    Create(Value),
+    Delete { namespace: String, name: String },
+}
+
+#[async_trait::async_trait]
+impl Reconciler for ReplicaSetController {
+    fn name(&self) -> &'static str {
+        "replicaset-controller"
+    }
+
+    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
+        let mut outcome = PassOutcome::default();
+        let mut writes = Vec::new();
+        let mut statuses: Vec<(Value, Value)> = Vec::new();
+        {
+            let mut s = ctx.cache.write();
+            let keys: Vec<String> = if resync {
+                s.dirty.replicasets.clear();
+                s.replicasets.keys().cloned().collect()
+            } else {
+                s.dirty.replicasets.drain().collect()
+            };
+            let node_load: HashMap<String, usize> = s.pods_by_node.iter().map(|(n, p)| (n.clone(), p.len())).collect();
+            let mut budget = ctx.settings.replica_burst_max;
+            for key in keys {
+                let Some(rs) = s.replicasets.get(&key) else { continue };
+                if object::meta_str(rs, "deletionTimestamp").is_some() {
+                    continue;
+                }
+                let uid = object::uid(rs).unwrap_or_default();
+                let pods: Vec<_> = s.pods_of(uid).collect();
+                let ReplicaDecision { create, delete, status } = decide(rs, &pods, &node_load);
+                let wanted = create + delete.len();
+                if wanted > budget {
+                    // Over this pass's budget: do part now, the rest next.
+                    outcome.more = true;
+                }
+                let ns = object::namespace(rs).unwrap_or("default").to_string();
+                let template = (create > 0).then(|| pod_from_template(rs));
+                let take = wanted.min(budget);
+                budget -= take;
+                let creates = create.min(take);
+                writes.extend((0..creates).filter_map(|_| template.clone()).map(Write::Create));
+                writes.extend(delete.into_iter().take(take - creates).map(|name| Write::Delete { namespace: ns.clone(), name }));
+                if !status_matches(rs.get("status"), &status) {
+                    statuses.push((rs.clone(), status));
+                }
+                if take < wanted {
+                    s.dirty.replicasets.insert(key);
+                }
+            }
+        }
+        let pods = lookup("pods").expect("pods are served");
+        let results = futures::stream::iter(writes.into_iter().map(|w| async move {
+            match w {
+                Write::Create(pod) => {
+                    let ns = object::namespace(&pod).unwrap_or("default").to_string();
+                    ctx.registry.create(pods, Some(&ns), pod).await
+                }
+                Write::Delete { namespace, name } => {
+                    ctx.registry.delete_with_grace(pods, Some(&namespace), &name, None, Propagation::Background, None).await
+                }
+            }
+        }))
+        .buffer_unordered(ctx.settings.write_concurrency_max)
+        .collect::<Vec<_>>()
+        .await;
+        for r in results {
+            match r {
+                Ok(obj) => {
+                    if let Some(rv) = object::resource_version(&obj) {
+                        outcome.note_write(Kind::Pods, rv);
+                    }
+                }
+                Err(e) if benign(&e) => outcome.more = true,
+                Err(e) => return Err(err(e)),
+            }
+        }
+        let replicasets = lookup("replicasets").expect("replicasets are served");
+        for (rs, status) in statuses {
+            let written = ctx
+                .registry
+                .read_modify_write(
+                    replicasets,
+                    object::namespace(&rs),
+                    object::name(&rs).unwrap_or_default(),
+                    None,
+                    |old| {
+                        let mut new = old.clone();
+                        new["status"] = status.clone();
+                        Ok(new)
+                    },
+                    Some("status"),
+                )
+                .await;
+            match written {
+                Ok(new) => {
+                    if let Some(rv) = object::resource_version(&new) {
+                        outcome.note_write(Kind::ReplicaSets, rv);
+                    }
+                }
+                Err(e) if benign(&e) => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+fn status_matches(current: Option<&Value>, desired: &Value) -> bool {
+    let Some(current) = current else { return false };
+    desired.as_object().into_iter().flatten().all(|(k, v)| current.get(k) == Some(v))
+}

@@ -1,0 +1,173 @@
+//! The Scheduler: takes unbound pods from the cache in batches, places
+//! them with [`ClusterView::place_batch`] over the nodes and what is
+//! already bound to them, and binds each batch in store transactions that
+//! fail if a pod changed or a node vanished underneath. A pod that fits
+//! nowhere gets `PodScheduled=False` with the reason and a
+//! FailedScheduling event, and is tried again when nodes change, when
+//! bound pods go away, or on the resync period.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::cache::{Kind, PodView};
+use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
+use super::placement::{node_info, ClusterView, Placement};
+use crate::model::object;
+use crate::model::resources::lookup;
+use crate::registry::{set_condition, RegistryError};
+
+#[derive(Default)]
+pub struct Scheduler {
+    /// Pods that fit nowhere, with the reason given and the cluster epoch
+    /// at which it was given; they wait for the epoch to move.
+    unschedulable: HashMap<String, (String, (u64, u64))>,
+}
+
+pub fn make() -> Box<dyn Reconciler> {
+    Box::<Scheduler>::default()
+}
+
+fn err(source: RegistryError) -> ControllerError {
+    ControllerError::Registry { controller: "scheduler", source }
+}
+
+#[async_trait::async_trait]
+impl Reconciler for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
+        let mut outcome = PassOutcome::default();
+        let (batch, mut view, epoch) = {
+            let s = ctx.cache.read();
+            if s.pending.is_empty() {
+                self.unschedulable.clear();
+                return Ok(outcome);
+            }
+            // The epoch moves when nodes change or bound pods go away: only
+            // then can a pod that fit nowhere fit somewhere.
+            let epoch = (s.revision(Kind::Nodes), s.released_pods);
+            if resync {
+                self.unschedulable.clear();
+            }
+            self.unschedulable.retain(|k, (_, e)| *e == epoch && s.pending.contains(k));
+            let batch: Vec<PodView> = s
+                .pending
+                .iter()
+                .filter(|k| !self.unschedulable.contains_key(*k))
+                .take(ctx.settings.schedule_batch_max)
+                .filter_map(|k| s.pods.get(k).cloned())
+                .collect();
+            if batch.is_empty() {
+                return Ok(outcome);
+            }
+            let mut view = ClusterView::new(s.nodes.values().map(node_info).collect());
+            for (node, keys) in &s.pods_by_node {
+                for pod in keys.iter().filter_map(|k| s.pods.get(k)) {
+                    if pod.phase != "Succeeded" && pod.phase != "Failed" {
+                        view.account(&pod.info, node);
+                    }
+                }
+            }
+            outcome.more = s.pending.len() > batch.len() + self.unschedulable.len();
+            (batch, view, epoch)
+        };
+        let infos: Vec<_> = batch.iter().map(|p| p.info.as_ref().clone()).collect();
+        let placements = view.place_batch(&infos);
+        let mut binds: Vec<(Arc<Value>, String)> = Vec::new();
+        let mut failed: Vec<(&PodView, String)> = Vec::new();
+        for (pod, placement) in batch.iter().zip(placements) {
+            match (placement, &pod.object) {
+                (Placement::Bind { node }, Some(obj)) => binds.push((obj.clone(), node)),
+                (Placement::Unschedulable { reason }, _) => failed.push((pod, reason)),
+                (Placement::Bind { .. }, None) => {}
+            }
+        }
+        for chunk in binds.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
+            let pairs: Vec<(&Value, &str)> = chunk.iter().map(|(p, n)| (p.as_ref(), n.as_str())).collect();
+            match ctx.registry.bind_pods(&pairs).await.map_err(err)? {
+                Some(revision) => outcome.note_write(Kind::Pods, revision),
+                None => {
+                    // Something in the chunk moved: bind one by one, and
+                    // leave the ones that changed to the next pass.
+                    let singles = futures::stream::iter(chunk.to_vec().into_iter().map(|(pod, node)| {
+                        let registry = ctx.registry.clone();
+                        async move { registry.bind_pods(&[(pod.as_ref(), node.as_str())]).await }
+                    }))
+                    .buffer_unordered(ctx.settings.write_concurrency_max)
+                    .collect::<Vec<_>>()
+                    .await;
+                    for r in singles {
+                        if let Some(revision) = r.map_err(err)? {
+                            outcome.note_write(Kind::Pods, revision);
+                        }
+                    }
+                    outcome.more = true;
+                }
+            }
+        }
+        for (pod, reason) in failed {
+            let key = pod.key();
+            let previous = self.unschedulable.insert(key, (reason.clone(), epoch));
+            if previous.is_some_and(|(r, _)| r == reason) {
+                continue;
+            }
+            if let Some(revision) = self.mark_unschedulable(ctx, pod, &reason).await? {
+                outcome.note_write(Kind::Pods, revision);
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Scheduler {
+    /// Writes PodScheduled=False with the reason (if it says something
+    /// new) and records a FailedScheduling event.
+    async fn mark_unschedulable(&self, ctx: &LeaderContext, pod: &PodView, reason: &str) -> Result<Option<u64>, ControllerError> {
+        let Some(obj) = &pod.object else { return Ok(None) };
+        let already = obj
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == reason));
+        if already {
+            return Ok(None);
+        }
+        let pods = lookup("pods").expect("pods are served");
+        let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason,
+                               "lastTransitionTime": object::now()});
+        let written = ctx
+            .registry
+            .read_modify_write(
+                pods,
+                Some(&pod.namespace),
+                &pod.name,
+                None,
+                |old| {
+                    let mut new = old.clone();
+                    if new.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                        return Ok(old.clone());
+                    }
+                    set_condition(&mut new, condition.clone());
+                    if new.pointer("/status/phase").is_none() {
+                        new["status"]["phase"] = json!("Pending");
+                    }
+                    Ok(new)
+                },
+                Some("status"),
+            )
+            .await;
+        match written {
+            Ok(new) => {
+                ctx.registry.record_event(&new, "Warning", "FailedScheduling", reason).await;
+                tracing::info!(pod = %pod.key(), reason, "pod fits on no node");
+                Ok(object::resource_version(&new))
+            }
+            Err(RegistryError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(err(e)),
+        }
+    }
+}
