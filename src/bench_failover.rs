@@ -33,34 +33,65 @@ pub struct FailoverBenchArgs {
     json: bool,
 }
 
-/// Running replicas per node, from the registry.
-async fn running_by_node(registry: &flotilla_actors::Registry) -> Result<HashMap<String, usize>, String> {
-    let pods = lookup("pods").expect("pods are served");
-    let (items, _, _) =
-        registry.list(pods, Some("default"), &Default::default(), &Default::default(), 0, None).await.map_err(|e| e.to_string())?;
-    let mut by_node = HashMap::new();
-    for p in &items {
-        let running =
-            p.pointer("/status/phase").and_then(Value::as_str) == Some("Running") && p.pointer("/metadata/deletionTimestamp").is_none();
-        if let (true, Some(node)) = (running, p.pointer("/spec/nodeName").and_then(Value::as_str)) {
-            *by_node.entry(node.to_string()).or_insert(0) += 1;
-        }
-    }
-    Ok(by_node)
+/// Which pods run where, kept current from a watch (listing 1,000 pods
+/// every few milliseconds would load the server more than the failover).
+struct Tracker {
+    watch: flotilla_actors::RegistryWatch,
+    /// Running, not terminating pods: name -> node.
+    running: HashMap<String, String>,
 }
 
-async fn wait_running(registry: &flotilla_actors::Registry, want: usize, except: Option<&str>, timeout: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let by_node = running_by_node(registry).await?;
-        let total: usize = by_node.iter().filter(|(n, _)| Some(n.as_str()) != except).map(|(_, c)| c).sum();
-        if total >= want {
-            return Ok(());
+impl Tracker {
+    async fn start(registry: &flotilla_actors::Registry) -> Result<Tracker, String> {
+        let pods = lookup("pods").expect("pods are served");
+        let (items, rv, _) =
+            registry.list(pods, Some("default"), &Default::default(), &Default::default(), 0, None).await.map_err(|e| e.to_string())?;
+        let watch = registry.watch(pods, Some("default"), rv).map_err(|e| e.to_string())?;
+        let mut t = Tracker { watch, running: HashMap::new() };
+        for p in &items {
+            t.apply(p, false);
         }
-        if Instant::now() > deadline {
-            return Err(format!("only {total} of {want} replicas running after {} s", timeout.as_secs()));
+        Ok(t)
+    }
+
+    fn apply(&mut self, pod: &Value, deleted: bool) {
+        let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+        let running = !deleted
+            && pod.pointer("/status/phase").and_then(Value::as_str) == Some("Running")
+            && pod.pointer("/metadata/deletionTimestamp").is_none();
+        match (running, pod.pointer("/spec/nodeName").and_then(Value::as_str)) {
+            (true, Some(node)) => self.running.insert(name, node.to_string()),
+            _ => self.running.remove(&name),
+        };
+    }
+
+    fn by_node(&self) -> HashMap<String, usize> {
+        let mut by_node = HashMap::new();
+        for node in self.running.values() {
+            *by_node.entry(node.clone()).or_insert(0) += 1;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        by_node
+    }
+
+    /// Waits until `want` pods run on nodes other than `except`.
+    async fn wait_running(&mut self, want: usize, except: Option<&str>, timeout: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let total = self.running.values().filter(|n| Some(n.as_str()) != except).count();
+            if total >= want {
+                return Ok(());
+            }
+            tokio::select! {
+                batch = self.watch.next() => {
+                    for ev in batch.map_err(|e| e.to_string())? {
+                        self.apply(&ev.object, ev.kind == "DELETED");
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(format!("only {total} of {want} replicas running after {} s", timeout.as_secs()));
+                }
+            }
+        }
     }
 }
 
@@ -83,19 +114,20 @@ pub async fn run(args: FailoverBenchArgs) -> Result<i32, String> {
                  "template": {"metadata": {"labels": {"app": "failover"}},
                               "spec": {"containers": [{"name": "main", "image": "flotilla/busybox:latest",
                                                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
+    let mut tracker = Tracker::start(&registry).await?;
     registry.create(lookup("replicasets").expect("served"), Some("default"), rs).await.map_err(|e| e.to_string())?;
-    wait_running(&registry, args.pods, None, Duration::from_secs(120)).await?;
+    tracker.wait_running(args.pods, None, Duration::from_secs(120)).await?;
     eprintln!("{} replicas running on {} sim nodes; {} trials", args.pods, args.nodes, args.trials);
 
     let mut times = Vec::new();
     for trial in 0..args.trials {
-        let by_node = running_by_node(&registry).await?;
+        let by_node = tracker.by_node();
         // The node with the most replicas: the worst case to lose.
         let victim = names.iter().max_by_key(|n| by_node.get(*n).copied().unwrap_or(0)).cloned().unwrap_or_default();
         let lost = by_node.get(&victim).copied().unwrap_or(0);
         let t = Instant::now();
         cluster.kill_node(&victim).await;
-        wait_running(&registry, args.pods, Some(&victim), Duration::from_secs(args.trial_timeout_secs)).await?;
+        tracker.wait_running(args.pods, Some(&victim), Duration::from_secs(args.trial_timeout_secs)).await?;
         let took = t.elapsed();
         times.push(took);
         eprintln!(

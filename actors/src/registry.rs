@@ -189,6 +189,48 @@ impl Registry {
         }
     }
 
+    /// Creates many objects of one namespace in one store transaction (one
+    /// Raft entry): what a controller making replicas needs. All or none:
+    /// if any name is taken the transaction fails with AlreadyExists and
+    /// the caller creates them one by one.
+    pub async fn create_many(&self, res: &Resource, namespace: Option<&str>, objects: Vec<Value>) -> Result<Vec<Value>, RegistryError> {
+        let ns = if res.namespaced { Some(namespace.unwrap_or("default")) } else { None };
+        if let Some(ns) = ns {
+            self.namespace_ready(ns).await?;
+        }
+        let mut admitted = Vec::with_capacity(objects.len());
+        let mut compares = Vec::with_capacity(objects.len());
+        let mut puts = Vec::with_capacity(objects.len());
+        for mut obj in objects {
+            admit_create(res, &mut obj, &context(ns))?;
+            shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
+            let key = res.key(ns, object::name(&obj).unwrap_or_default()).into_bytes();
+            compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
+            puts.push(TxnOp::Put { key, value: encode(&obj) });
+            admitted.push(obj);
+        }
+        let result = self.member.txn(compares, puts, vec![]).await?;
+        if !matches!(result.outcome, Outcome::Txn { succeeded: true, .. }) {
+            return Err(RegistryError::AlreadyExists { kind: res.plural.into(), name: "one of a batch".into() });
+        }
+        for obj in &mut admitted {
+            object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
+        }
+        Ok(admitted)
+    }
+
+    /// Removes many objects at once, unconditionally, in one transaction
+    /// (no grace, no dependents): for evicting the pods of a lost node.
+    /// Returns the revision of the write.
+    pub async fn delete_many_now(&self, res: &Resource, items: &[(String, String)]) -> Result<u64, RegistryError> {
+        let ops: Vec<TxnOp> = items
+            .iter()
+            .map(|(ns, name)| TxnOp::Delete { key: res.key(Self::ns(res, Some(ns)), name).into_bytes(), prefix: false })
+            .collect();
+        let result = self.member.txn(vec![], ops, vec![]).await?;
+        Ok(result.revision)
+    }
+
     /// Writes `obj` at `key` if the key's state matches `expected`; on
     /// success sets the object's resourceVersion to the write's revision.
     async fn put_if(&self, key: Vec<u8>, expected: CompareTarget, obj: &mut Value) -> Result<bool, RegistryError> {

@@ -10,14 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
 use super::controller::LeaderContext;
 use crate::model::object;
 use crate::model::resources::lookup;
-use crate::registry::{set_condition, Propagation, RegistryError};
+use crate::registry::{set_condition, RegistryError};
 
 /// How often a lost node's leftover pods are evicted again.
 const EVICT_RETRY: Duration = Duration::from_secs(1);
@@ -72,19 +71,19 @@ async fn set_ready(ctx: &LeaderContext, node: &str, ready: bool, message: &str) 
 }
 
 /// Deletes at once every pod bound to `node` (its agent is gone, so no one
-/// would finish a graceful deletion). Returns how many went.
+/// would finish a graceful deletion), in transactions of
+/// `bind_txn_pods_max` pods. Returns how many went.
 pub async fn evict(ctx: &LeaderContext, node: &str) -> usize {
     let victims: Vec<(String, String)> = ctx.cache.read().pods_on(node).map(|p| (p.namespace.clone(), p.name.clone())).collect();
     let pods = lookup("pods").expect("pods are served");
-    let deleted = futures::stream::iter(victims.into_iter().map(|(ns, name)| {
-        let registry = ctx.registry.clone();
-        async move { registry.delete_with_grace(pods, Some(&ns), &name, None, Propagation::Background, Some(0)).await }
-    }))
-    .buffer_unordered(ctx.settings.write_concurrency_max)
-    .filter(|r| futures::future::ready(r.is_ok()))
-    .count()
-    .await;
-    deleted
+    let mut evicted = 0;
+    for chunk in victims.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
+        match ctx.registry.delete_many_now(pods, chunk).await {
+            Ok(_) => evicted += chunk.len(),
+            Err(e) => tracing::warn!(node, error = %e, "eviction failed; the lost node's actor tries again"),
+        }
+    }
+    evicted
 }
 
 pub struct NodeActor;

@@ -40,8 +40,12 @@ fn benign(e: &RegistryError) -> bool {
 }
 
 enum Write {
-    Create(Value),
-    Delete { namespace: String, name: String },
+    /// Pods for one ReplicaSet, created in one transaction.
+    Create(Vec<Value>),
+    Delete {
+        namespace: String,
+        name: String,
+    },
 }
 
 #[async_trait::async_trait]
@@ -82,7 +86,12 @@ impl Reconciler for ReplicaSetController {
                 let take = wanted.min(budget);
                 budget -= take;
                 let creates = create.min(take);
-                writes.extend((0..creates).filter_map(|_| template.clone()).map(Write::Create));
+                if let (Some(template), true) = (template, creates > 0) {
+                    let batch: Vec<Value> = std::iter::repeat_n(template, creates).collect();
+                    for chunk in batch.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
+                        writes.push(Write::Create(chunk.to_vec()));
+                    }
+                }
                 writes.extend(delete.into_iter().take(take - creates).map(|name| Write::Delete { namespace: ns.clone(), name }));
                 if !status_matches(rs.get("status"), &status) {
                     statuses.push((rs.clone(), status));
@@ -95,12 +104,14 @@ impl Reconciler for ReplicaSetController {
         let pods = lookup("pods").expect("pods are served");
         let results = futures::stream::iter(writes.into_iter().map(|w| async move {
             match w {
-                Write::Create(pod) => {
-                    let ns = object::namespace(&pod).unwrap_or("default").to_string();
-                    ctx.registry.create(pods, Some(&ns), pod).await
+                Write::Create(batch) => {
+                    let ns = batch.first().and_then(object::namespace).unwrap_or("default").to_string();
+                    // Generated names rarely collide; when they do the
+                    // whole batch is refused and the next pass makes it.
+                    ctx.registry.create_many(pods, Some(&ns), batch).await.map(|created| created.into_iter().next())
                 }
                 Write::Delete { namespace, name } => {
-                    ctx.registry.delete_with_grace(pods, Some(&namespace), &name, None, Propagation::Background, None).await
+                    ctx.registry.delete_with_grace(pods, Some(&namespace), &name, None, Propagation::Background, None).await.map(Some)
                 }
             }
         }))
@@ -110,7 +121,7 @@ impl Reconciler for ReplicaSetController {
         for r in results {
             match r {
                 Ok(obj) => {
-                    if let Some(rv) = object::resource_version(&obj) {
+                    if let Some(rv) = obj.as_ref().and_then(object::resource_version) {
                         outcome.note_write(Kind::Pods, rv);
                     }
                 }
