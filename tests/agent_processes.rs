@@ -4,57 +4,9 @@
 //! another, keeping its pods.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-const DEADLINE: Duration = Duration::from_secs(60);
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_udp() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
-}
-
-fn free_tcp() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("tcp").local_addr().expect("addr").to_string()
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn flotilla"))
-}
-
-fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("FLOTILLA_SERVER", server)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    if let Some(s) = stdin {
-        child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write");
-    }
-    let out = child.wait_with_output().expect("output");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn until(what: &str, mut check: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+mod common;
+use common::*;
 
 fn pod(name: &str) -> String {
     format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {{nodeName: far-1, containers: [{{name: c, image: flotilla/busybox:latest}}]}}\n")

@@ -46,9 +46,16 @@ impl StoreClient {
 
     /// Sends `request` to the first peer that answers.
     pub async fn call(&self, request: &Request) -> Result<Reply, StoreError> {
+        self.call_within(request, self.limits.client_rpc_timeout()).await
+    }
+
+    /// Sends `request` to the first peer that answers within `timeout`
+    /// (each peer gets the whole timeout). A short timeout lets frequent
+    /// small calls, like heartbeats, leave a silently dead member quickly.
+    pub async fn call_within(&self, request: &Request, timeout: std::time::Duration) -> Result<Reply, StoreError> {
         let mut last = None;
         for (i, peer) in self.ordered_peers() {
-            match self.transport.call(peer, request, self.limits.client_rpc_timeout()).await {
+            match self.transport.call(peer, request, timeout).await {
                 Ok(reply) => {
                     self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
                     return Ok(reply);
@@ -156,7 +163,13 @@ impl StoreClient {
 
     /// An application request to the first member that answers.
     pub async fn app_call(&self, body: Vec<u8>) -> Result<Vec<u8>, StoreError> {
-        match self.call(&Request::App(body)).await? {
+        self.app_call_within(body, self.limits.client_rpc_timeout()).await
+    }
+
+    /// An application request to the first member that answers within
+    /// `timeout`.
+    pub async fn app_call_within(&self, body: Vec<u8>, timeout: std::time::Duration) -> Result<Vec<u8>, StoreError> {
+        match self.call_within(&Request::App(body), timeout).await? {
             Reply::App(bytes) => Ok(bytes),
             other => Err(unexpected(other)),
         }

@@ -128,7 +128,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             batch.put_cf(log, u64_key(entry.log_id.index), encode(&entry).map_err(write_err)?);
         }
-        let result = self.sync_write(batch).map_err(std::io::Error::other);
+        // The fsync runs on a blocking thread: on a worker it would stall
+        // every task scheduled there (agents' heartbeats included) for the
+        // length of the disk flush.
+        let store = self.clone();
+        let result = tokio::task::spawn_blocking(move || store.sync_write(batch))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r.map_err(std::io::Error::other));
         let failed = result.as_ref().err().map(|e| e.to_string());
         callback.log_io_completed(result);
         match failed {

@@ -188,7 +188,15 @@ fn connect_error(addr: &str, e: quinn::ConnectionError) -> StoreError {
         {
             StoreError::Unauthorized(format!("TLS handshake with {addr} failed: {t}"))
         }
-        quinn::ConnectionError::ConnectionClosed(c) => StoreError::Unauthorized(format!("{addr} closed the connection: {c}")),
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code.to_string().contains("crypto") || c.to_string().contains("certificate") =>
+        {
+            StoreError::Unauthorized(format!("{addr} closed the connection: {c}"))
+        }
+        // A member shutting down refuses new connections: try another one.
+        quinn::ConnectionError::ConnectionClosed(c) => {
+            StoreError::Unreachable { addr: addr.into(), reason: format!("closed the connection: {c}") }
+        }
         quinn::ConnectionError::TimedOut => StoreError::Timeout { addr: addr.into(), timeout_ms: 0 },
         other => StoreError::Unreachable { addr: addr.into(), reason: other.to_string() },
     }

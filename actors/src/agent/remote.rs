@@ -86,6 +86,11 @@ fn encode(reply: &AgentReply) -> Vec<u8> {
     serde_json::to_vec(reply).unwrap_or_default()
 }
 
+/// Deadline of one heartbeat call to one server.
+const HEARTBEAT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+/// Deadline of any other agent call to one server.
+const AGENT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long a member waits for the leader to take a relayed heartbeat.
 const HEARTBEAT_RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1_000);
 
@@ -197,8 +202,14 @@ impl RemoteControlPlane {
     }
 
     async fn call(&self, request: AgentRequest) -> Result<AgentReply, AgentError> {
+        // Heartbeats must reach some server well within the node grace
+        // period, so a member that died silently costs them little.
+        let timeout = match request {
+            AgentRequest::Heartbeat { .. } => HEARTBEAT_CALL_TIMEOUT,
+            _ => AGENT_CALL_TIMEOUT,
+        };
         let body = serde_json::to_vec(&request).map_err(|e| AgentError::Refused(e.to_string()))?;
-        let bytes = self.client.app_call(body).await.map_err(store_error)?;
+        let bytes = self.client.app_call_within(body, timeout).await.map_err(store_error)?;
         let reply: AgentReply =
             serde_json::from_slice(&bytes).map_err(|e| AgentError::Refused(format!("bad reply from the server: {e}")))?;
         match reply {

@@ -74,6 +74,13 @@ async fn set_ready(ctx: &LeaderContext, node: &str, ready: bool, message: &str) 
 /// would finish a graceful deletion), in transactions of
 /// `bind_txn_pods_max` pods. Returns how many went.
 pub async fn evict(ctx: &LeaderContext, node: &str) -> usize {
+    if let Some((silent, total)) = mass_silence(ctx) {
+        // Like Kubernetes' unhealthy-zone rule: when most nodes go quiet at
+        // once, the fault is more likely ours (a partitioned or new
+        // leader) than theirs, and evicting everything would be the outage.
+        tracing::warn!(node, silent, total, "most nodes are silent at once; evictions paused until they answer again");
+        return 0;
+    }
     let victims: Vec<(String, String)> = ctx.cache.read().pods_on(node).map(|p| (p.namespace.clone(), p.name.clone())).collect();
     let pods = lookup("pods").expect("pods are served");
     let mut evicted = 0;
@@ -84,6 +91,15 @@ pub async fn evict(ctx: &LeaderContext, node: &str) -> usize {
         }
     }
     evicted
+}
+
+/// Some((silent, total)) when more than half of three or more nodes have
+/// sent no heartbeat within the grace period.
+fn mass_silence(ctx: &LeaderContext) -> Option<(usize, usize)> {
+    let names: Vec<String> = ctx.cache.read().nodes.keys().cloned().collect();
+    let grace = ctx.settings.node_grace();
+    let silent = names.iter().filter(|n| ctx.heartbeats.last(n).is_none_or(|(t, _)| t.elapsed() > grace)).count();
+    (names.len() >= 3 && silent * 2 > names.len()).then_some((silent, names.len()))
 }
 
 pub struct NodeActor;

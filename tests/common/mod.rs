@@ -1,0 +1,112 @@
+//! Helpers shared by the process-level tests: start `flotilla`
+//! processes (killed when dropped), run CLI commands, wait for conditions
+//! with a deadline.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_udp() -> String {
+    std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
+}
+
+pub fn free_tcp() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("tcp").local_addr().expect("addr").to_string()
+}
+
+pub fn spawn(args: &[&str]) -> Proc {
+    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn flotilla"))
+}
+
+pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("FLOTILLA_SERVER", server)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(s) = stdin {
+        child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write");
+    }
+    let out = child.wait_with_output().expect("output");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Three `flotilla server` processes joined into one cluster.
+pub struct Servers {
+    pub procs: Vec<Option<Proc>>,
+    pub peers: Vec<String>,
+    pub https: Vec<String>,
+    pub token: String,
+}
+
+impl Servers {
+    pub fn start(root: &std::path::Path, extra: &[&str]) -> Servers {
+        let dir = |i: usize| root.join(format!("m{i}"));
+        let peers: Vec<String> = (0..3).map(|_| free_udp()).collect();
+        let https: Vec<String> = (0..3).map(|_| free_tcp()).collect();
+        let mut procs = Vec::new();
+        for i in 0..3 {
+            let d = dir(i + 1);
+            let id = (i + 1).to_string();
+            let mut args = vec!["server", "--id", &id, "--data-dir", d.to_str().expect("utf8"), "--peer", &peers[i], "--http", &https[i]];
+            args.extend_from_slice(extra);
+            let token;
+            if i == 0 {
+                args.push("--bootstrap");
+                procs.push(Some(spawn(&args)));
+                until("join token", || dir(1).join("join-token").exists());
+            } else {
+                token = std::fs::read_to_string(dir(1).join("join-token")).expect("token").trim().to_string();
+                args.extend_from_slice(&["--join", &peers[0], "--token", &token]);
+                procs.push(Some(spawn(&args)));
+            }
+        }
+        let token = std::fs::read_to_string(dir(1).join("join-token")).expect("token").trim().to_string();
+        let s = Servers { procs, peers, https, token };
+        until("the cluster serves the API", || cli(&s.api(2), &["get", "namespaces"], None).1.contains("default"));
+        s
+    }
+
+    pub fn api(&self, i: usize) -> String {
+        format!("http://{}", self.https[i])
+    }
+
+    /// The index of the member that leads now, as `flotilla store members` says.
+    pub fn leader(&self) -> Option<usize> {
+        for (i, p) in self.procs.iter().enumerate() {
+            if p.is_none() {
+                continue;
+            }
+            let out = Command::new(BIN).args(["store", "--peer", &self.peers[i], "--token", &self.token, "members"]).output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if let Some(line) = text.lines().find(|l| l.contains("leader")) {
+                return self.peers.iter().position(|p| line.contains(p.as_str()));
+            }
+        }
+        None
+    }
+}
