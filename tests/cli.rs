@@ -226,4 +226,57 @@ fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
         assert!(start.elapsed() < DEADLINE, "pod never went away");
         std::thread::sleep(Duration::from_millis(100));
     }
+
+    // A Deployment through the scheduler and controllers, a rolling
+    // update followed with `rollout status`, an undo, and a chaos kill of
+    // one replica that its restart policy brings back.
+    let web = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/web-deployment.yaml")).expect("example");
+    assert_eq!(flotilla(&url, &["apply", "-f", "-"], Some(&web)).0, 0);
+    let running =
+        |url: &str| flotilla(url, &["get", "pods"], None).1.lines().filter(|l| l.starts_with("web-") && l.contains(" Running ")).count();
+    let start = Instant::now();
+    while running(&url) != 3 {
+        assert!(start.elapsed() < DEADLINE, "3 web replicas never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let v2 = web.replace("web v1 serving", "web v2 serving");
+    assert_eq!(flotilla(&url, &["apply", "-f", "-"], Some(&v2)).0, 0);
+    let (code, out, err) = flotilla(&url, &["rollout", "status", "deployment", "web", "--timeout", "60"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("deployment \"web\" successfully rolled out\n"), "{out}");
+    let (_, rs, _) = flotilla(&url, &["get", "replicasets"], None);
+    assert_eq!(rs.lines().filter(|l| l.starts_with("web-")).count(), 2, "old and new ReplicaSets: {rs}");
+    let (code, out, _) = flotilla(&url, &["rollout", "undo", "deployment", "web"], None);
+    assert_eq!((code, out.as_str()), (0, "deployment.apps/web rolled back\n"));
+    assert_eq!(flotilla(&url, &["rollout", "status", "deployment", "web", "--timeout", "60"], None).0, 0);
+    let start = Instant::now();
+    loop {
+        let (_, pods, _) = flotilla(&url, &["get", "pods"], None);
+        let names: Vec<&str> = pods.lines().filter(|l| l.starts_with("web-")).filter_map(|l| l.split_whitespace().next()).collect();
+        let logs_v1 = names.iter().all(|n| flotilla(&url, &["logs", n], None).1.contains("web v1 serving"));
+        if names.len() == 3 && running(&url) == 3 && logs_v1 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "undo did not bring v1 back: {pods}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let victim = flotilla(&url, &["get", "pods"], None)
+        .1
+        .lines()
+        .find(|l| l.starts_with("web-"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("a replica")
+        .to_string();
+    let (code, out, _) = flotilla(&url, &["chaos", "kill-pod", &victim], None);
+    assert!(code == 0 && out.contains("ordered kill-pod default/"), "{out}");
+    let start = Instant::now();
+    loop {
+        let (_, pods, _) = flotilla(&url, &["get", "pods"], None);
+        let line = pods.lines().find(|l| l.starts_with(victim.as_str())).unwrap_or_default().to_string();
+        if line.contains(" Running ") && line.split_whitespace().nth(3) == Some("1") {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the killed replica was not restarted: {line}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -27,7 +27,18 @@ pub fn free_tcp() -> String {
 }
 
 pub fn spawn(args: &[&str]) -> Proc {
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn flotilla"))
+    // FLOTILLA_TEST_LOGS=DIR keeps each process's stderr there, to read
+    // when a test fails.
+    let stderr = match std::env::var_os("FLOTILLA_TEST_LOGS") {
+        Some(dir) => {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(&dir).join(format!("{}-{n}-{}.log", std::process::id(), args.first().unwrap_or(&"x")));
+            std::fs::File::create(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+        }
+        None => Stdio::null(),
+    };
+    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn flotilla"))
 }
 
 pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {

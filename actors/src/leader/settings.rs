@@ -47,7 +47,7 @@ impl Default for LeaderSettings {
             cache_catch_up_ms: 5_000,
             restart_first_ms: 100,
             restart_max_ms: 10_000,
-            takeover_grace_ms: 1_000,
+            takeover_grace_ms: 3_000,
         }
     }
 }
