@@ -26,7 +26,7 @@ pub struct ScheduleBenchArgs {
     #[arg(long, default_value_t = 50_000)]
     pods: usize,
     /// Concurrent API clients creating pods.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 32)]
     clients: usize,
     /// Longest the benchmark waits for every pod to run.
     #[arg(long, default_value_t = 900)]

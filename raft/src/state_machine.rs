@@ -279,6 +279,15 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> StoreResult<Snapshot<TypeConfig>> {
+        // Reading and encoding the whole store takes seconds at scale: on a
+        // worker thread it would stall every task scheduled there.
+        let builder = SnapshotBuilder { db: self.db.clone(), snapshot_path: self.snapshot_path.clone() };
+        tokio::task::spawn_blocking(move || builder.build_blocking()).await.map_err(sm_write_err)?
+    }
+}
+
+impl SnapshotBuilder {
+    fn build_blocking(&self) -> StoreResult<Snapshot<TypeConfig>> {
         // Everything the snapshot covers must be durable before the log
         // behind it may be purged.
         self.db.flush_wal(true).map_err(sm_write_err)?;

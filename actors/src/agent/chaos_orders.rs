@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -66,7 +66,7 @@ impl ChaosOrder {
 #[derive(Clone)]
 pub struct ChaosOrders {
     registry: Registry,
-    orders: Arc<Mutex<HashMap<String, String>>>,
+    orders: Arc<RwLock<HashMap<String, String>>>,
     started: Arc<AtomicBool>,
 }
 
@@ -85,12 +85,12 @@ impl ChaosOrders {
             let me = self.clone();
             tokio::spawn(async move { me.run().await });
         }
-        self.orders.lock().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
+        self.orders.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }
 
     fn set(&self, node: &Value, deleted: bool) {
         let name = object::name(node).unwrap_or_default().to_string();
-        let mut orders = self.orders.lock().unwrap_or_else(|p| p.into_inner());
+        let mut orders = self.orders.write().unwrap_or_else(|p| p.into_inner());
         match order_of(node).filter(|_| !deleted) {
             Some(o) => orders.insert(name, o),
             None => orders.remove(&name),
@@ -107,7 +107,7 @@ impl ChaosOrders {
                     continue;
                 }
             };
-            self.orders.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.orders.write().unwrap_or_else(|p| p.into_inner()).clear();
             for n in &items {
                 self.set(n, false);
             }

@@ -5,7 +5,7 @@
 //! serves `flotilla up` and the sim benchmarks.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use serde_json::{json, Value};
@@ -50,10 +50,13 @@ impl From<RegistryError> for AgentError {
     }
 }
 
-/// The last heartbeat of each node, with the usage it reported.
+/// The last heartbeat of each node, with the usage it reported. Thousands
+/// of agents beat five times a second and as many NodeActors look, so the
+/// map is read-locked for both and each node has its own small lock; the
+/// map is write-locked only when a node beats for the first time.
 #[derive(Clone, Default)]
 pub struct Heartbeats {
-    inner: Arc<Mutex<HashMap<String, (Instant, NodeUsage)>>>,
+    inner: Arc<RwLock<HashMap<String, Arc<Mutex<(Instant, NodeUsage)>>>>>,
 }
 
 /// What a heartbeat carries.
@@ -66,10 +69,20 @@ pub struct NodeUsage {
 
 impl Heartbeats {
     pub fn beat(&self, node: &str, usage: NodeUsage) {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).insert(node.to_string(), (Instant::now(), usage));
+        let slot = self.inner.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned();
+        match slot {
+            Some(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), usage),
+            None => {
+                self.inner
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(node.to_string(), Arc::new(Mutex::new((Instant::now(), usage))));
+            }
+        }
     }
     pub fn last(&self, node: &str) -> Option<(Instant, NodeUsage)> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).get(node).copied()
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        map.get(node).map(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

@@ -133,6 +133,24 @@ impl PodView {
     }
 }
 
+/// Pods in the placement log at most; past it the scheduler recounts.
+const PLACEMENT_LOG_MAX: usize = 200_000;
+
+/// One change of what is placed on a node.
+#[derive(Clone, Debug)]
+pub struct PlacementChange {
+    pub key: String,
+    pub node: String,
+    pub info: Arc<PodInfo>,
+    /// True when the pod now counts on the node, false when it no longer does.
+    pub added: bool,
+}
+
+/// Where a pod counts against node capacity: bound and not ended.
+fn counted_on(p: &PodView) -> Option<&str> {
+    p.node.as_deref().filter(|_| p.phase != "Succeeded" && p.phase != "Failed")
+}
+
 /// What changed since a consumer last looked.
 #[derive(Default, Debug)]
 pub struct Dirty {
@@ -161,6 +179,13 @@ pub struct CacheState {
     synced: HashSet<Kind>,
     /// Counts bound pods that went away or ended (capacity freed).
     pub released_pods: u64,
+    /// What changed on nodes since the scheduler last looked: a pod's
+    /// requests counted on (+) or taken off (-) a node. The scheduler keeps
+    /// its view current from this instead of recounting every pod.
+    pub placement_log: Vec<PlacementChange>,
+    /// Set when the log overflowed or the pods were listed afresh: the
+    /// scheduler must recount from scratch.
+    pub placement_reset: bool,
     pub dirty: Dirty,
 }
 
@@ -207,6 +232,18 @@ impl CacheState {
             .collect()
     }
 
+    fn log_placement(&mut self, key: &str, node: &str, info: &Arc<PodInfo>, added: bool) {
+        if self.placement_reset {
+            return;
+        }
+        if self.placement_log.len() >= PLACEMENT_LOG_MAX {
+            self.placement_log.clear();
+            self.placement_reset = true;
+            return;
+        }
+        self.placement_log.push(PlacementChange { key: key.to_string(), node: node.to_string(), info: info.clone(), added });
+    }
+
     fn remove_pod(&mut self, key: &str) {
         let Some(old) = self.pods.remove(key) else { return };
         if let Some(o) = &old.owner_uid {
@@ -233,6 +270,17 @@ impl CacheState {
     fn put_pod(&mut self, pod: &Value) {
         let view = PodView::from_object(pod);
         let key = view.key();
+        let before = self.pods.get(&key).and_then(|p| counted_on(p).map(|n| (n.to_string(), p.info.clone())));
+        let after = counted_on(&view).map(String::from);
+        if before.as_ref().map(|(n, _)| n) != after.as_ref() {
+            if let Some((node, info)) = &before {
+                self.log_placement(&key, node, info, false);
+            }
+            if let Some(node) = &after {
+                let info = view.info.clone();
+                self.log_placement(&key, node, &info, true);
+            }
+        }
         if !view.is_active() && self.pods.get(&key).is_some_and(|p| p.is_active()) {
             self.released_pods += 1;
         }
@@ -268,6 +316,9 @@ impl CacheState {
             Kind::Pods if deleted => {
                 if self.pods.get(&key).is_some_and(|p| p.node.is_some()) {
                     self.released_pods += 1;
+                }
+                if let Some((node, info)) = self.pods.get(&key).and_then(|p| counted_on(p).map(|n| (n.to_string(), p.info.clone()))) {
+                    self.log_placement(&key, &node, &info, false);
                 }
                 self.remove_pod(&key)
             }
@@ -332,6 +383,8 @@ impl CacheState {
                 for k in keys {
                     self.remove_pod(&k);
                 }
+                self.placement_log.clear();
+                self.placement_reset = true;
             }
             Kind::Nodes => self.nodes.clear(),
             Kind::ReplicaSets => {

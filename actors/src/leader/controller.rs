@@ -22,6 +22,9 @@ pub struct LeaderContext {
     pub cache: Arc<ClusterCache>,
     pub heartbeats: Heartbeats,
     pub settings: LeaderSettings,
+    /// The last count of silent nodes, and when it was taken (see
+    /// `node_lifecycle::mass_silence`).
+    pub silence: std::sync::Mutex<Option<(std::time::Instant, Option<(usize, usize)>)>>,
 }
 
 /// Why a reconcile pass failed.

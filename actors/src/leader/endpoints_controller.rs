@@ -51,6 +51,13 @@ impl Reconciler for EndpointsController {
             let mut changes = Vec::new();
             for ns in &namespaces {
                 let prefix = format!("{ns}/");
+                let in_ns = |m: &std::collections::BTreeMap<String, Value>| {
+                    m.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+                };
+                if !in_ns(&s.services) && !in_ns(&s.endpoints) {
+                    // No services here: pod churn changes nothing.
+                    continue;
+                }
                 let pods: Vec<_> = s.pods.values().filter(|p| &p.namespace == ns).collect();
                 for (key, svc) in s.services.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
                     let Some(mut desired) = endpoints_for(svc, pods.iter().copied()) else { continue };

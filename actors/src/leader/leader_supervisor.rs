@@ -95,6 +95,7 @@ impl LeaderState {
             cache: ClusterCache::start(self.args.registry.clone()),
             heartbeats: self.args.heartbeats.clone(),
             settings: self.args.settings.clone(),
+            silence: Default::default(),
         });
         self.leading = Some(Leading { term: self.terms, ctx, children: Vec::new(), failures: 0 });
         for kind in [ChildKind::Nodes, ChildKind::Scheduler, ChildKind::Controllers] {

@@ -95,11 +95,24 @@ pub async fn evict(ctx: &LeaderContext, node: &str) -> usize {
 
 /// Some((silent, total)) when more than half of three or more nodes have
 /// sent no heartbeat within the grace period.
+/// Counted at most every node check period: with thousands of nodes lost
+/// together, counting for each of them would be quadratic.
 fn mass_silence(ctx: &LeaderContext) -> Option<(usize, usize)> {
-    let names: Vec<String> = ctx.cache.read().nodes.keys().cloned().collect();
+    let mut memo = ctx.silence.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, verdict)) = *memo {
+        if at.elapsed() < ctx.settings.node_check() {
+            return verdict;
+        }
+    }
     let grace = ctx.settings.node_grace();
-    let silent = names.iter().filter(|n| ctx.heartbeats.last(n).is_none_or(|(t, _)| t.elapsed() > grace)).count();
-    (names.len() >= 3 && silent * 2 > names.len()).then_some((silent, names.len()))
+    let (silent, total) = {
+        let cache = ctx.cache.read();
+        let silent = cache.nodes.keys().filter(|n| ctx.heartbeats.last(n).is_none_or(|(t, _)| t.elapsed() > grace)).count();
+        (silent, cache.nodes.len())
+    };
+    let verdict = (total >= 3 && silent * 2 > total).then_some((silent, total));
+    *memo = Some((std::time::Instant::now(), verdict));
+    verdict
 }
 
 pub struct NodeActor;
@@ -143,7 +156,10 @@ impl Actor for NodeActor {
                 // A new leader gives agents time to find it before judging.
                 let reference = last_beat.filter(|b| *b >= state.started).unwrap_or(state.started + ctx.settings.takeover_grace());
                 let silent = now.saturating_duration_since(reference);
-                if silent > grace {
+                // When most nodes are silent together the fault is more
+                // likely here (an overloaded or cut-off leader) than in the
+                // nodes: marking thousands NotReady would only add to it.
+                if silent > grace && mass_silence(ctx).is_none() {
                     return Err(NodeError::HeartbeatsStopped {
                         node: name.to_string(),
                         silent_ms: silent.as_millis(),
@@ -151,8 +167,14 @@ impl Actor for NodeActor {
                     }
                     .into());
                 }
+                // Thousands of NodeActors tick several times a second: the
+                // stored status is read at most once a second each.
+                if !due {
+                    return Ok(());
+                }
+                state.last_action = Some(now);
                 let stored_ready = ctx.cache.read().nodes.get(name).map(node_ready);
-                if stored_ready == Some(false) && last_beat.is_some_and(|b| now.duration_since(b) < grace) && due {
+                if stored_ready == Some(false) && last_beat.is_some_and(|b| now.duration_since(b) < grace) {
                     state.last_action = Some(now);
                     set_ready(ctx, name, true, "flotilla agent is posting heartbeats").await?;
                 }
@@ -227,7 +249,7 @@ impl Actor for NodeSupervisor {
                     return;
                 }
                 // Node churn is slow; a Sync per burst of changes is plenty.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
         });
         myself.send_interval(ctx.settings.resync(), || NodeSupervisorMsg::Sync);
@@ -245,27 +267,33 @@ impl Actor for NodeSupervisor {
         _msg: NodeSupervisorMsg,
         state: &mut NodeSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (wanted, synced): (HashMap<String, bool>, bool) = {
+        // Only new and deleted nodes matter here; with thousands of nodes
+        // this runs often, so nothing is parsed for the others.
+        let (new_nodes, gone): (Vec<(String, bool)>, Vec<String>) = {
             let s = state.ctx.cache.read();
-            (s.nodes.iter().map(|(n, v)| (n.clone(), node_ready(v))).collect(), s.synced())
+            if !s.synced() {
+                return Ok(());
+            }
+            let new_nodes =
+                s.nodes.iter().filter(|(n, _)| !state.actors.contains_key(*n)).map(|(n, v)| (n.clone(), node_ready(v))).collect();
+            let gone = if s.nodes.len() == state.actors.len() {
+                Vec::new()
+            } else {
+                state.actors.keys().filter(|n| !s.nodes.contains_key(*n)).cloned().collect()
+            };
+            (new_nodes, gone)
         };
-        if !synced {
-            return Ok(());
-        }
-        let gone: Vec<String> = state.actors.keys().filter(|n| !wanted.contains_key(*n)).cloned().collect();
         for name in gone {
             if let Some(actor) = state.actors.remove(&name) {
                 state.by_actor.remove(&actor.get_id());
                 actor.stop(Some("node deleted".into()));
             }
         }
-        for (name, ready) in wanted {
-            if !state.actors.contains_key(&name) {
-                // A node already NotReady starts out lost: its leftovers are
-                // evicted and it is Ready again only when it beats.
-                let lost = (!ready).then(Instant::now);
-                state.spawn_node(&myself, name, lost).await;
-            }
+        for (name, ready) in new_nodes {
+            // A node already NotReady starts out lost: its leftovers are
+            // evicted and it is Ready again only when it beats.
+            let lost = (!ready).then(Instant::now);
+            state.spawn_node(&myself, name, lost).await;
         }
         Ok(())
     }

@@ -66,7 +66,11 @@ impl Reconciler for ReplicaSetController {
             } else {
                 s.dirty.replicasets.drain().collect()
             };
-            let node_load: HashMap<String, usize> = s.pods_by_node.iter().map(|(n, p)| (n.clone(), p.len())).collect();
+            if keys.is_empty() {
+                return Ok(outcome);
+            }
+            // Only scale-downs look at node load; build it only for them.
+            let mut node_load: Option<HashMap<String, usize>> = None;
             let mut budget = ctx.settings.replica_burst_max;
             for key in keys {
                 let Some(rs) = s.replicasets.get(&key) else { continue };
@@ -75,7 +79,14 @@ impl Reconciler for ReplicaSetController {
                 }
                 let uid = object::uid(rs).unwrap_or_default();
                 let pods: Vec<_> = s.pods_of(uid).collect();
-                let ReplicaDecision { create, delete, status } = decide(rs, &pods, &node_load);
+                let surplus = pods.iter().filter(|p| p.is_active()).count() > super::replicas::desired_replicas(rs);
+                let empty = HashMap::new();
+                let load = if surplus {
+                    node_load.get_or_insert_with(|| s.pods_by_node.iter().map(|(n, p)| (n.clone(), p.len())).collect())
+                } else {
+                    &empty
+                };
+                let ReplicaDecision { create, delete, status } = decide(rs, &pods, load);
                 let wanted = create + delete.len();
                 if wanted > budget {
                     // Over this pass's budget: do part now, the rest next.

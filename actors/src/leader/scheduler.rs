@@ -12,15 +12,24 @@ use std::sync::Arc;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use super::cache::{Kind, PodView};
+use super::cache::{CacheState, Kind, PodView};
 use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
-use super::placement::{node_info, ClusterView, Placement};
+use super::placement::{self, node_info, ClusterView, NodeInfo, Placement};
 use crate::model::object;
 use crate::model::resources::lookup;
 use crate::registry::{set_condition, RegistryError};
 
 #[derive(Default)]
 pub struct Scheduler {
+    /// Nodes and what is placed on them, kept across passes from the
+    /// cache's placement log.
+    view: Option<ClusterView>,
+    /// Pods this scheduler accounted when it bound them, so the cache's
+    /// report of the same bind is not counted twice.
+    bound_by_me: HashMap<String, String>,
+    /// Parsed nodes by name, with the resourceVersion they were parsed at:
+    /// thousands of nodes change rarely, so most passes parse none.
+    nodes: HashMap<String, (u64, NodeInfo)>,
     /// Pods that fit nowhere, with the reason given and the cluster epoch
     /// at which it was given; they wait for the epoch to move.
     unschedulable: HashMap<String, (String, (u64, u64))>,
@@ -43,7 +52,7 @@ impl Reconciler for Scheduler {
     async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
         let mut outcome = PassOutcome::default();
         let (batch, mut view, epoch) = {
-            let s = ctx.cache.read();
+            let mut s = ctx.cache.write();
             if s.pending.is_empty() {
                 self.unschedulable.clear();
                 return Ok(outcome);
@@ -65,14 +74,7 @@ impl Reconciler for Scheduler {
             if batch.is_empty() {
                 return Ok(outcome);
             }
-            let mut view = ClusterView::new(s.nodes.values().map(node_info).collect());
-            for (node, keys) in &s.pods_by_node {
-                for pod in keys.iter().filter_map(|k| s.pods.get(k)) {
-                    if pod.phase != "Succeeded" && pod.phase != "Failed" {
-                        view.account(&pod.info, node);
-                    }
-                }
-            }
+            let view = self.sync_view(&mut s);
             outcome.more = s.pending.len() > batch.len() + self.unschedulable.len();
             (batch, view, epoch)
         };
@@ -82,9 +84,12 @@ impl Reconciler for Scheduler {
         let mut failed: Vec<(&PodView, String)> = Vec::new();
         for (pod, placement) in batch.iter().zip(placements) {
             match (placement, &pod.object) {
-                (Placement::Bind { node }, Some(obj)) => binds.push((obj.clone(), node)),
+                (Placement::Bind { node }, Some(obj)) => {
+                    self.bound_by_me.insert(pod.key(), node.clone());
+                    binds.push((obj.clone(), node));
+                }
                 (Placement::Unschedulable { reason }, _) => failed.push((pod, reason)),
-                (Placement::Bind { .. }, None) => {}
+                (Placement::Bind { node }, None) => view.release(&pod.info, &node),
             }
         }
         for chunk in binds.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
@@ -98,18 +103,27 @@ impl Reconciler for Scheduler {
                         let registry = ctx.registry.clone();
                         async move { registry.bind_pods(&[(pod.as_ref(), node.as_str())]).await }
                     }))
-                    .buffer_unordered(ctx.settings.write_concurrency_max)
+                    .buffered(ctx.settings.write_concurrency_max)
                     .collect::<Vec<_>>()
                     .await;
-                    for r in singles {
-                        if let Some(revision) = r.map_err(err)? {
-                            outcome.note_write(Kind::Pods, revision);
+                    for (r, (pod, node)) in singles.into_iter().zip(chunk) {
+                        match r.map_err(err)? {
+                            Some(revision) => outcome.note_write(Kind::Pods, revision),
+                            None => {
+                                // Not bound after all: take it off the view.
+                                let key =
+                                    format!("{}/{}", object::namespace(pod).unwrap_or("default"), object::name(pod).unwrap_or_default());
+                                if self.bound_by_me.remove(&key).is_some() {
+                                    view.release(&placement::pod_info(pod), node);
+                                }
+                            }
                         }
                     }
                     outcome.more = true;
                 }
             }
         }
+        self.view = Some(view);
         for (pod, reason) in failed {
             let key = pod.key();
             let previous = self.unschedulable.insert(key, (reason.clone(), epoch));
@@ -125,6 +139,56 @@ impl Reconciler for Scheduler {
 }
 
 impl Scheduler {
+    /// Brings the view up to date: nodes that changed are parsed again,
+    /// pods bound or gone since the last pass are counted or released
+    /// (or everything is recounted after the cache listed afresh).
+    fn sync_view(&mut self, s: &mut CacheState) -> ClusterView {
+        let mut view = match self.view.take() {
+            Some(v) if !s.placement_reset => v,
+            _ => {
+                s.placement_reset = false;
+                s.placement_log.clear();
+                self.bound_by_me.clear();
+                self.nodes.clear();
+                let mut v = ClusterView::new(Vec::new());
+                for (node, keys) in &s.pods_by_node {
+                    for pod in keys.iter().filter_map(|k| s.pods.get(k)) {
+                        if pod.phase != "Succeeded" && pod.phase != "Failed" {
+                            v.account(&pod.info, node);
+                        }
+                    }
+                }
+                v
+            }
+        };
+        for change in s.placement_log.drain(..) {
+            if change.added {
+                if self.bound_by_me.get(&change.key) == Some(&change.node) {
+                    // Counted when we bound it.
+                    self.bound_by_me.remove(&change.key);
+                } else {
+                    view.account(&change.info, &change.node);
+                }
+            } else {
+                view.release(&change.info, &change.node);
+            }
+        }
+        let gone: Vec<String> = self.nodes.keys().filter(|n| !s.nodes.contains_key(*n)).cloned().collect();
+        for name in gone {
+            self.nodes.remove(&name);
+            view.remove_node(&name);
+        }
+        for (name, node) in &s.nodes {
+            let rv = object::resource_version(node).unwrap_or(0);
+            if self.nodes.get(name).map(|(r, _)| *r) != Some(rv) {
+                let info = node_info(node);
+                view.upsert_node(info.clone());
+                self.nodes.insert(name.clone(), (rv, info));
+            }
+        }
+        view
+    }
+
     /// Writes PodScheduled=False with the reason (if it says something
     /// new) and records a FailedScheduling event.
     async fn mark_unschedulable(&self, ctx: &LeaderContext, pod: &PodView, reason: &str) -> Result<Option<u64>, ControllerError> {

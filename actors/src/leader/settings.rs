@@ -38,7 +38,7 @@ impl Default for LeaderSettings {
     fn default() -> Self {
         LeaderSettings {
             node_grace_ms: 1_000,
-            node_check_ms: 100,
+            node_check_ms: 200,
             resync_ms: 5_000,
             schedule_batch_max: 2_000,
             bind_txn_pods_max: 500,
