@@ -36,16 +36,17 @@ docker rm -f $(docker ps -aq --filter name=raw-bench-) >/dev/null
 raw_rate=$(awk -v s="$raw_secs" 'BEGIN { printf "%.2f", 30 / s }')
 
 # --- flotilla ---
-DATA=$(mktemp -d)
+WORK=$(mktemp -d)
+DATA=$WORK/data
 HTTP=127.0.0.1:18481
-"$FLOTILLA" up --runtime docker --data-dir "$DATA" --http "$HTTP" --peer 127.0.0.1:17481 --node-name bench >"$DATA/up.log" 2>&1 &
+"$FLOTILLA" up --runtime docker --data-dir "$DATA" --http "$HTTP" --peer 127.0.0.1:17481 --node-name bench >"$WORK/up.log" 2>&1 &
 UP=$!
 cleanup() {
   kill "$UP" 2>/dev/null || true
   docker rm -f $(docker ps -aq --filter label=io.flotilla.node=bench) >/dev/null 2>&1 || true
   docker service rm bench-swarm >/dev/null 2>&1 || true
   if [[ "${SWARM_INIT:-}" == 1 ]]; then docker swarm leave --force >/dev/null 2>&1 || true; fi
-  rm -rf "$DATA"
+  rm -rf "$WORK"
 }
 trap cleanup EXIT
 export FLOTILLA_SERVER=http://$HTTP

@@ -94,9 +94,21 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
                     "spec": {"containers": [{"name": "main", "image": "flotilla/busybox:latest",
                         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}});
                 let t = Instant::now();
-                let resp = http.post(&url).json(&pod).send().await.map_err(|e| e.to_string())?;
-                if resp.status().as_u16() != 201 {
-                    return Err(format!("create answered {}: {}", resp.status(), resp.text().await.unwrap_or_default()));
+                // An overloaded server may answer 5xx or time out: retry a
+                // few times (a 409 means an earlier try got through).
+                let mut attempt = 0u32;
+                loop {
+                    attempt += 1;
+                    let outcome = match http.post(&url).json(&pod).timeout(Duration::from_secs(30)).send().await {
+                        Ok(resp) if matches!(resp.status().as_u16(), 201 | 409) => Ok(()),
+                        Ok(resp) => Err(format!("create answered {}: {}", resp.status(), resp.text().await.unwrap_or_default())),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    match outcome {
+                        Ok(()) => break,
+                        Err(e) if attempt >= 5 => return Err(e),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
+                    }
                 }
                 let _ = tx.send((i, t));
             }

@@ -56,8 +56,11 @@ impl From<RegistryError> for AgentError {
 /// map is write-locked only when a node beats for the first time.
 #[derive(Clone, Default)]
 pub struct Heartbeats {
-    inner: Arc<RwLock<HashMap<String, Arc<Mutex<(Instant, NodeUsage)>>>>>,
+    inner: Arc<RwLock<HashMap<String, BeatSlot>>>,
 }
+
+/// One node's last beat and usage.
+type BeatSlot = Arc<Mutex<(Instant, NodeUsage)>>;
 
 /// What a heartbeat carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

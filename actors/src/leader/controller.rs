@@ -16,6 +16,9 @@ use super::settings::LeaderSettings;
 use crate::agent::control_plane::Heartbeats;
 use crate::registry::{Registry, RegistryError};
 
+/// When nodes were last counted, and (silent, total) if most were silent.
+pub type SilenceCount = (std::time::Instant, Option<(usize, usize)>);
+
 /// What every leader-side actor works with.
 pub struct LeaderContext {
     pub registry: Registry,
@@ -24,7 +27,7 @@ pub struct LeaderContext {
     pub settings: LeaderSettings,
     /// The last count of silent nodes, and when it was taken (see
     /// `node_lifecycle::mass_silence`).
-    pub silence: std::sync::Mutex<Option<(std::time::Instant, Option<(usize, usize)>)>>,
+    pub silence: std::sync::Mutex<Option<SilenceCount>>,
 }
 
 /// Why a reconcile pass failed.

@@ -20,9 +20,12 @@ pub fn selector(service: &Value) -> Option<BTreeMap<String, String>> {
     Some(sel.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
 }
 
+/// A Service port resolved for a pod: (name, port, protocol).
+type ResolvedPort = (String, i64, String);
+
 /// Resolves the Service's ports for one pod: (name, port, protocol); None
 /// when a named targetPort is not among the pod's container ports.
-fn resolve_ports(service: &Value, pod: &PodView) -> Option<Vec<(String, i64, String)>> {
+fn resolve_ports(service: &Value, pod: &PodView) -> Option<Vec<ResolvedPort>> {
     let mut out = Vec::new();
     for p in service.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
         let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -45,7 +48,7 @@ pub fn endpoints_for<'a>(service: &Value, pods: impl IntoIterator<Item = &'a Pod
     let sel = selector(service)?;
     let namespace = object::namespace(service).unwrap_or("default");
     // Pods that resolve the ports the same way share a subset.
-    let mut subsets: BTreeMap<Vec<(String, i64, String)>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut subsets: BTreeMap<Vec<ResolvedPort>, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
     let mut selected: Vec<&PodView> = pods
         .into_iter()
         .filter(|p| p.namespace == namespace && !p.terminating && p.pod_ip.is_some())

@@ -50,7 +50,7 @@ async fn set_ready(ctx: &LeaderContext, node: &str, ready: bool, message: &str) 
             None,
             |old| {
                 let mut new = old.clone();
-                let transition = !(node_ready(old) == ready);
+                let transition = node_ready(old) != ready;
                 let last = old
                     .pointer("/status/conditions")
                     .and_then(Value::as_array)

@@ -99,7 +99,7 @@ impl Reconciler for Scheduler {
                 None => {
                     // Something in the chunk moved: bind one by one, and
                     // leave the ones that changed to the next pass.
-                    let singles = futures::stream::iter(chunk.to_vec().into_iter().map(|(pod, node)| {
+                    let singles = futures::stream::iter(chunk.iter().cloned().map(|(pod, node)| {
                         let registry = ctx.registry.clone();
                         async move { registry.bind_pods(&[(pod.as_ref(), node.as_str())]).await }
                     }))
