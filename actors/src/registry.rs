@@ -321,6 +321,17 @@ impl Registry {
         .await
     }
 
+    /// Replaces an object's status (the status subresource), retrying a
+    /// lost race: what controllers and agents report.
+    pub async fn write_status(&self, res: &Resource, namespace: Option<&str>, name: &str, status: &Value) -> Result<Value, RegistryError> {
+        let change = |old: &Value| {
+            let mut new = old.clone();
+            new["status"] = status.clone();
+            Ok(new)
+        };
+        self.read_modify_write(res, namespace, name, None, change, Some("status")).await
+    }
+
     /// Reads, changes with `change`, admits and writes back if nothing moved
     /// in between (retrying a lost race when there is no precondition).
     pub async fn read_modify_write<F>(

@@ -163,20 +163,7 @@ impl ControlPlane for LocalControlPlane {
 
     async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError> {
         let nodes = lookup("nodes").expect("nodes are served");
-        self.registry
-            .read_modify_write(
-                nodes,
-                None,
-                name,
-                None,
-                |old| {
-                    let mut new = old.clone();
-                    new["status"] = status.clone();
-                    Ok(new)
-                },
-                Some("status"),
-            )
-            .await?;
+        self.registry.write_status(nodes, None, name, &status).await?;
         Ok(())
     }
 

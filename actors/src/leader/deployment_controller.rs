@@ -115,18 +115,7 @@ impl Reconciler for DeploymentController {
             }
             stamp(&mut p.status, &object::now());
             if d.get("status") != Some(&p.status) {
-                let status = p.status.clone();
-                let change = |old: &Value| {
-                    let mut new = old.clone();
-                    new["status"] = status.clone();
-                    Ok(new)
-                };
-                note(
-                    &mut outcome,
-                    Kind::Deployments,
-                    ctx.registry.read_modify_write(deployments, Some(&ns), &name, None, change, Some("status")),
-                )
-                .await?;
+                note(&mut outcome, Kind::Deployments, ctx.registry.write_status(deployments, Some(&ns), &name, &p.status)).await?;
             }
         }
         Ok(outcome)

@@ -142,21 +142,8 @@ impl Reconciler for ReplicaSetController {
         }
         let replicasets = lookup("replicasets").expect("replicasets are served");
         for (rs, status) in statuses {
-            let written = ctx
-                .registry
-                .read_modify_write(
-                    replicasets,
-                    object::namespace(&rs),
-                    object::name(&rs).unwrap_or_default(),
-                    None,
-                    |old| {
-                        let mut new = old.clone();
-                        new["status"] = status.clone();
-                        Ok(new)
-                    },
-                    Some("status"),
-                )
-                .await;
+            let written =
+                ctx.registry.write_status(replicasets, object::namespace(&rs), object::name(&rs).unwrap_or_default(), &status).await;
             match written {
                 Ok(new) => {
                     if let Some(rv) = object::resource_version(&new) {
