@@ -1,47 +1,13 @@
 //! The object commands run as a user runs them: the built `flotilla`
 //! binary against a `flotilla server` process.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
-const DEADLINE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_tcp() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("tcp").local_addr().expect("addr").to_string()
-}
-
-fn free_udp() -> String {
-    std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
-}
-
-fn flotilla(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(BIN)
-        .args(args)
-        .env("FLOTILLA_SERVER", server)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn flotilla");
-    if let Some(input) = stdin {
-        child.stdin.take().expect("stdin").write_all(input.as_bytes()).expect("write");
-    }
-    let out = child.wait_with_output().expect("output");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-fn start_server(dir: &std::path::Path) -> (Server, String) {
+fn start_server(dir: &std::path::Path) -> (Proc, String) {
     let http = free_tcp();
     let child = Command::new(BIN)
         .args(["server", "--id", "1", "--bootstrap", "--data-dir"])
@@ -61,7 +27,7 @@ fn start_server(dir: &std::path::Path) -> (Server, String) {
         assert!(start.elapsed() < DEADLINE, "server never became ready");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Server(child), url)
+    (Proc(child), url)
 }
 
 const MANIFEST: &str = r#"
@@ -189,7 +155,7 @@ fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn flotilla up");
-    let _up = Server(child);
+    let _up = Proc(child);
     let start = Instant::now();
     loop {
         let (code, out, _) = flotilla(&url, &["get", "nodes"], None);

@@ -29,16 +29,8 @@ fn docker(args: &[&str]) -> (bool, String) {
     }
 }
 
-/// (pod name, node, restarts) of running replicas.
 fn replicas(api: &str) -> Vec<(String, String, String)> {
-    let (_, out) = cli(api, &["get", "pods", "-o", "wide"], None);
-    out.lines()
-        .filter(|l| l.starts_with("boxes-") && l.contains(" Running "))
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            Some((c.first()?.to_string(), c.get(6)?.to_string(), c.get(3)?.to_string()))
-        })
-        .collect()
+    running_pods(api, "boxes-")
 }
 
 fn remove_containers_of(node: &str) {

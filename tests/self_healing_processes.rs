@@ -19,20 +19,9 @@ spec:
       - {name: web, image: flotilla/busybox:latest, resources: {requests: {cpu: 10m, memory: 16Mi}}}
 ";
 
-/// Running pods per node, from `flotilla get pods -o wide`.
+/// (name, node) of running replicas.
 fn running_on(api: &str) -> Vec<(String, String)> {
-    let (code, out) = cli(api, &["get", "pods", "-o", "wide"], None);
-    if code != 0 {
-        return vec![];
-    }
-    out.lines()
-        .skip(1)
-        .filter(|l| l.contains(" Running "))
-        .filter_map(|l| {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            Some((cols.first()?.to_string(), cols.get(6)?.to_string()))
-        })
-        .collect()
+    running_pods(api, "web-").into_iter().map(|(name, node, _)| (name, node)).collect()
 }
 
 #[test]

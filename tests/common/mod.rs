@@ -41,7 +41,8 @@ pub fn spawn(args: &[&str]) -> Proc {
     Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn flotilla"))
 }
 
-pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+/// Runs the CLI against `server`: (exit code, stdout, stderr).
+pub fn flotilla(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
     use std::io::Write;
     let mut child = Command::new(BIN)
         .args(args)
@@ -50,12 +51,35 @@ pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn");
+        .expect("spawn flotilla");
     if let Some(s) = stdin {
         child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write");
     }
     let out = child.wait_with_output().expect("output");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs the CLI against `server`: (exit code, stdout).
+pub fn cli(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, String) {
+    let (code, out, _) = flotilla(server, args, stdin);
+    (code, out)
+}
+
+/// Running pods whose names start with `prefix`, from `flotilla get pods
+/// -o wide`: (name, node, restarts).
+pub fn running_pods(api: &str, prefix: &str) -> Vec<(String, String, String)> {
+    let (code, out) = cli(api, &["get", "pods", "-o", "wide"], None);
+    if code != 0 {
+        return vec![];
+    }
+    out.lines()
+        .skip(1)
+        .filter(|l| l.starts_with(prefix) && l.contains(" Running "))
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            Some((c.first()?.to_string(), c.get(6)?.to_string(), c.get(3)?.to_string()))
+        })
+        .collect()
 }
 
 pub fn until(what: &str, mut check: impl FnMut() -> bool) {
@@ -85,13 +109,12 @@ impl Servers {
             let id = (i + 1).to_string();
             let mut args = vec!["server", "--id", &id, "--data-dir", d.to_str().expect("utf8"), "--peer", &peers[i], "--http", &https[i]];
             args.extend_from_slice(extra);
-            let token;
             if i == 0 {
                 args.push("--bootstrap");
                 procs.push(Some(spawn(&args)));
                 until("join token", || dir(1).join("join-token").exists());
             } else {
-                token = std::fs::read_to_string(dir(1).join("join-token")).expect("token").trim().to_string();
+                let token = std::fs::read_to_string(dir(1).join("join-token")).expect("token").trim().to_string();
                 args.extend_from_slice(&["--join", &peers[0], "--token", &token]);
                 procs.push(Some(spawn(&args)));
             }

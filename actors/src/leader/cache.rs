@@ -189,6 +189,32 @@ pub struct CacheState {
     pub dirty: Dirty,
 }
 
+fn take<'a>(dirty: &mut HashSet<String>, all: impl Iterator<Item = &'a String>, resync: bool) -> Vec<String> {
+    if resync {
+        dirty.clear();
+        all.cloned().collect()
+    } else {
+        dirty.drain().collect()
+    }
+}
+
+fn put_or_remove(map: &mut BTreeMap<String, Value>, key: String, obj: &Value, deleted: bool) {
+    if deleted {
+        map.remove(&key);
+    } else {
+        map.insert(key, obj.clone());
+    }
+}
+
+fn index_by_uid(index: &mut HashMap<String, String>, key: &str, obj: &Value, deleted: bool) {
+    let uid = object::uid(obj).unwrap_or_default().to_string();
+    if deleted {
+        index.remove(&uid);
+    } else {
+        index.insert(uid, key.to_string());
+    }
+}
+
 fn key_of(obj: &Value) -> String {
     match object::namespace(obj) {
         Some(ns) => format!("{ns}/{}", object::name(obj).unwrap_or_default()),
@@ -204,6 +230,25 @@ impl CacheState {
 
     pub fn revision(&self, kind: Kind) -> u64 {
         self.revisions.get(&kind).copied().unwrap_or(0)
+    }
+
+    /// The ReplicaSets a pass looks at: all on resync, else those changed
+    /// since the last pass. Either way the dirty set is emptied.
+    pub fn take_replicasets(&mut self, resync: bool) -> Vec<String> {
+        take(&mut self.dirty.replicasets, self.replicasets.keys(), resync)
+    }
+
+    /// The Deployments a pass looks at, as [`Self::take_replicasets`].
+    pub fn take_deployments(&mut self, resync: bool) -> Vec<String> {
+        take(&mut self.dirty.deployments, self.deployments.keys(), resync)
+    }
+
+    /// The namespaces whose endpoints a pass looks at: every namespace with
+    /// services or endpoints on resync, else those changed.
+    pub fn take_service_namespaces(&mut self, resync: bool) -> Vec<String> {
+        let all: HashSet<String> =
+            self.services.values().chain(self.endpoints.values()).filter_map(|o| object::namespace(o).map(String::from)).collect();
+        take(&mut self.dirty.service_namespaces, all.iter(), resync)
     }
 
     /// Whether an owner of one of the cached kinds exists, by uid.
@@ -330,47 +375,24 @@ impl CacheState {
                 self.nodes.insert(key, ev.object.clone());
             }
             Kind::ReplicaSets => {
-                let uid = object::uid(&ev.object).unwrap_or_default().to_string();
                 if let Some(d) = object::controller_ref(&ev.object).and_then(|r| r.get("uid")).and_then(Value::as_str) {
                     if let Some(dk) = self.deployment_by_uid.get(d) {
                         self.dirty.deployments.insert(dk.clone());
                     }
                 }
                 self.dirty.replicasets.insert(key.clone());
-                if deleted {
-                    self.rs_by_uid.remove(&uid);
-                    self.replicasets.remove(&key);
-                } else {
-                    self.rs_by_uid.insert(uid, key.clone());
-                    self.replicasets.insert(key, ev.object.clone());
-                }
+                index_by_uid(&mut self.rs_by_uid, &key, &ev.object, deleted);
+                put_or_remove(&mut self.replicasets, key, &ev.object, deleted);
             }
             Kind::Deployments => {
-                let uid = object::uid(&ev.object).unwrap_or_default().to_string();
                 self.dirty.deployments.insert(key.clone());
-                if deleted {
-                    self.deployment_by_uid.remove(&uid);
-                    self.deployments.remove(&key);
-                } else {
-                    self.deployment_by_uid.insert(uid, key.clone());
-                    self.deployments.insert(key, ev.object.clone());
-                }
+                index_by_uid(&mut self.deployment_by_uid, &key, &ev.object, deleted);
+                put_or_remove(&mut self.deployments, key, &ev.object, deleted);
             }
-            Kind::Services => {
+            Kind::Services | Kind::Endpoints => {
                 self.dirty.service_namespaces.insert(object::namespace(&ev.object).unwrap_or("default").to_string());
-                if deleted {
-                    self.services.remove(&key);
-                } else {
-                    self.services.insert(key, ev.object.clone());
-                }
-            }
-            Kind::Endpoints => {
-                self.dirty.service_namespaces.insert(object::namespace(&ev.object).unwrap_or("default").to_string());
-                if deleted {
-                    self.endpoints.remove(&key);
-                } else {
-                    self.endpoints.insert(key, ev.object.clone());
-                }
+                let map = if kind == Kind::Services { &mut self.services } else { &mut self.endpoints };
+                put_or_remove(map, key, &ev.object, deleted);
             }
         }
     }

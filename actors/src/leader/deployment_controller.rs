@@ -66,12 +66,7 @@ impl Reconciler for DeploymentController {
         let mut outcome = PassOutcome::default();
         let work: Vec<(Value, RolloutPlan)> = {
             let mut s = ctx.cache.write();
-            let keys: Vec<String> = if resync {
-                s.dirty.deployments.clear();
-                s.deployments.keys().cloned().collect()
-            } else {
-                s.dirty.deployments.drain().collect()
-            };
+            let keys = s.take_deployments(resync);
             keys.iter()
                 .filter_map(|k| s.deployments.get(k))
                 .filter(|d| object::meta_str(d, "deletionTimestamp").is_none())

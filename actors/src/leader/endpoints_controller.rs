@@ -3,8 +3,6 @@
 //! [`endpoints_for`] computes when they differ from the stored ones, and
 //! removes the Endpoints it made for Services that are gone.
 
-use std::collections::HashSet;
-
 use serde_json::{json, Value};
 
 use super::cache::Kind;
@@ -42,12 +40,7 @@ impl Reconciler for EndpointsController {
         let mut outcome = PassOutcome::default();
         let changes = {
             let mut s = ctx.cache.write();
-            let namespaces: HashSet<String> = if resync {
-                s.dirty.service_namespaces.clear();
-                s.services.values().chain(s.endpoints.values()).filter_map(|o| object::namespace(o).map(String::from)).collect()
-            } else {
-                s.dirty.service_namespaces.drain().collect()
-            };
+            let namespaces = s.take_service_namespaces(resync);
             let mut changes = Vec::new();
             for ns in &namespaces {
                 let prefix = format!("{ns}/");

@@ -18,10 +18,9 @@ use crate::model::object;
 use crate::model::resources::lookup;
 use crate::registry::{set_condition, RegistryError};
 
-/// How often a lost node's leftover pods are evicted again.
-const EVICT_RETRY: Duration = Duration::from_secs(1);
-/// How often a live node whose store status says NotReady is corrected.
-const READY_RETRY: Duration = Duration::from_secs(1);
+/// How often a NodeActor acts on the store: evicting a lost node's
+/// leftover pods again, or correcting a live node stored as NotReady.
+const ACTION_RETRY: Duration = Duration::from_secs(1);
 
 /// Whether the node's stored Ready condition is True.
 pub fn node_ready(node: &Value) -> bool {
@@ -150,7 +149,7 @@ impl Actor for NodeActor {
         let grace = ctx.settings.node_grace();
         let now = Instant::now();
         let last_beat = ctx.heartbeats.last(name).map(|(t, _)| t);
-        let due = state.last_action.is_none_or(|t| now.duration_since(t) >= READY_RETRY.min(EVICT_RETRY));
+        let due = state.last_action.is_none_or(|t| now.duration_since(t) >= ACTION_RETRY);
         match state.args.lost_since {
             None => {
                 // A new leader gives agents time to find it before judging.

@@ -60,12 +60,7 @@ impl Reconciler for ReplicaSetController {
         let mut statuses: Vec<(Value, Value)> = Vec::new();
         {
             let mut s = ctx.cache.write();
-            let keys: Vec<String> = if resync {
-                s.dirty.replicasets.clear();
-                s.replicasets.keys().cloned().collect()
-            } else {
-                s.dirty.replicasets.drain().collect()
-            };
+            let keys = s.take_replicasets(resync);
             if keys.is_empty() {
                 return Ok(outcome);
             }

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::cache::{CacheState, Kind, PodView};
 use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
-use super::placement::{self, node_info, ClusterView, NodeInfo, Placement};
+use super::placement::{self, node_info, ClusterView, Placement};
 use crate::model::object;
 use crate::model::resources::lookup;
 use crate::registry::{set_condition, RegistryError};
@@ -27,9 +27,9 @@ pub struct Scheduler {
     /// Pods this scheduler accounted when it bound them, so the cache's
     /// report of the same bind is not counted twice.
     bound_by_me: HashMap<String, String>,
-    /// Parsed nodes by name, with the resourceVersion they were parsed at:
-    /// thousands of nodes change rarely, so most passes parse none.
-    nodes: HashMap<String, (u64, NodeInfo)>,
+    /// The resourceVersion each node was last parsed at: thousands of nodes
+    /// change rarely, so most passes parse none.
+    nodes: HashMap<String, u64>,
     /// Pods that fit nowhere, with the reason given and the cluster epoch
     /// at which it was given; they wait for the epoch to move.
     unschedulable: HashMap<String, (String, (u64, u64))>,
@@ -180,10 +180,9 @@ impl Scheduler {
         }
         for (name, node) in &s.nodes {
             let rv = object::resource_version(node).unwrap_or(0);
-            if self.nodes.get(name).map(|(r, _)| *r) != Some(rv) {
-                let info = node_info(node);
-                view.upsert_node(info.clone());
-                self.nodes.insert(name.clone(), (rv, info));
+            if self.nodes.get(name) != Some(&rv) {
+                view.upsert_node(node_info(node));
+                self.nodes.insert(name.clone(), rv);
             }
         }
         view
