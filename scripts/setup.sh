@@ -6,7 +6,9 @@
 
 need_pkgs=()
 command -v clang >/dev/null 2>&1 || need_pkgs+=(clang)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
+# bindgen (RocksDB) loads libclang.so, the unversioned name only
+# libclang-dev provides; clang alone brings just libclang-NN.so.1.
+ls /usr/lib/llvm-*/lib/libclang.so /usr/lib/llvm-*/lib/libclang-*.so >/dev/null 2>&1 || need_pkgs+=(libclang-dev)
 for extra in "$@"; do
   case "$extra" in
     etcd) command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server etcd-client) ;;
