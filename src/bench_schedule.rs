@@ -44,7 +44,13 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     let registry = cluster.registry().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http_addr.to_string(), agents: Default::default() };
+    let state = crate::api::ApiState {
+        registry: registry.clone(),
+        http_addr: http_addr.to_string(),
+        agents: Default::default(),
+        kubelet_token: None,
+        http_client: Default::default(),
+    };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
 
     let t_nodes = Instant::now();

@@ -75,6 +75,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
         backoff: BackoffPolicy::default(),
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
+        kubelet_port: None,
     };
     let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| e.to_string())?;
     let rss_before = rss_bytes(std::process::id() as i32).unwrap_or(0);

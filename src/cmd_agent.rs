@@ -48,9 +48,15 @@ pub struct AgentArgs {
     /// containers (they have been replaced elsewhere by then).
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(500..=86_400_000))]
     fence_ms: u64,
-    /// The address pods are reported at.
+    /// The address pods are reported at, and servers reach this agent at.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip: String,
+    /// Where this agent serves container logs and usage to the servers
+    /// (the kubelet's port); port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:10250")]
+    kubelet_listen: String,
+    #[command(flatten)]
+    network: crate::node_network::NetworkFlags,
 }
 
 pub async fn run(args: AgentArgs) -> Result<i32, String> {
@@ -76,7 +82,12 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
             Err(_) => Arc::new(ProcessRuntime::new(&args.state_dir).map_err(|e| e.to_string())?),
         },
     };
-    let control = RemoteControlPlane::new(args.server.clone(), &args.token).map_err(|e| e.to_string())?;
+    // Servers present the token's secret when they fetch logs and usage.
+    let secret = flotilla_raft::tls::JoinToken::parse(&args.token).map_err(|e| format!("--token: {e}"))?.secret;
+    let (kubelet_port, kubelet) = crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &secret).await?;
+    let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =
+        Arc::new(RemoteControlPlane::new(args.server.clone(), &args.token).map_err(|e| e.to_string())?);
+    let network = crate::node_network::start(&args.name, control.clone(), runtime.clone(), &args.network).await?;
     let agent_args = NodeAgentArgs {
         name: args.name.clone(),
         node_ip: args.node_ip.clone(),
@@ -85,19 +96,27 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
         memory_bytes,
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(10),
-        control: Arc::new(control),
+        control,
         runtime: runtime.clone(),
         backoff: BackoffPolicy::default(),
         fence: Duration::from_millis(args.fence_ms),
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
+        kubelet_port: Some(kubelet_port),
     };
     let (agent, mut handle) =
         ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the agent could not register its node: {e}"))?;
-    println!("flotilla agent: node {} ({} runtime) serving through {}", args.name, runtime.kind(), args.server.join(", "));
+    println!(
+        "flotilla agent: node {} ({} runtime) serving through {}; logs and usage on port {kubelet_port}",
+        args.name,
+        runtime.kind(),
+        args.server.join(", ")
+    );
     tokio::select! {
         _ = crate::cmd_server::wait_for_signal() => {
             agent.stop(None);
             let _ = handle.await;
+            network.stop().await;
+            kubelet.abort();
             Ok(0)
         }
         _ = &mut handle => {

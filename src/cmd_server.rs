@@ -32,6 +32,8 @@ pub struct ServerArgs {
     /// pods are replaced elsewhere. Use the same value on every member.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     node_grace_ms: u64,
+    #[command(flatten)]
+    plan: crate::node_network::PlanFlags,
 }
 
 pub async fn run(args: ServerArgs) -> Result<i32, String> {
@@ -44,19 +46,26 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         (None, false) => StartMode::Restart,
     };
     let bootstrapping = matches!(start, StartMode::Bootstrap) && !args.data_dir.join("member.json").exists();
+    let plan = args.plan.plan()?;
     let config = StoreConfig::new(args.id, &args.data_dir, &args.peer, start);
     let http: std::net::SocketAddr =
         args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
-    let registry = flotilla_actors::Registry::new(member.clone());
+    let registry = flotilla_actors::Registry::new(member.clone()).with_network_plan(plan);
     // Node agents reach the control plane through this member.
     let heartbeats = flotilla_actors::agent::control_plane::Heartbeats::default();
     let local = flotilla_actors::agent::control_plane::LocalControlPlane::new(registry.clone(), heartbeats.clone());
     member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local, member: Some(member.clone()) }));
     let settings = flotilla_actors::leader::LeaderSettings { node_grace_ms: args.node_grace_ms, ..Default::default() };
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats, settings).await?;
-    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
+    let state = crate::api::ApiState {
+        registry: registry.clone(),
+        http_addr: http.to_string(),
+        agents: Default::default(),
+        kubelet_token: Some(member.token().secret.clone()),
+        http_client: Default::default(),
+    };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
     tokio::spawn(ensure_namespaces(registry));
     println!(

@@ -38,6 +38,10 @@ pub struct UpArgs {
     /// Name of the local node (default: this machine's host name).
     #[arg(long)]
     node_name: Option<String>,
+    #[command(flatten)]
+    network: crate::node_network::NetworkFlags,
+    #[command(flatten)]
+    plan: crate::node_network::PlanFlags,
 }
 
 /// This machine's host name, made a valid node name.
@@ -88,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         },
         RuntimeChoice::Process => (Arc::new(ProcessRuntime::new(args.data_dir.join("agent")).map_err(|e| e.to_string())?), ""),
     };
-    let registry = Registry::new(member.clone());
+    let registry = Registry::new(member.clone()).with_network_plan(args.plan.plan()?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Err(e) = registry.ensure_builtin_namespaces().await {
         if tokio::time::Instant::now() > deadline {
@@ -99,9 +103,18 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     let heartbeats = Heartbeats::default();
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats.clone(), Default::default()).await?;
     let node_name = args.node_name.clone().unwrap_or_else(host_node_name);
-    let state = crate::api::ApiState { registry: registry.clone(), http_addr: http.to_string(), agents: Default::default() };
+    let state = crate::api::ApiState {
+        registry: registry.clone(),
+        http_addr: http.to_string(),
+        agents: Default::default(),
+        kubelet_token: None,
+        http_client: Default::default(),
+    };
     state.agents.register(&node_name, runtime.clone());
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
+    let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =
+        Arc::new(LocalControlPlane::new(registry.clone(), heartbeats));
+    let network = crate::node_network::start(&node_name, control.clone(), runtime.clone(), &args.network).await?;
     let agent_args = NodeAgentArgs {
         name: node_name.clone(),
         node_ip: "127.0.0.1".into(),
@@ -110,19 +123,30 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         memory_bytes: host_memory_bytes(),
         heartbeat: Duration::from_millis(200),
         status_period: Duration::from_secs(10),
-        control: Arc::new(LocalControlPlane::new(registry, heartbeats)),
+        control: control.clone(),
         runtime: runtime.clone(),
         backoff: BackoffPolicy::default(),
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
+        kubelet_port: None,
     };
     let (agent, _) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the node agent did not start: {e}"))?;
     println!("flotilla is up: API on http://{http}, node {node_name:?} with the {} runtime{note}", runtime.kind());
+    match network.dns_addr() {
+        Some(dns) => println!(
+            "services: {:?} proxy; cluster DNS on {dns} (try: nslookup -port={} NAME.default.svc.cluster.local {})",
+            network.mode,
+            dns.port(),
+            dns.ip()
+        ),
+        None => println!("services: {:?} proxy; cluster DNS off", network.mode),
+    }
     println!("data in {}; stop with Ctrl-C", args.data_dir.display());
     println!("next: flotilla apply -f examples/hello-pod.yaml && flotilla get pods -w");
     crate::cmd_server::wait_for_signal().await;
     eprintln!("flotilla: shutting down (containers keep running and are adopted on the next start)");
     agent.stop(None);
+    network.stop().await;
     leader.stop(None);
     api.abort();
     member.shutdown().await;

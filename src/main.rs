@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use flotilla::{
-    bench_api, bench_failover, bench_schedule, bench_startup, client, cmd_agent, cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs,
-    cmd_rollout, cmd_server, cmd_store, cmd_up,
+    bench_api, bench_failover, bench_schedule, bench_service, bench_startup, client, cmd_agent, cmd_apply, cmd_change, cmd_chaos, cmd_get,
+    cmd_logs, cmd_rollout, cmd_server, cmd_store, cmd_up,
 };
 
 #[derive(Parser)]
@@ -132,12 +132,19 @@ enum BenchCommand {
     Schedule(bench_schedule::ScheduleBenchArgs),
     /// Time from killing a node agent until its replicas run elsewhere.
     Failover(bench_failover::FailoverBenchArgs),
+    /// Requests through a Service's VIP against its backends directly, and
+    /// the time from a pod turning Ready to its first proxied connection
+    /// (against a running `flotilla up --runtime process --proxy nftables`).
+    Service(bench_service::ServiceBenchArgs),
+    /// A minimal HTTP server, the backend `bench service` runs as pods.
+    #[command(hide = true)]
+    HttpBackend(bench_service::HttpBackendArgs),
 }
 
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info"));
+        .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info,hickory_server=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -168,6 +175,8 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Bench(BenchCommand::Startup(args)) => bench_startup::run(args).await,
         Command::Bench(BenchCommand::Schedule(args)) => bench_schedule::run(args).await,
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args).await,
+        Command::Bench(BenchCommand::Service(args)) => bench_service::run(args, cli.server.clone()).await,
+        Command::Bench(BenchCommand::HttpBackend(args)) => bench_service::http_backend(args).await,
         Command::Chaos(command) => cmd_chaos::run(&client()?, command).await,
         Command::Rollout(command) => cmd_rollout::run(&client()?, command).await,
         Command::Events { ref ns, all_namespaces, watch } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,

@@ -152,6 +152,7 @@ impl SimCluster {
             backoff: BackoffPolicy::default(),
             fence: shape.fence,
             pods_max: shape.pods_max,
+            kubelet_port: None,
         };
         let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, args).await.map_err(|e| format!("agent {name}: {e}"))?;
         self.nodes.insert(name.to_string(), SimNode { agent, handle, runtime });

@@ -1,7 +1,8 @@
 //! A remote node agent process (sim runtime) reaching three server
 //! processes over QUIC with the join token: it runs the pods bound to its
 //! node, and when the server it talks to is killed it carries on through
-//! another, keeping its pods.
+//! another, keeping its pods; its pods' logs and usage are served through
+//! any server.
 
 use std::path::PathBuf;
 
@@ -55,6 +56,8 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
     let server_list = format!("{},{}", peers[0], peers[1]);
     let _agent = spawn(&[
         "agent",
+        "--kubelet-listen",
+        "127.0.0.1:0",
         "--name",
         "far-1",
         "--server",
@@ -75,6 +78,13 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
         let out = cli(&api, &["get", "pods"], None).1;
         out.lines().any(|l| l.starts_with("p1 ") && l.contains("Running"))
     });
+
+    // Logs and usage of a pod on an agent in another process come through
+    // any server, which fetches them from the agent's own endpoint.
+    let (code, logs) = cli(&api, &["logs", "p1"], None);
+    assert_eq!((code, logs.trim()), (0, "simulated container c of pod p1"), "logs of a remote agent's pod");
+    let (code, top) = cli(&api, &["top", "pods"], None);
+    assert!(code == 0 && top.lines().any(|l| l.split_whitespace().nth(1) == Some("p1")), "top pods lists the remote pod: {top}");
 
     // Kill the server the agent talks to first.
     servers[0].take();

@@ -27,7 +27,13 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http");
         let addr = listener.local_addr().expect("addr");
         let registry = Registry::new(member.clone());
-        let state = ApiState { registry: registry.clone(), http_addr: addr.to_string(), agents: Default::default() };
+        let state = ApiState {
+            registry: registry.clone(),
+            http_addr: addr.to_string(),
+            agents: Default::default(),
+            kubelet_token: None,
+            http_client: Default::default(),
+        };
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router(state)).await;
         });

@@ -150,7 +150,7 @@ fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
     let child = Command::new(BIN)
         .args(["up", "--runtime", "process", "--node-name", "n1", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--peer", &free_udp(), "--http", &http])
+        .args(["--peer", &free_udp(), "--http", &http, "--proxy", "off", "--dns-listen", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

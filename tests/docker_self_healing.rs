@@ -22,22 +22,8 @@ spec:
          resources: {requests: {cpu: 10m, memory: 16Mi}}}
 ";
 
-fn docker(args: &[&str]) -> (bool, String) {
-    match std::process::Command::new("docker").args(args).output() {
-        Ok(out) => (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        Err(e) => (false, e.to_string()),
-    }
-}
-
 fn replicas(api: &str) -> Vec<(String, String, String)> {
     running_pods(api, "boxes-")
-}
-
-fn remove_containers_of(node: &str) {
-    let (_, ids) = docker(&["ps", "-aq", "--filter", &format!("label=io.flotilla.node={node}")]);
-    for id in ids.lines().filter(|l| !l.is_empty()) {
-        let _ = docker(&["rm", "-f", id]);
-    }
 }
 
 #[test]
@@ -54,7 +40,24 @@ fn replicas_on_real_containers_survive_docker_kill_and_the_loss_of_an_agent() {
     let peer = free_udp();
     let http = free_tcp();
     let data = root.path().join("m1");
-    let _server = spawn(&["server", "--id", "1", "--data-dir", data.to_str().unwrap(), "--peer", &peer, "--http", &http, "--bootstrap"]);
+    // Removed last, also when the test fails; declared before the agents so
+    // that they are killed first.
+    let _leftovers = DockerLeftovers(vec![n1.clone(), n2.clone()]);
+    // Pod subnets of its own, apart from the other Docker tests'.
+    let _server = spawn(&[
+        "server",
+        "--id",
+        "1",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--http",
+        &http,
+        "--bootstrap",
+        "--cluster-cidr",
+        "10.231.0.0/16",
+    ]);
     until("join token", || data.join("join-token").exists());
     let token = std::fs::read_to_string(data.join("join-token")).expect("token").trim().to_string();
     let api = format!("http://{http}");
@@ -62,6 +65,8 @@ fn replicas_on_real_containers_survive_docker_kill_and_the_loss_of_an_agent() {
         let state = root.path().join(name);
         spawn(&[
             "agent",
+            "--kubelet-listen",
+            "127.0.0.1:0",
             "--name",
             name,
             "--server",
@@ -102,7 +107,5 @@ fn replicas_on_real_containers_survive_docker_kill_and_the_loss_of_an_agent() {
     assert_eq!(cli(&api, &["delete", "deployment", "boxes"], None).0, 0);
     until("n2's containers stopped", || docker(&["ps", "-q", "--filter", &format!("label=io.flotilla.node={n2}")]).1.is_empty());
     // The dead agent's containers have no one to stop them (as with any
-    // orchestrator whose node agent is gone); clean them up here.
-    remove_containers_of(&n1);
-    remove_containers_of(&n2);
+    // orchestrator whose node agent is gone): `_leftovers` removes them.
 }

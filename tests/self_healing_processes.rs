@@ -35,6 +35,8 @@ fn replicas_come_back_after_kill_9_of_an_agent_and_of_the_leader() {
             let state = root.path().join(&name);
             Some(spawn(&[
                 "agent",
+                "--kubelet-listen",
+                "127.0.0.1:0",
                 "--name",
                 &name,
                 "--server",

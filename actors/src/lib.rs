@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod leader;
 pub mod model;
+pub mod network;
 pub mod registry;
 pub mod runtime;
 

@@ -14,6 +14,7 @@ use crate::model::object::{self, decode, encode};
 use crate::model::resources::{lookup, Resource, RESOURCES};
 use crate::model::selector::Selector;
 use crate::model::shapes;
+use crate::network::ipam::{assign_service, AllocError, NetworkPlan, Taken};
 
 /// Retries of a read-modify-write that lost a race, before giving up with 409.
 const UPDATE_RETRIES_MAX: usize = 8;
@@ -76,7 +77,16 @@ pub enum Propagation {
 #[derive(Clone)]
 pub struct Registry {
     member: Arc<Member>,
+    plan: NetworkPlan,
 }
+
+/// Bumped by every write that gives out or changes a Service's addresses,
+/// so two Services created at once cannot be given the same one: each
+/// write compares it with what was seen when the free addresses were
+/// chosen.
+const SERVICE_ALLOCATION_GUARD_KEY: &[u8] = b"/registry/flotilla.io/service-allocations";
+/// Tries of a Service write that lost the allocation race to another.
+const ALLOCATION_RETRIES_MAX: usize = 8;
 
 fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
     use rand::Rng;
@@ -88,7 +98,17 @@ fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
 
 impl Registry {
     pub fn new(member: Arc<Member>) -> Self {
-        Registry { member }
+        Registry { member, plan: NetworkPlan::default() }
+    }
+
+    /// The address plan Services and nodes are given addresses from.
+    pub fn with_network_plan(mut self, plan: NetworkPlan) -> Self {
+        self.plan = plan;
+        self
+    }
+
+    pub fn network_plan(&self) -> &NetworkPlan {
+        &self.plan
     }
 
     pub fn member(&self) -> &Arc<Member> {
@@ -182,11 +202,65 @@ impl Registry {
         }
         let name = object::name(&obj).unwrap_or_default().to_string();
         let key = res.key(ns, &name).into_bytes();
+        if res.plural == "services" {
+            return self.create_service(res, ns.unwrap_or("default"), &name, key, obj).await;
+        }
         if self.put_if(key, CompareTarget::CreateRevision(0), &mut obj).await? {
             Ok(obj)
         } else {
             Err(RegistryError::AlreadyExists { kind: res.plural.into(), name })
         }
+    }
+
+    /// What Services hold now (but `skip`, `namespace/name`), and the
+    /// compare that makes a write fail if that changes before it lands.
+    async fn service_allocations(&self, skip: &str) -> Result<(Compare, Taken), RegistryError> {
+        let (guard, _) = self.member.get(SERVICE_ALLOCATION_GUARD_KEY, Consistency::Linearizable).await?;
+        let target = guard.map_or(CompareTarget::CreateRevision(0), |kv| CompareTarget::ModRevision(kv.mod_revision));
+        let compare = Compare { key: SERVICE_ALLOCATION_GUARD_KEY.to_vec(), op: CompareOp::Equal, target };
+        let services = lookup("services").expect("services are served");
+        let (items, _, _) = self.list(services, None, &Selector::default(), &Selector::default(), 0, None).await?;
+        Ok((compare, Taken::of(&items, skip)))
+    }
+
+    fn alloc_error(name: &str, e: AllocError) -> RegistryError {
+        match e {
+            AllocError::NodePortTaken { .. } | AllocError::ClusterIpTaken { .. } => {
+                RegistryError::Conflict { kind: "services".into(), name: name.into(), message: e.to_string() }
+            }
+            AllocError::OutOfRange { .. } | AllocError::Immutable { .. } => {
+                let text = e.to_string();
+                let (field, message) = text.split_once(": ").unwrap_or(("spec", &text));
+                RegistryError::Admission(AdmissionError::Invalid {
+                    kind: "Service".into(),
+                    name: name.into(),
+                    errors: vec![crate::model::admission::FieldError { field: field.into(), message: message.into() }],
+                })
+            }
+            AllocError::Exhausted { .. } => RegistryError::Internal(e.to_string()),
+        }
+    }
+
+    /// Creates a Service with a ClusterIP (and node ports) no other holds.
+    async fn create_service(&self, res: &Resource, ns: &str, name: &str, key: Vec<u8>, obj: Value) -> Result<Value, RegistryError> {
+        let owner = format!("{ns}/{name}");
+        for _ in 0..ALLOCATION_RETRIES_MAX {
+            let (guard, taken) = self.service_allocations(&owner).await?;
+            let mut svc = obj.clone();
+            assign_service(&mut svc, None, &taken, &self.plan, &owner).map_err(|e| Self::alloc_error(name, e))?;
+            let bump = TxnOp::Put { key: SERVICE_ALLOCATION_GUARD_KEY.to_vec(), value: owner.as_bytes().to_vec() };
+            if self.put_if_with(key.clone(), CompareTarget::CreateRevision(0), &mut svc, vec![guard], vec![bump]).await? {
+                return Ok(svc);
+            }
+            if self.get(res, Some(ns), name).await.is_ok() {
+                return Err(RegistryError::AlreadyExists { kind: res.plural.into(), name: name.into() });
+            }
+        }
+        Err(RegistryError::Conflict {
+            kind: res.plural.into(),
+            name: name.into(),
+            message: "too many services created at once; try again".into(),
+        })
     }
 
     /// Creates many objects of one namespace in one store transaction (one
@@ -234,14 +308,22 @@ impl Registry {
     /// Writes `obj` at `key` if the key's state matches `expected`; on
     /// success sets the object's resourceVersion to the write's revision.
     async fn put_if(&self, key: Vec<u8>, expected: CompareTarget, obj: &mut Value) -> Result<bool, RegistryError> {
-        let result = self
-            .member
-            .txn(
-                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: expected }],
-                vec![TxnOp::Put { key, value: encode(obj) }],
-                vec![],
-            )
-            .await?;
+        self.put_if_with(key, expected, obj, vec![], vec![]).await
+    }
+
+    /// `put_if`, with more compares that must hold and more writes made in
+    /// the same transaction.
+    async fn put_if_with(
+        &self,
+        key: Vec<u8>,
+        expected: CompareTarget,
+        obj: &mut Value,
+        mut compares: Vec<Compare>,
+        mut also: Vec<TxnOp>,
+    ) -> Result<bool, RegistryError> {
+        compares.insert(0, Compare { key: key.clone(), op: CompareOp::Equal, target: expected });
+        also.insert(0, TxnOp::Put { key, value: encode(obj) });
+        let result = self.member.txn(compares, also, vec![]).await?;
         let succeeded = matches!(result.outcome, Outcome::Txn { succeeded: true, .. });
         if succeeded {
             object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
@@ -363,10 +445,18 @@ impl Registry {
             let mut new = change(&old)?;
             admit_update(res, &old, &mut new, &context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
             shapes::check(res, &new).map_err(RegistryError::BadRequest)?;
+            let (mut compares, mut also) = (vec![], vec![]);
+            if res.plural == "services" && subresource.is_none() {
+                let owner = format!("{}/{name}", ns.unwrap_or("default"));
+                let (guard, taken) = self.service_allocations(&owner).await?;
+                assign_service(&mut new, Some(&old), &taken, &self.plan, &owner).map_err(|e| Self::alloc_error(name, e))?;
+                compares.push(guard);
+                also.push(TxnOp::Put { key: SERVICE_ALLOCATION_GUARD_KEY.to_vec(), value: owner.into_bytes() });
+            }
             if strip_rv(&new) == strip_rv(&old) {
                 return Ok(old);
             }
-            if self.put_if(key.clone(), CompareTarget::ModRevision(current), &mut new).await? {
+            if self.put_if_with(key.clone(), CompareTarget::ModRevision(current), &mut new, compares, also).await? {
                 return Ok(new);
             }
             if precondition.is_some() {

@@ -64,6 +64,7 @@ fn agent_args(registry: &Registry, node: &str, runtime: Arc<dyn ContainerRuntime
         backoff: BackoffPolicy { initial: Duration::from_millis(200), max: Duration::from_secs(2), reset_after: Duration::from_secs(60) },
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
+        kubelet_port: None,
     }
 }
 

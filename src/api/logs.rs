@@ -1,6 +1,9 @@
 //! Container logs (`pods/{name}/log`, with `container`, `tailLines` and
 //! `follow`) and resource usage (`metrics.k8s.io`, what `top` reads), served
-//! from the runtime of the pod's node.
+//! from the runtime of the pod's node: directly when its agent is in this
+//! process, else from the agent's own endpoint (the kubelet port it
+//! advertises in the Node's `daemonEndpoints`), as Kubernetes' API server
+//! proxies to the kubelet.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flotilla_actors::model::resources::lookup;
 use flotilla_actors::model::selector::Selector;
-use flotilla_actors::runtime::ContainerRuntime;
+use flotilla_actors::runtime::{ContainerRuntime, Usage};
 use serde_json::{json, Value};
 
 use super::status::ApiError;
@@ -20,6 +23,61 @@ use super::ApiState;
 
 /// How often a followed log is read for new output.
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
+/// Deadline of one request to a remote agent's endpoint.
+const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest log answer taken from an agent (its process logs are bounded too).
+const AGENT_LOG_MAX_BYTES: usize = 16 * 1024 * 1024;
+
+/// Where a node's containers can be asked for logs and usage.
+#[derive(Clone)]
+enum NodeRuntime {
+    Local(Arc<dyn ContainerRuntime>),
+    Remote { base: String, token: String, client: reqwest::Client },
+}
+
+impl NodeRuntime {
+    async fn logs(&self, id: &str, tail: Option<usize>) -> Result<Vec<u8>, String> {
+        match self {
+            NodeRuntime::Local(r) => r.logs(id, tail).await.map_err(|e| e.to_string()),
+            NodeRuntime::Remote { base, token, client } => {
+                let mut url = format!("{base}/containerLogs/{id}");
+                if let Some(n) = tail {
+                    url.push_str(&format!("?tailLines={n}"));
+                }
+                let resp = client.get(&url).bearer_auth(token).timeout(AGENT_REQUEST_TIMEOUT).send().await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+                if !status.is_success() {
+                    return Err(format!("the node's agent answered {status}: {}", String::from_utf8_lossy(&bytes)));
+                }
+                Ok(bytes[bytes.len().saturating_sub(AGENT_LOG_MAX_BYTES)..].to_vec())
+            }
+        }
+    }
+
+    async fn usage(&self, id: &str) -> Result<Usage, String> {
+        match self {
+            NodeRuntime::Local(r) => r.usage(id).await.map_err(|e| e.to_string()),
+            NodeRuntime::Remote { base, token, client } => {
+                let resp = client
+                    .get(format!("{base}/stats/container/{id}"))
+                    .bearer_auth(token)
+                    .timeout(AGENT_REQUEST_TIMEOUT)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !resp.status().is_success() {
+                    return Err(format!("the node's agent answered {}", resp.status()));
+                }
+                let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+                Ok(Usage {
+                    cpu_millis: v.get("cpuMillis").and_then(Value::as_i64).unwrap_or(0),
+                    memory_bytes: v.get("memoryBytes").and_then(Value::as_i64).unwrap_or(0),
+                })
+            }
+        }
+    }
+}
 
 /// The running container's id, else (crash-looping) the last one's.
 fn container_id(pod: &Value, container: &str) -> Option<String> {
@@ -29,18 +87,31 @@ fn container_id(pod: &Value, container: &str) -> Option<String> {
     Some(id.split_once("://").map_or(id, |(_, rest)| rest).to_string())
 }
 
-fn runtime_for(state: &ApiState, pod: &Value) -> Result<Arc<dyn ContainerRuntime>, ApiError> {
+async fn runtime_for(state: &ApiState, pod: &Value) -> Result<NodeRuntime, ApiError> {
     let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
     if node.is_empty() {
         return Err(ApiError::bad_request("the pod is not bound to a node yet; it has no logs"));
     }
-    state.agents.runtime(node).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            format!("node {node:?} has no agent reachable from this server for logs; ask the server its agent runs with"),
-        )
-    })
+    if let Some(local) = state.agents.runtime(node) {
+        return Ok(NodeRuntime::Local(local));
+    }
+    let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why);
+    let token = state.kubelet_token.clone().ok_or_else(|| unavailable(format!("node {node:?} has no agent in this process")))?;
+    let nodes = lookup("nodes").expect("nodes are served");
+    let node_obj = state.registry.get(nodes, None, node).await?;
+    let ip = node_obj
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().find(|x| x.get("type").and_then(Value::as_str) == Some("InternalIP")))
+        .and_then(|x| x.get("address"))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    let port = node_obj.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(0);
+    if ip.is_empty() || port == 0 {
+        return Err(unavailable(format!("node {node:?} advertises no agent endpoint (InternalIP and kubelet port) to fetch logs from")));
+    }
+    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
+    Ok(NodeRuntime::Remote { base: format!("http://{host}:{port}"), token, client: state.http_client.clone() })
 }
 
 pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Result<Response, ApiError> {
@@ -73,10 +144,10 @@ pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Res
         Some(t) => Some(t.parse::<usize>().map_err(|_| ApiError::bad_request(format!("tailLines={t:?} must be a whole number")))?),
         None => None,
     };
-    let runtime = runtime_for(state, &pod)?;
+    let runtime = runtime_for(state, &pod).await?;
     let id = container_id(&pod, &container)
         .ok_or_else(|| ApiError::bad_request(format!("container {container:?} in pod {name} has not started yet")))?;
-    let first = runtime.logs(&id, tail).await.map_err(|e| ApiError::not_found(e.to_string()))?;
+    let first = runtime.logs(&id, tail).await.map_err(ApiError::not_found)?;
     if params.get("follow").is_none_or(|f| f != "true") {
         return Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain")], first).into_response());
     }
@@ -109,7 +180,7 @@ pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Res
 
 async fn usage_of(state: &ApiState, pod: &Value) -> (i64, i64, Vec<Value>) {
     let (mut cpu, mut mem, mut containers) = (0, 0, Vec::new());
-    let Ok(runtime) = runtime_for(state, pod) else { return (0, 0, containers) };
+    let Ok(runtime) = runtime_for(state, pod).await else { return (0, 0, containers) };
     for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("");
         let Some(id) = container_id(pod, name) else { continue };

@@ -31,6 +31,11 @@ pub struct ApiState {
     pub http_addr: String,
     /// Runtimes of the agents in this process, for logs and usage.
     pub agents: flotilla_actors::agent::directory::AgentDirectory,
+    /// The join token, presented to agents in other processes when their
+    /// logs and usage are fetched; None where there are none.
+    pub kubelet_token: Option<String>,
+    /// For requests to agents' endpoints (pooled connections).
+    pub http_client: reqwest::Client,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -38,7 +38,18 @@ pub fn spawn(args: &[&str]) -> Proc {
         }
         None => Stdio::null(),
     };
-    Proc(Command::new(BIN).args(args).stdout(Stdio::null()).stderr(stderr).spawn().expect("spawn flotilla"))
+    Proc(
+        Command::new(BIN)
+            .args(args)
+            // Tests run side by side on one host: no fixed DNS port, and no
+            // kernel rules unless a test asks for them with --proxy.
+            .env("FLOTILLA_PROXY", "off")
+            .env("FLOTILLA_DNS_LISTEN", "127.0.0.1:0")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn flotilla"),
+    )
 }
 
 /// Runs the CLI against `server`: (exit code, stdout, stderr).
@@ -142,5 +153,109 @@ impl Servers {
             }
         }
         None
+    }
+}
+
+/// Asks the DNS server at `server` (UDP) for the A records of `name`:
+/// Ok(addresses) on NOERROR, Err(rcode) otherwise (3 is NXDOMAIN).
+pub fn dns_a(server: &str, name: &str) -> Result<Vec<std::net::Ipv4Addr>, u8> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    let id: u16 = (std::process::id() as u16) ^ 0x5a5a;
+    let mut q = vec![(id >> 8) as u8, id as u8, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    socket.send_to(&q, server).expect("send");
+    let mut buf = [0u8; 1500];
+    let Ok(n) = socket.recv(&mut buf) else { return Err(255) };
+    let r = &buf[..n];
+    let rcode = r[3] & 0x0f;
+    if rcode != 0 {
+        return Err(rcode);
+    }
+    let answers = u16::from_be_bytes([r[6], r[7]]) as usize;
+    // Skip the question: the name we sent, then type and class.
+    let mut i = q.len();
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        // Owner name: a compression pointer or labels.
+        while i < r.len() {
+            if r[i] & 0xc0 == 0xc0 {
+                i += 2;
+                break;
+            }
+            if r[i] == 0 {
+                i += 1;
+                break;
+            }
+            i += r[i] as usize + 1;
+        }
+        if i + 10 > r.len() {
+            break;
+        }
+        let rtype = u16::from_be_bytes([r[i], r[i + 1]]);
+        let len = u16::from_be_bytes([r[i + 8], r[i + 9]]) as usize;
+        i += 10;
+        if rtype == 1 && len == 4 && i + 4 <= r.len() {
+            out.push(std::net::Ipv4Addr::new(r[i], r[i + 1], r[i + 2], r[i + 3]));
+        }
+        i += len;
+    }
+    Ok(out)
+}
+
+/// One HTTP/1.0 GET of `/` at `addr`: the body, or the connection error.
+pub fn http_get(addr: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().expect("socket address");
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\nHost: test\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default())
+}
+
+/// Whether this process may program nftables (root and a working `nft`).
+pub fn nft_usable() -> bool {
+    let root =
+        std::process::Command::new("id").arg("-u").output().map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0").unwrap_or(false);
+    root && std::process::Command::new("nft").args(["list", "tables"]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// Removes the Docker containers and networks of these nodes when
+/// dropped: a killed agent leaves them, and a failed test must not leave
+/// subnets taken for the next.
+pub struct DockerLeftovers(pub Vec<String>);
+
+impl Drop for DockerLeftovers {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| {
+            std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        for node in &self.0 {
+            let label = format!("label=io.flotilla.node={node}");
+            for id in docker(&["ps", "-aq", "--filter", &label]).lines().filter(|l| !l.is_empty()) {
+                docker(&["rm", "-f", id]);
+            }
+            for id in docker(&["network", "ls", "-q", "--filter", &label]).lines().filter(|l| !l.is_empty()) {
+                docker(&["network", "rm", id]);
+            }
+        }
+    }
+}
+
+/// Runs the docker CLI: (succeeded, trimmed stdout).
+pub fn docker(args: &[&str]) -> (bool, String) {
+    match std::process::Command::new("docker").args(args).output() {
+        Ok(out) => (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        Err(e) => (false, e.to_string()),
     }
 }

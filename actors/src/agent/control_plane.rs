@@ -110,6 +110,55 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError>;
     /// Records an Event about an object (best effort).
     async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str);
+    /// All objects of one of the kinds a node's network needs
+    /// ([`NETWORK_KINDS`]), and the revision of the list.
+    async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError>;
+    /// Changes to objects of such a kind after revision `after`.
+    async fn watch_objects(&self, plural: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError>;
+}
+
+/// What an agent may read beyond its own pods: what the proxy, cluster
+/// DNS and policy enforcement on its node are made from. Nothing else
+/// (secrets, for one) is readable with the join token this way.
+pub const NETWORK_KINDS: &[&str] = &["services", "endpoints", "pods", "namespaces", "networkpolicies", "nodes"];
+
+/// Passes a registry watch's events that `keep` accepts to a bounded
+/// channel, until the receiver goes away or the watch fails (its error is
+/// passed on last).
+fn forward_watch(
+    mut watch: crate::registry::RegistryWatch,
+    keep: impl Fn(&Value) -> bool + Send + 'static,
+) -> mpsc::Receiver<Result<WatchEvent, AgentError>> {
+    let (tx, rx) = mpsc::channel(POD_EVENT_QUEUE_MAX);
+    tokio::spawn(async move {
+        loop {
+            let batch = tokio::select! {
+                b = watch.next() => b,
+                _ = tx.closed() => return,
+            };
+            match batch {
+                Ok(events) => {
+                    for ev in events {
+                        if keep(&ev.object) && tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn network_kind(plural: &str) -> Result<&'static crate::model::resources::Resource, AgentError> {
+    if !NETWORK_KINDS.contains(&plural) {
+        return Err(AgentError::Refused(format!("agents may not read {plural}; only {}", NETWORK_KINDS.join(", "))));
+    }
+    lookup(plural).ok_or_else(|| AgentError::Refused(format!("no resource {plural}")))
 }
 
 /// The control plane in the same process.
@@ -134,6 +183,17 @@ fn node_selector(node: &str) -> Selector {
 
 #[async_trait::async_trait]
 impl ControlPlane for LocalControlPlane {
+    async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        let res = network_kind(plural)?;
+        let (items, rv, _) = self.registry.list(res, None, &Selector::default(), &Selector::default(), 0, None).await?;
+        Ok((items, rv))
+    }
+
+    async fn watch_objects(&self, plural: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        let res = network_kind(plural)?;
+        Ok(forward_watch(self.registry.watch(res, None, after)?, |_| true))
+    }
+
     async fn register_node(&self, node: Value) -> Result<(), AgentError> {
         let nodes = lookup("nodes").expect("nodes are served");
         let name = object::name(&node).unwrap_or_default().to_string();
@@ -185,33 +245,10 @@ impl ControlPlane for LocalControlPlane {
             return Ok(rx);
         }
         let pods = lookup("pods").expect("pods are served");
-        let mut watch = self.registry.watch(pods, None, after)?;
-        let (tx, rx) = mpsc::channel(POD_EVENT_QUEUE_MAX);
         let node = node.to_string();
-        tokio::spawn(async move {
-            loop {
-                let batch = tokio::select! {
-                    b = watch.next() => b,
-                    _ = tx.closed() => return,
-                };
-                match batch {
-                    Ok(events) => {
-                        for ev in events {
-                            if ev.object.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
-                                && tx.send(Ok(ev)).await.is_err()
-                            {
-                                return;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(rx)
+        Ok(forward_watch(self.registry.watch(pods, None, after)?, move |o| {
+            o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
+        }))
     }
 
     async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
@@ -273,6 +310,14 @@ impl PartitionableControlPlane {
 
 #[async_trait::async_trait]
 impl ControlPlane for PartitionableControlPlane {
+    async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        self.check()?;
+        self.inner.list_objects(plural).await
+    }
+    async fn watch_objects(&self, plural: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        self.check()?;
+        self.inner.watch_objects(plural, after).await
+    }
     async fn register_node(&self, node: Value) -> Result<(), AgentError> {
         self.check()?;
         self.inner.register_node(node).await

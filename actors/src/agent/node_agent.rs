@@ -44,6 +44,9 @@ pub struct NodeAgentArgs {
     pub fence: Duration,
     /// Pods this node takes (Kubernetes' kubelet default is 110).
     pub pods_max: i64,
+    /// Where the agent serves logs and usage to the API servers (the
+    /// kubelet's port); advertised in the Node's `daemonEndpoints`.
+    pub kubelet_port: Option<u16>,
 }
 
 /// The kubelet's default `maxPods`.
@@ -99,6 +102,7 @@ fn node_status(args: &NodeAgentArgs) -> Value {
     json!({
         "capacity": resources, "allocatable": resources,
         "addresses": [{"type": "InternalIP", "address": args.node_ip}, {"type": "Hostname", "address": args.name}],
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": args.kubelet_port.unwrap_or(0)}},
         "conditions": [{"type": "Ready", "status": "True", "reason": "AgentReady", "message": "flotilla agent is posting status",
                         "lastHeartbeatTime": now, "lastTransitionTime": now}],
         "nodeInfo": {

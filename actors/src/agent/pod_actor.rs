@@ -88,6 +88,8 @@ pub struct PodState {
     terminating: bool,
     killed: bool,
     start_time: String,
+    /// The pod's own address where the runtime gives it one (docker).
+    pod_ip: Option<String>,
 }
 
 fn quantity(v: Option<&Value>) -> Option<Quantity> {
@@ -102,6 +104,9 @@ fn quantity(v: Option<&Value>) -> Option<Quantity> {
 /// time) to have the agent kill the pod's containers.
 pub const CHAOS_KILL_ANNOTATION: &str = "chaos.flotilla.io/kill";
 
+/// Retry period while the runtime is unavailable.
+const RUNTIME_UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
+
 fn chaos_kill_order(pod: &Value) -> Option<&str> {
     pod.pointer("/metadata/annotations").and_then(|a| a.get(CHAOS_KILL_ANNOTATION)).and_then(Value::as_str)
 }
@@ -111,9 +116,10 @@ pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSp
     let strings = |v: Option<&Value>| -> Vec<String> {
         v.and_then(Value::as_array).map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
     };
+    // Only limits are enforced, as in Kubernetes: a container may use more
+    // than it requested (requests are the scheduler's business).
     let limits = container.pointer("/resources/limits");
-    let requests = container.pointer("/resources/requests");
-    let pick = |k: &str| quantity(limits.and_then(|l| l.get(k))).or_else(|| quantity(requests.and_then(|r| r.get(k))));
+    let pick = |k: &str| quantity(limits.and_then(|l| l.get(k)));
     let env = container
         .get("env")
         .and_then(Value::as_array)
@@ -144,6 +150,7 @@ pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSp
 
 impl PodState {
     fn status(&self) -> Value {
+        let pod_ip = self.pod_ip.as_deref().unwrap_or(&self.node_ip);
         let views: Vec<ContainerView> = self.slots.iter().map(|s| s.view.clone()).collect();
         let phase = pod_phase(self.policy, &views);
         let ready = pod_ready(&views);
@@ -173,7 +180,7 @@ impl PodState {
         json!({
             "phase": phase.as_str(),
             "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)],
-            "hostIP": self.node_ip, "podIP": self.node_ip, "podIPs": [{"ip": self.node_ip}],
+            "hostIP": self.node_ip, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
             "startTime": self.start_time,
             "containerStatuses": statuses,
         })
@@ -229,6 +236,7 @@ impl Actor for PodActor {
             terminating: false,
             killed: false,
             start_time: object::now(),
+            pod_ip: None,
             pod,
         };
         if object::meta_str(&state.pod, "deletionTimestamp").is_some() {
@@ -273,17 +281,30 @@ impl Actor for PodActor {
                             other => ("CreateContainerError", other.to_string()),
                         };
                         let slot = &mut state.slots[index];
-                        let delay = state.backoff.next_delay(slot.last_delay, Duration::ZERO);
-                        slot.last_delay = Some(delay);
+                        // The runtime being away (an engine restarting, the
+                        // node's pod network not there yet) is no fault of
+                        // the container: no restart counted, no back-off
+                        // built up, one event while it lasts.
+                        let transient = reason == "RuntimeUnavailable";
+                        let already_waiting = matches!(&slot.view.state, ContainerState::Waiting { reason: r, .. } if r == reason);
+                        let delay = if transient {
+                            RUNTIME_UNAVAILABLE_RETRY
+                        } else {
+                            let d = state.backoff.next_delay(slot.last_delay, Duration::ZERO);
+                            slot.last_delay = Some(d);
+                            d
+                        };
                         // Between pull attempts Kubernetes shows ImagePullBackOff.
                         let shown = if reason == "ErrImagePull" && slot.restarts > 0 { "ImagePullBackOff" } else { reason };
-                        slot.restarts += i64::from(reason != "ErrImagePull");
+                        slot.restarts += i64::from(reason != "ErrImagePull" && !transient);
                         slot.view.state = ContainerState::Waiting { reason: shown.into(), message: message.clone() };
                         tracing::info!(pod = %state.name, container = %slot.spec.name, reason, "container could not start; retrying in {delay:?}");
-                        state
-                            .control
-                            .record_event(&state.pod, "Warning", "Failed", &format!("container {}: {message}", slot.spec.name))
-                            .await;
+                        if !(transient && already_waiting) {
+                            state
+                                .control
+                                .record_event(&state.pod, "Warning", "Failed", &format!("container {}: {message}", slot.spec.name))
+                                .await;
+                        }
                         myself.send_after(delay, move || PodMsg::StartContainer { index });
                         myself.send_message(PodMsg::WriteStatus)?;
                     }
@@ -308,6 +329,10 @@ impl Actor for PodActor {
                 if let Some(old) = slot.previous_id.take() {
                     let _ = state.runtime.remove(&old).await;
                 }
+                if state.pod_ip.is_none() {
+                    state.pod_ip = state.runtime.pod_ip(&id).await;
+                }
+                let Some(slot) = state.slots.get_mut(index) else { return Ok(()) };
                 slot.id = Some(id);
                 slot.started = Some(Instant::now());
                 slot.view.state = ContainerState::Running { started_at: object::now() };

@@ -60,6 +60,14 @@ pub enum AgentRequest {
         reason: String,
         message: String,
     },
+    /// One of `NETWORK_KINDS`, all namespaces.
+    ListObjects {
+        plural: String,
+    },
+    WatchObjects {
+        plural: String,
+        after: u64,
+    },
 }
 
 /// The answer; errors carry the agent error's kind so retries work the same
@@ -153,7 +161,12 @@ impl AppHandler for AgentService {
                     local.record_event(&involved, &event_type, &reason, &message).await;
                     Ok(AgentReply::Done)
                 }
-                AgentRequest::WatchPods { .. } => return Err(StoreError::Invalid("watch pods is a stream request".into())),
+                AgentRequest::ListObjects { plural } => {
+                    local.list_objects(&plural).await.map(|(pods, revision)| AgentReply::Pods { pods, revision })
+                }
+                AgentRequest::WatchPods { .. } | AgentRequest::WatchObjects { .. } => {
+                    return Err(StoreError::Invalid("watches are stream requests".into()))
+                }
             };
             Ok(encode(&reply.unwrap_or_else(failed)))
         })
@@ -164,11 +177,13 @@ impl AppHandler for AgentService {
         Box::pin(async move {
             let request: AgentRequest =
                 serde_json::from_slice(&request).map_err(|e| StoreError::Protocol(format!("agent request: {e}")))?;
-            let AgentRequest::WatchPods { node, after } = request else {
-                return Err(StoreError::Invalid("only watch pods is a stream request".into()));
+            let watch = match request {
+                AgentRequest::WatchPods { node, after } => local.watch_pods(&node, after).await,
+                AgentRequest::WatchObjects { plural, after } => local.watch_objects(&plural, after).await,
+                _ => return Err(StoreError::Invalid("only watches are stream requests".into())),
             };
             let (tx, rx) = mpsc::channel(APP_STREAM_QUEUE_MAX);
-            match local.watch_pods(&node, after).await {
+            match watch {
                 Err(e) => {
                     let _ = tx.send(Ok(encode(&failed(e)))).await;
                 }
@@ -225,6 +240,38 @@ impl RemoteControlPlane {
             other => Ok(other),
         }
     }
+
+    /// A watch stream: the pods of a node, or the objects of a network kind.
+    async fn watch(&self, request: AgentRequest) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        let body = serde_json::to_vec(&request).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let mut frames = self.client.app_stream(body).await.map_err(store_error)?;
+        let (tx, rx) = mpsc::channel(super::control_plane::POD_EVENT_QUEUE_MAX);
+        tokio::spawn(async move {
+            while let Some(frame) = frames.recv().await {
+                let item = match frame {
+                    Err(e) => Err(store_error(e)),
+                    Ok(bytes) => match serde_json::from_slice::<AgentReply>(&bytes) {
+                        Ok(AgentReply::Event { kind, object }) => {
+                            let kind = match kind.as_str() {
+                                "ADDED" => "ADDED",
+                                "DELETED" => "DELETED",
+                                _ => "MODIFIED",
+                            };
+                            Ok(WatchEvent { kind, object })
+                        }
+                        Ok(AgentReply::Failed { expired: true, message, .. }) => Err(AgentError::Expired(message)),
+                        Ok(other) => Err(AgentError::Unavailable(format!("watch: {other:?}"))),
+                        Err(e) => Err(AgentError::Unavailable(format!("watch: {e}"))),
+                    },
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
 }
 
 fn store_error(e: StoreError) -> AgentError {
@@ -270,37 +317,19 @@ impl ControlPlane for RemoteControlPlane {
     }
 
     async fn watch_pods(&self, node: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
-        let body =
-            serde_json::to_vec(&AgentRequest::WatchPods { node: node.into(), after }).map_err(|e| AgentError::Refused(e.to_string()))?;
-        let mut frames = self.client.app_stream(body).await.map_err(store_error)?;
-        let (tx, rx) = mpsc::channel(super::control_plane::POD_EVENT_QUEUE_MAX);
-        tokio::spawn(async move {
-            while let Some(frame) = frames.recv().await {
-                let item = match frame {
-                    Err(e) => Err(store_error(e)),
-                    Ok(bytes) => match serde_json::from_slice::<AgentReply>(&bytes) {
-                        Ok(AgentReply::Event { kind, object }) => {
-                            let kind = match kind.as_str() {
-                                "ADDED" => "ADDED",
-                                "DELETED" => "DELETED",
-                                _ => "MODIFIED",
-                            };
-                            Ok(WatchEvent { kind, object })
-                        }
-                        Ok(AgentReply::Failed { expired: true, message, .. }) => Err(AgentError::Expired(message)),
-                        Ok(other) => Err(AgentError::Unavailable(format!("pod watch: {other:?}"))),
-                        Err(e) => Err(AgentError::Unavailable(format!("pod watch: {e}"))),
-                    },
-                };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
-                    return;
-                }
-            }
-        });
-        Ok(rx)
+        self.watch(AgentRequest::WatchPods { node: node.into(), after }).await
     }
 
+    async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError> {
+        match self.call(AgentRequest::ListObjects { plural: plural.into() }).await? {
+            AgentReply::Pods { pods, revision } => Ok((pods, revision)),
+            other => Err(AgentError::Refused(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn watch_objects(&self, plural: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
+        self.watch(AgentRequest::WatchObjects { plural: plural.into(), after }).await
+    }
     async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
         self.call(AgentRequest::UpdatePodStatus { namespace: namespace.into(), name: name.into(), uid: uid.into(), status })
             .await

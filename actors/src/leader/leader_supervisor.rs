@@ -14,7 +14,7 @@ use super::controller::{ControllerActor, ControllerArgs, LeaderContext, Reconcil
 use super::controller_supervisor::{ControllerSupervisor, ControllerSupervisorArgs};
 use super::node_lifecycle::NodeSupervisor;
 use super::settings::LeaderSettings;
-use super::{deployment_controller, endpoints_controller, gc, replicaset_controller, scheduler};
+use super::{deployment_controller, endpoints_controller, gc, node_ipam_controller, replicaset_controller, scheduler};
 use crate::agent::control_plane::Heartbeats;
 use crate::registry::Registry;
 
@@ -28,6 +28,7 @@ pub fn controllers() -> Vec<(&'static str, ReconcilerFactory)> {
         ("deployment-controller", deployment_controller::make),
         ("endpoints-controller", endpoints_controller::make),
         ("garbage-collector", gc::make),
+        ("node-ipam-controller", node_ipam_controller::make),
     ]
 }
 

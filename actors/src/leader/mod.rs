@@ -13,6 +13,7 @@ pub mod endpoints;
 pub mod endpoints_controller;
 pub mod gc;
 pub mod leader_supervisor;
+pub mod node_ipam_controller;
 pub mod node_lifecycle;
 pub mod placement;
 pub mod replicas;

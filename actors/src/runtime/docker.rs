@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig};
+use bollard::models::{ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, Ipam, IpamConfig, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, StatsOptionsBuilder, StopContainerOptionsBuilder,
@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures::StreamExt;
 
-use super::{tail_lines, ContainerRuntime, ContainerSpec, Exit, OwnedContainer, RuntimeError, Usage};
+use super::{tail_lines, ContainerRuntime, ContainerSpec, Exit, OwnedContainer, PodNetwork, RuntimeError, Usage};
 
 pub const LABEL_NODE: &str = "io.flotilla.node";
 pub const LABEL_POD_UID: &str = "io.flotilla.pod-uid";
@@ -25,11 +25,31 @@ pub const LABEL_NAMESPACE: &str = "io.flotilla.namespace";
 pub const LABEL_CONTAINER: &str = "io.flotilla.container";
 /// Deadline of one Docker API call that is not a wait.
 const DOCKER_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Back-off while the Docker engine does not answer, first and last.
+const ENGINE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const ENGINE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Bytes of logs read at most per request.
 const LOGS_MAX_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct DockerRuntime {
     docker: Docker,
+    /// The node's pod network once it is set up: (network name, config).
+    network: std::sync::RwLock<Option<(String, PodNetwork)>>,
+    /// Set when the agent manages a pod network: pods wait for it rather
+    /// than start on Docker's default bridge.
+    wants_network: std::sync::atomic::AtomicBool,
+}
+
+/// Docker's network for a node's pods.
+pub fn network_name(node: &str) -> String {
+    format!("flotilla-{node}")
+}
+
+/// The bridge's interface name: Linux allows 15 characters, node names
+/// are longer, so it is a hash of the name.
+fn bridge_name(node: &str) -> String {
+    let h = node.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    format!("flt{:08x}", h as u32)
 }
 
 fn unavailable(e: impl std::fmt::Display) -> RuntimeError {
@@ -54,11 +74,75 @@ impl DockerRuntime {
             .map_err(|_| RuntimeError::Unavailable("the Docker engine did not answer within 3 s".into()))?
             .map_err(unavailable)?;
         timed(docker.ping()).await?;
-        Ok(DockerRuntime { docker })
+        Ok(DockerRuntime { docker, network: Default::default(), wants_network: Default::default() })
+    }
+
+    async fn create_network(&self, name: &str, net: &PodNetwork) -> Result<(), RuntimeError> {
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: Some("bridge".into()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(net.subnet.clone()),
+                    gateway: Some(net.gateway.clone()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            options: Some(HashMap::from([("com.docker.network.bridge.name".to_string(), bridge_name(&net.node))])),
+            labels: Some(HashMap::from([(LABEL_NODE.to_string(), net.node.clone())])),
+            ..Default::default()
+        };
+        if timed(self.docker.create_network(request.clone())).await.is_ok() {
+            return Ok(());
+        }
+        // A network of an earlier flotilla node that holds the subnet and
+        // no containers is left over (its agent was killed): reclaim it.
+        self.remove_stale_networks(&net.subnet, name).await;
+        timed(self.docker.create_network(request)).await.map(|_| ()).map_err(|e| {
+            RuntimeError::Unavailable(format!(
+                "cannot create network {name} with subnet {}: {e}; is the subnet used by another network?",
+                net.subnet
+            ))
+        })
+    }
+
+    async fn remove_stale_networks(&self, subnet: &str, keep: &str) {
+        let filters = HashMap::from([("label", vec![LABEL_NODE.to_string()])]);
+        let options = bollard::query_parameters::ListNetworksOptionsBuilder::new().filters(&filters).build();
+        let Ok(networks) = timed(self.docker.list_networks(Some(options))).await else { return };
+        for n in networks {
+            let Some(name) = n.name.clone() else { continue };
+            let holds =
+                n.ipam.as_ref().and_then(|p| p.config.as_ref()).is_some_and(|c| c.iter().any(|c| c.subnet.as_deref() == Some(subnet)));
+            if name == keep || !holds {
+                continue;
+            }
+            let Ok(detail) = timed(self.docker.inspect_network(&name, None)).await else { continue };
+            if detail.containers.as_ref().is_none_or(|c| c.is_empty()) {
+                tracing::info!(network = %name, subnet, "removing a left-over flotilla network that holds this node's subnet");
+                let _ = timed(self.docker.remove_network(&name)).await;
+            }
+        }
+    }
+
+    /// How a container that exited with `code` ended (OOMKilled or not).
+    async fn exit_of(&self, id: &str, code: i64) -> Exit {
+        let oom =
+            timed(self.docker.inspect_container(id, None)).await.ok().and_then(|i| i.state).and_then(|s| s.oom_killed).unwrap_or(false);
+        if oom {
+            return Exit { code, reason: "OOMKilled".into(), message: "the container used more memory than its limit".into() };
+        }
+        Exit::from_code(code)
     }
 
     async fn ensure_image(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
-        let present = timed(self.docker.inspect_image(&spec.image)).await.is_ok();
+        let present = match timed(self.docker.inspect_image(&spec.image)).await {
+            Ok(_) => true,
+            Err(RuntimeError::NotFound(_)) => false,
+            // The engine is away: say so, rather than "image missing".
+            Err(e) => return Err(e),
+        };
         let must_pull = spec.pull_policy == "Always" && !spec.image.starts_with("flotilla/");
         if present && !must_pull {
             return Ok(());
@@ -99,6 +183,22 @@ impl ContainerRuntime for DockerRuntime {
             (LABEL_NAMESPACE.to_string(), spec.namespace.clone()),
             (LABEL_CONTAINER.to_string(), spec.name.clone()),
         ]);
+        let network = self.network.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if network.is_none() && self.wants_network.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(RuntimeError::Unavailable("the node has no pod subnet yet (the leader assigns one); retrying".into()));
+        }
+        let (network_mode, dns, dns_search) = match &network {
+            Some((name, net)) => (
+                Some(name.clone()),
+                Some(vec![net.gateway.clone()]),
+                Some(vec![
+                    format!("{}.svc.{}", spec.namespace, net.cluster_domain),
+                    format!("svc.{}", net.cluster_domain),
+                    net.cluster_domain.clone(),
+                ]),
+            ),
+            None => (None, None, None),
+        };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
@@ -110,6 +210,10 @@ impl ContainerRuntime for DockerRuntime {
                 nano_cpus: spec.cpu_millis.map(|m| m * 1_000_000),
                 memory: spec.memory_bytes,
                 init: Some(true),
+                dns_options: dns.as_ref().map(|_| vec!["ndots:5".to_string()]),
+                network_mode,
+                dns,
+                dns_search,
                 ..Default::default()
             }),
             ..Default::default()
@@ -131,19 +235,44 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn wait(&self, id: &str) -> Result<Exit, RuntimeError> {
-        let mut stream = self.docker.wait_container(id, None);
-        let code = match stream.next().await {
-            Some(Ok(r)) => r.status_code,
-            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(unavailable(e)),
-            None => return Err(RuntimeError::Unavailable("the wait stream ended without a status".into())),
-        };
-        let oom =
-            timed(self.docker.inspect_container(id, None)).await.ok().and_then(|i| i.state).and_then(|s| s.oom_killed).unwrap_or(false);
-        if oom {
-            return Ok(Exit { code, reason: "OOMKilled".into(), message: "the container used more memory than its limit".into() });
+        let mut delay = ENGINE_RETRY_FIRST;
+        loop {
+            let mut stream = self.docker.wait_container(id, None);
+            let code = match stream.next().await {
+                Some(Ok(r)) => Some(r.status_code),
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+                Some(Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, message })) => {
+                    return Err(RuntimeError::NotFound(message))
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(container = id, error = %e, "lost the wait on a container; waiting for the engine");
+                    None
+                }
+                None => None,
+            };
+            if let Some(code) = code {
+                return Ok(self.exit_of(id, code).await);
+            }
+            // The engine went away (restarted, say): the container may well
+            // still run. Once the engine answers, wait again if it does, or
+            // report how it ended if it does not; never count the outage
+            // as a crash.
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(ENGINE_RETRY_MAX);
+                match timed(self.docker.inspect_container(id, None)).await {
+                    Ok(info) => {
+                        let state = info.state.unwrap_or_default();
+                        if state.running == Some(true) {
+                            break;
+                        }
+                        return Ok(self.exit_of(id, state.exit_code.unwrap_or(0)).await);
+                    }
+                    Err(RuntimeError::NotFound(m)) => return Err(RuntimeError::NotFound(m)),
+                    Err(_) => continue,
+                }
+            }
         }
-        Ok(Exit::from_code(code))
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
@@ -232,6 +361,44 @@ impl ContainerRuntime for DockerRuntime {
     async fn address(&self, id: &str) -> Option<String> {
         let info = timed(self.docker.inspect_container(id, None)).await.ok()?;
         info.network_settings?.networks?.values().find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()))
+    }
+
+    async fn pod_ip(&self, id: &str) -> Option<String> {
+        self.address(id).await
+    }
+
+    fn expect_pod_network(&self) {
+        self.wants_network.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn set_pod_network(&self, net: &PodNetwork) -> Result<(), RuntimeError> {
+        let name = network_name(&net.node);
+        if self.network.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|(_, n)| n == net) {
+            return Ok(());
+        }
+        let subnet_of = |i: &bollard::models::NetworkInspect| {
+            i.ipam.as_ref().and_then(|p| p.config.as_ref()).and_then(|c| c.first()).and_then(|c| c.subnet.clone())
+        };
+        match timed(self.docker.inspect_network(&name, None)).await {
+            Ok(existing) if subnet_of(&existing).as_deref() == Some(net.subnet.as_str()) => {}
+            Ok(existing) => {
+                // The node was given another subnet (a new cluster, say):
+                // the old network must go, which Docker allows only once
+                // no container uses it.
+                timed(self.docker.remove_network(&name)).await.map_err(|e| {
+                    RuntimeError::Unavailable(format!(
+                        "network {name} has subnet {:?}, the node now has {}; remove its containers so it can be replaced: {e}",
+                        subnet_of(&existing),
+                        net.subnet
+                    ))
+                })?;
+                self.create_network(&name, net).await?;
+            }
+            Err(RuntimeError::NotFound(_)) => self.create_network(&name, net).await?,
+            Err(e) => return Err(e),
+        }
+        *self.network.write().unwrap_or_else(|p| p.into_inner()) = Some((name, net.clone()));
+        Ok(())
     }
 
     async fn list(&self, node: &str) -> Result<Vec<OwnedContainer>, RuntimeError> {

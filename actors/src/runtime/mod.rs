@@ -3,6 +3,7 @@
 //! (nothing runs; containers live in memory with injectable crashes, for
 //! tests and benchmarks of the control plane).
 
+pub mod cgroup;
 pub mod docker;
 pub mod process;
 pub mod sim;
@@ -80,6 +81,20 @@ impl RuntimeError {
     }
 }
 
+/// The node's pod network, for runtimes that give each pod its own address
+/// (docker): the node's pod subnet and the cluster DNS pods resolve with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub node: String,
+    /// `spec.podCIDR` of the node, e.g. `10.224.3.0/24`.
+    pub subnet: String,
+    /// The subnet's first address: the host's side of the bridge, where
+    /// cluster DNS listens for the pods.
+    pub gateway: String,
+    /// The cluster domain (`cluster.local`), for pods' DNS search lists.
+    pub cluster_domain: String,
+}
+
 /// Resource usage of one container, from the runtime's own figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -112,6 +127,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The address tcp and http probes dial; None where nothing listens
     /// (sim), which counts as a pass.
     async fn address(&self, id: &str) -> Option<String>;
+    /// The pod's own address, where the runtime gives pods one (docker);
+    /// None means pods share the node's address (process, sim).
+    async fn pod_ip(&self, _id: &str) -> Option<String> {
+        None
+    }
+    /// From now on pods wait for the node's pod network (set by
+    /// `set_pod_network`) instead of starting without one; a no-op for
+    /// runtimes whose pods share the node's address.
+    fn expect_pod_network(&self) {}
+    /// Sets up the node's pod network (idempotent); containers started
+    /// after it join it.
+    async fn set_pod_network(&self, _network: &PodNetwork) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 }
 
 /// The last `n` lines of `bytes`.

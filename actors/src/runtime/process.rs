@@ -3,11 +3,16 @@
 //! directory), with stdout and stderr captured to a size-bounded log file.
 //! The image is recorded, not pulled. A record per container in the state
 //! directory lets a restarted agent find and adopt processes it started.
-//! Memory and CPU limits are not enforced on this runtime.
+//! A container with a memory or CPU limit runs in a cgroup of its own
+//! (see [`super::cgroup`]) where the host lets the agent make one; a
+//! container over its memory limit is killed and reported OOMKilled, and
+//! its usage is the cgroup's. Elsewhere limits are not enforced, which is
+//! logged once, and usage is the main process's resident memory.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,12 +20,16 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+use super::cgroup::{self, Cgroup, Hierarchy, Limits};
 use super::{tail_lines, ContainerRuntime, ContainerSpec, Exit, OwnedContainer, RuntimeError, Usage};
 
 /// A container's log file is rotated (one previous file kept) past this.
 pub const LOG_FILE_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// How often an adopted (non-child) process is checked for exit.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
+/// The OOM killer counts its kill as it sends it; a victim reaped first is
+/// looked at once more after this.
+const OOM_RECHECK: Duration = Duration::from_millis(50);
 
 #[derive(Serialize, Deserialize, Clone)]
 struct Record {
@@ -29,11 +38,14 @@ struct Record {
     node: String,
     pod_uid: String,
     container: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cgroup: Option<cgroup::Paths>,
 }
 
 struct Entry {
     record: Record,
     exit: watch::Sender<Option<Exit>>,
+    cgroup: Option<Arc<Cgroup>>,
 }
 
 /// Runs containers as local processes.
@@ -41,6 +53,10 @@ pub struct ProcessRuntime {
     state_dir: PathBuf,
     next: AtomicU64,
     entries: Arc<Mutex<HashMap<String, Entry>>>,
+    /// Where containers' cgroups go; None where limits cannot be enforced.
+    cgroups: Option<Hierarchy>,
+    /// A container that could not have its cgroup is logged at info once.
+    cgroup_failure_logged: AtomicBool,
 }
 
 fn pid_alive(pid: i32) -> bool {
@@ -54,15 +70,70 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+fn oom_exit() -> Exit {
+    Exit { code: 128 + libc::SIGKILL as i64, reason: "OOMKilled".into(), message: "the container used more memory than its limit".into() }
+}
+
+/// Whether the kernel's OOM killer acted in the container's cgroup.
+async fn oom_killed(cgroup: Option<&Cgroup>) -> bool {
+    let Some(cgroup) = cgroup else { return false };
+    if cgroup.oom_kills() > 0 {
+        return true;
+    }
+    tokio::time::sleep(OOM_RECHECK).await;
+    cgroup.oom_kills() > 0
+}
+
 impl ProcessRuntime {
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, RuntimeError> {
         let state_dir = state_dir.into();
         std::fs::create_dir_all(state_dir.join("logs")).map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", state_dir.display())))?;
         std::fs::create_dir_all(state_dir.join("containers"))
             .map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", state_dir.display())))?;
-        let runtime = ProcessRuntime { state_dir, next: AtomicU64::new(0), entries: Arc::new(Mutex::new(HashMap::new())) };
+        let cgroups = match Hierarchy::detect() {
+            Ok(hierarchy) => {
+                tracing::debug!(?hierarchy, "containers with limits get cgroups");
+                Some(hierarchy)
+            }
+            Err(e) => {
+                tracing::info!("memory and CPU limits are not enforced on the process runtime: cgroups are not usable here ({e})");
+                None
+            }
+        };
+        let runtime = ProcessRuntime {
+            state_dir,
+            next: AtomicU64::new(0),
+            entries: Arc::new(Mutex::new(HashMap::new())),
+            cgroups,
+            cgroup_failure_logged: AtomicBool::new(false),
+        };
         runtime.load_records();
         Ok(runtime)
+    }
+
+    /// A container's own cgroup, when it has limits and the host allows
+    /// one; without it the container still runs, unlimited.
+    fn cgroup_for(&self, spec: &ContainerSpec, n: u64) -> Option<Arc<Cgroup>> {
+        let hierarchy = self.cgroups.as_ref()?;
+        let limits = Limits { cpu_millis: spec.cpu_millis, memory_bytes: spec.memory_bytes };
+        if limits.is_empty() {
+            return None;
+        }
+        match Cgroup::create(hierarchy, &format!("{}-{}-{n}", spec.pod_uid, spec.name), &limits) {
+            Ok(cgroup) => Some(Arc::new(cgroup)),
+            Err(e) => {
+                self.no_limits(&spec.name, &e);
+                None
+            }
+        }
+    }
+
+    fn no_limits(&self, container: &str, why: &dyn std::fmt::Display) {
+        if self.cgroup_failure_logged.swap(true, Ordering::Relaxed) {
+            tracing::debug!(container, "running without memory and CPU limits: {why}");
+        } else {
+            tracing::info!(container, "running without memory and CPU limits (logged once): {why}");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -83,22 +154,55 @@ impl ProcessRuntime {
         for entry in dir.flatten() {
             let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
             let Ok(record) = serde_json::from_str::<Record>(&text) else { continue };
+            let cgroup = record.cgroup.clone().and_then(Cgroup::open).map(Arc::new);
             let (exit, _) = watch::channel(if pid_alive(record.pid) { None } else { Some(Exit::from_code(0)) });
             if exit.borrow().is_none() {
                 let tx = exit.clone();
                 let pid = record.pid;
+                let watched = cgroup.clone();
                 tokio::spawn(async move {
                     while pid_alive(pid) {
                         tokio::time::sleep(ADOPTED_POLL).await;
                     }
-                    // The exit code of a process we did not start is unknown.
-                    tx.send_replace(Some(Exit { code: 0, reason: "Completed".into(), message: "adopted process exited".into() }));
+                    // The exit code of a process we did not start is
+                    // unknown, but its cgroup knows about OOM kills.
+                    let exit = if oom_killed(watched.as_deref()).await {
+                        oom_exit()
+                    } else {
+                        Exit { code: 0, reason: "Completed".into(), message: "adopted process exited".into() }
+                    };
+                    tx.send_replace(Some(exit));
                 });
             }
             self.next.fetch_max(record.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0) + 1, Ordering::Relaxed);
-            self.lock().insert(record.id.clone(), Entry { record, exit });
+            self.lock().insert(record.id.clone(), Entry { record, exit, cgroup });
         }
     }
+}
+
+/// The command for a container; with `join`, the child moves itself into
+/// those cgroups before exec, so all it runs is limited from the start.
+fn command(program: &str, rest: &[String], spec: &ContainerSpec, join: Option<Vec<CString>>) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest)
+        .envs(spec.env.iter().cloned())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    if let Some(files) = join {
+        // SAFETY: join_self runs between fork and exec and makes only
+        // async-signal-safe calls (open, write, close) on paths formatted
+        // before the fork.
+        unsafe {
+            cmd.pre_exec(move || cgroup::join_self(&files));
+        }
+    }
+    cmd
 }
 
 async fn copy_capped(mut from: impl AsyncRead + Unpin, path: PathBuf, file: Arc<tokio::sync::Mutex<tokio::fs::File>>) {
@@ -133,26 +237,39 @@ impl ContainerRuntime for ProcessRuntime {
                 spec.name
             )));
         };
-        let id = format!("{}-{}-{}", spec.pod_name, spec.name, self.next.fetch_add(1, Ordering::Relaxed));
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{}-{n}", spec.pod_name, spec.name);
         let log_path = self.log_path(&id);
         let file = tokio::fs::File::create(&log_path).await.map_err(|e| RuntimeError::Unavailable(format!("log file: {e}")))?;
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(rest)
-            .envs(spec.env.iter().cloned())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(dir) = &spec.working_dir {
-            cmd.current_dir(dir);
+        let mut cgroup = self.cgroup_for(spec, n);
+        let mut spawned = command(program, rest, spec, cgroup.as_ref().map(|c| c.procs().to_vec())).spawn();
+        if spawned.is_err() && cgroup.is_some() {
+            // The child reports only an errno, so a cgroup it could not
+            // join looks like a program that cannot run. Once more without
+            // the cgroup tells them apart: the first attempt never got to
+            // exec, so nothing runs twice.
+            let retried = command(program, rest, spec, None).spawn();
+            if let (Err(first), true) = (&spawned, retried.is_ok()) {
+                self.no_limits(&spec.name, &format!("the process could not join its cgroup: {first}"));
+            }
+            spawned = retried;
+            if let Some(failed) = cgroup.take() {
+                if let Err(e) = failed.remove().await {
+                    tracing::debug!(container = %spec.name, error = %e, "cgroup not removed");
+                }
+            }
         }
-        let mut child = cmd.spawn().map_err(|e| match e.kind() {
+        let mut child = spawned.map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => RuntimeError::Create(format!("executable {program:?} not found")),
             std::io::ErrorKind::PermissionDenied => RuntimeError::Create(format!("executable {program:?} is not executable")),
             _ => RuntimeError::Create(format!("{program:?}: {e}")),
         })?;
-        let pid = child.id().map(|p| p as i32).ok_or_else(|| RuntimeError::Create("process exited before it could be tracked".into()))?;
+        let Some(pid) = child.id().map(|p| p as i32) else {
+            if let Some(c) = &cgroup {
+                let _ = c.remove().await;
+            }
+            return Err(RuntimeError::Create("process exited before it could be tracked".into()));
+        };
         let file = Arc::new(tokio::sync::Mutex::new(file));
         if let Some(out) = child.stdout.take() {
             tokio::spawn(copy_capped(out, log_path.clone(), file.clone()));
@@ -160,30 +277,39 @@ impl ContainerRuntime for ProcessRuntime {
         if let Some(err) = child.stderr.take() {
             tokio::spawn(copy_capped(err, log_path.clone(), file.clone()));
         }
-        let record = Record { id: id.clone(), pid, node: spec.node.clone(), pod_uid: spec.pod_uid.clone(), container: spec.name.clone() };
+        let record = Record {
+            id: id.clone(),
+            pid,
+            node: spec.node.clone(),
+            pod_uid: spec.pod_uid.clone(),
+            container: spec.name.clone(),
+            cgroup: cgroup.as_ref().map(|c| c.paths().clone()),
+        };
         if let Ok(text) = serde_json::to_string(&record) {
             let _ = std::fs::write(self.record_path(&id), text);
         }
         let (exit, _) = watch::channel(None);
         let tx = exit.clone();
+        let watched = cgroup.clone();
         tokio::spawn(async move {
+            use std::os::unix::process::ExitStatusExt;
             let status = child.wait().await;
+            let killed = matches!(&status, Ok(s) if s.signal() == Some(libc::SIGKILL));
+            let oom = killed && oom_killed(watched.as_deref()).await;
             let exit = match status {
-                Ok(s) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    match (s.code(), s.signal()) {
-                        (Some(code), _) => Exit::from_code(code as i64),
-                        (None, Some(sig)) => {
-                            Exit { code: 128 + sig as i64, reason: "Error".into(), message: format!("killed by signal {sig}") }
-                        }
-                        _ => Exit::from_code(1),
+                Ok(_) if oom => oom_exit(),
+                Ok(s) => match (s.code(), s.signal()) {
+                    (Some(code), _) => Exit::from_code(code as i64),
+                    (None, Some(sig)) => {
+                        Exit { code: 128 + sig as i64, reason: "Error".into(), message: format!("killed by signal {sig}") }
                     }
-                }
+                    _ => Exit::from_code(1),
+                },
                 Err(e) => Exit { code: 1, reason: "Error".into(), message: e.to_string() },
             };
             tx.send_replace(Some(exit));
         });
-        self.lock().insert(id.clone(), Entry { record, exit });
+        self.lock().insert(id.clone(), Entry { record, exit, cgroup });
         Ok(id)
     }
 
@@ -200,10 +326,10 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
-        let (pid, mut rx) = {
+        let (pid, mut rx, cgroup) = {
             let guard = self.lock();
             let e = guard.get(id).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-            (e.record.pid, e.exit.subscribe())
+            (e.record.pid, e.exit.subscribe(), e.cgroup.clone())
         };
         if rx.borrow().is_some() {
             return Ok(());
@@ -219,12 +345,21 @@ impl ContainerRuntime for ProcessRuntime {
         .await;
         if exited.is_err() {
             signal_group(pid, libc::SIGKILL);
+            // Also what left the process group.
+            if let Some(c) = &cgroup {
+                c.kill_all();
+            }
         }
         Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        self.lock().remove(id);
+        let removed = self.lock().remove(id);
+        if let Some(cgroup) = removed.and_then(|e| e.cgroup) {
+            if let Err(e) = cgroup.remove().await {
+                tracing::warn!(container = %id, error = %e, "cgroup not removed");
+            }
+        }
         let _ = std::fs::remove_file(self.record_path(id));
         let _ = std::fs::remove_file(self.log_path(id));
         let _ = std::fs::remove_file(self.log_path(id).with_extension("log.1"));
@@ -245,8 +380,12 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn usage(&self, id: &str) -> Result<Usage, RuntimeError> {
-        let pid = self.lock().get(id).map(|e| e.record.pid).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
-        Ok(Usage { cpu_millis: 0, memory_bytes: rss_bytes(pid).unwrap_or(0) })
+        let (pid, cgroup) =
+            self.lock().get(id).map(|e| (e.record.pid, e.cgroup.clone())).ok_or_else(|| RuntimeError::NotFound(id.into()))?;
+        // Without a cgroup the CPU rate of a process tree is not at hand.
+        let Some(cgroup) = cgroup else { return Ok(Usage { cpu_millis: 0, memory_bytes: rss_bytes(pid).unwrap_or(0) }) };
+        let memory_bytes = cgroup.memory_bytes().or_else(|| rss_bytes(pid)).unwrap_or(0);
+        Ok(Usage { cpu_millis: cgroup.cpu_millis().await.unwrap_or(0), memory_bytes })
     }
 
     async fn exec(&self, id: &str, command: &[String]) -> Result<i64, RuntimeError> {
@@ -375,5 +514,79 @@ mod tests {
         assert!(e.to_string().contains("not found"), "{e}");
         let e = rt.start(&spec(&[])).await.unwrap_err();
         assert!(e.to_string().contains("has no command"), "{e}");
+    }
+
+    fn limited(command: &[&str], cpu_millis: Option<i64>, memory_bytes: Option<i64>) -> ContainerSpec {
+        ContainerSpec { cpu_millis, memory_bytes, ..spec(command) }
+    }
+
+    fn cgroup_dirs(rt: &ProcessRuntime, id: &str) -> Vec<PathBuf> {
+        rt.lock().get(id).and_then(|e| e.cgroup.as_ref().map(|c| c.dirs())).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_container_over_its_memory_limit_is_oom_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        if rt.cgroups.is_none() {
+            eprintln!("SKIPPED: no writable cgroup hierarchy with the memory controller here, so memory limits are not enforced");
+            return;
+        }
+        // The shell keeps 100 MB of `a`s in a variable, far past 32Mi.
+        let hog = limited(&["sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo survived; sleep 5"], None, Some(32 << 20));
+        let id = rt.start(&hog).await.unwrap();
+        let dirs = cgroup_dirs(&rt, &id);
+        assert!(!dirs.is_empty(), "the container runs in a cgroup of its own");
+        let exit = tokio::time::timeout(Duration::from_secs(60), rt.wait(&id)).await.expect("the hog ends").unwrap();
+        assert_eq!((exit.code, exit.reason.as_str()), (137, "OOMKilled"), "{exit:?}");
+        rt.remove(&id).await.unwrap();
+        assert!(dirs.iter().all(|d| !d.exists()), "cgroups left behind: {dirs:?}");
+    }
+
+    #[tokio::test]
+    async fn limits_are_written_to_the_cgroup_and_usage_is_read_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        if rt.cgroups.is_none() {
+            eprintln!("SKIPPED: no writable cgroup hierarchy here, so limits are not enforced");
+            return;
+        }
+        let id = rt.start(&limited(&["sh", "-c", "while :; do :; done"], Some(100), Some(64 << 20))).await.unwrap();
+        let dirs = cgroup_dirs(&rt, &id);
+        assert!(!dirs.is_empty(), "the container runs in a cgroup of its own");
+        let read = |file: &str| dirs.iter().find_map(|d| std::fs::read_to_string(d.join(file)).ok()).map(|s| s.trim().to_string());
+        // Each limit is checked where the host has its controller.
+        let v2 = dirs.iter().any(|d| d.join("cgroup.controllers").exists());
+        let (cpu_file, cpu_value, memory_file) =
+            if v2 { ("cpu.max", "10000 100000", "memory.max") } else { ("cpu.cfs_quota_us", "10000", "memory.limit_in_bytes") };
+        if let Some(cpu) = read(cpu_file) {
+            assert_eq!(cpu, cpu_value);
+        }
+        if let Some(memory) = read(memory_file) {
+            assert_eq!(memory, (64u64 << 20).to_string());
+        }
+        // The second look averages over the half second since the first:
+        // about 100m, never the full core the loop would take unlimited.
+        rt.usage(&id).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let usage = rt.usage(&id).await.unwrap();
+        if read(cpu_file).is_some() {
+            assert!(usage.cpu_millis <= 300, "{usage:?}");
+        }
+        assert!(usage.memory_bytes > 0, "{usage:?}");
+        rt.stop(&id, Duration::ZERO).await.unwrap();
+        assert_eq!(rt.wait(&id).await.unwrap().reason, "Error", "a kill by `stop` is not an OOM kill");
+        rt.remove(&id).await.unwrap();
+        assert!(dirs.iter().all(|d| !d.exists()), "cgroups left behind: {dirs:?}");
+    }
+
+    #[tokio::test]
+    async fn a_container_without_limits_gets_no_cgroup() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let id = rt.start(&spec(&["sh", "-c", "exit 0"])).await.unwrap();
+        assert!(cgroup_dirs(&rt, &id).is_empty());
+        assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+        rt.remove(&id).await.unwrap();
     }
 }

@@ -1,0 +1,12 @@
+//! Service networking on a node: the view of Services and their ready
+//! endpoints ([`service_table`]), the address plans ([`ipam`]), cluster
+//! DNS ([`dns`]), NetworkPolicy resolved to addresses ([`policy`]) and the
+//! kernel rules that carry virtual IPs and isolation ([`nft`]). Decisions
+//! are plain functions; the Proxy and Dns actors around them do the I/O.
+
+pub mod dns;
+pub mod ipam;
+pub mod nft;
+pub mod policy;
+pub mod proxy;
+pub mod service_table;

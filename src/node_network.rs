@@ -1,0 +1,187 @@
+//! A node's service networking, started next to its agent (by `flotilla
+//! agent` and `flotilla up`): the Proxy actor, which programs the kernel
+//! for service virtual IPs and NetworkPolicy; cluster DNS, which answers
+//! from the proxy's service table; and, for runtimes that give pods their
+//! own addresses (docker), the node's pod network on the subnet the
+//! leader assigned it, with cluster DNS on its gateway for the pods.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use clap::{Args, ValueEnum};
+use flotilla_actors::agent::control_plane::ControlPlane;
+use flotilla_actors::network::dns::{self, DnsConfig, DnsServer};
+use flotilla_actors::network::nft;
+use flotilla_actors::network::proxy::{ProxyActor, ProxyArgs, ProxyMode, ProxyMsg};
+use flotilla_actors::network::service_table::ServiceTable;
+use flotilla_actors::runtime::{ContainerRuntime, PodNetwork};
+use ractor::{Actor, ActorRef};
+
+/// The cluster domain, as Kubernetes names it by default.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+/// How often the agent looks for its node's pod subnet until it has one.
+const POD_CIDR_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// The DNS port pods ask on their gateway.
+const POD_DNS_PORT: u16 = 53;
+
+/// The cluster's address plan, given to every server (the same on each).
+#[derive(Args, Clone, Debug)]
+pub struct PlanFlags {
+    /// Where Services' virtual IPs come from.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
+    /// Where nodes' pod subnets come from.
+    #[arg(long, default_value = "10.224.0.0/11")]
+    pub cluster_cidr: String,
+    /// The prefix length of each node's pod subnet.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask: u8,
+}
+
+impl PlanFlags {
+    pub fn plan(&self) -> Result<flotilla_actors::network::ipam::NetworkPlan, String> {
+        flotilla_actors::network::ipam::NetworkPlan::new(&self.service_cidr, &self.cluster_cidr, self.node_cidr_mask)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyChoice {
+    /// nftables when running as root with a working `nft`, else off.
+    Auto,
+    Nftables,
+    Off,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct NetworkFlags {
+    /// How service virtual IPs and NetworkPolicy are carried out on this
+    /// node: nftables rules (needs root), or off.
+    #[arg(long, value_enum, default_value = "auto", env = "FLOTILLA_PROXY")]
+    pub proxy: ProxyChoice,
+    /// Where cluster DNS answers, UDP and TCP (port 0 picks one), or "off".
+    #[arg(long, default_value = "127.0.0.1:10053", env = "FLOTILLA_DNS_LISTEN")]
+    pub dns_listen: String,
+}
+
+/// The running pieces; `stop` takes the node's rules down with them.
+pub struct NodeNetwork {
+    proxy: ActorRef<ProxyMsg>,
+    proxy_handle: tokio::task::JoinHandle<()>,
+    dns: Option<DnsServer>,
+    forward: tokio::task::JoinHandle<()>,
+    pod_network: Option<tokio::task::JoinHandle<()>>,
+    pub mode: ProxyMode,
+}
+
+impl NodeNetwork {
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(DnsServer::local_addr)
+    }
+
+    pub async fn stop(self) {
+        self.forward.abort();
+        if let Some(t) = self.pod_network {
+            t.abort();
+        }
+        self.proxy.stop(None);
+        let _ = self.proxy_handle.await;
+        if let Some(d) = self.dns {
+            d.stop().await;
+        }
+    }
+}
+
+/// Waits for the leader to give the node a pod subnet, sets up the pod
+/// network on it, and serves cluster DNS on its gateway for the pods.
+async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: Arc<dyn ContainerRuntime>, table: dns::SharedServiceTable) {
+    let network = loop {
+        let cidr = control.list_objects("nodes").await.ok().and_then(|(nodes, _)| {
+            nodes
+                .into_iter()
+                .find(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) == Some(node.as_str()))
+                .and_then(|n| n.pointer("/spec/podCIDR").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(String::from))
+        });
+        if let Some(cidr) = cidr.and_then(|c| flotilla_actors::network::ipam::Cidr::parse(&c).ok()) {
+            break PodNetwork {
+                node: node.clone(),
+                subnet: cidr.to_string(),
+                gateway: cidr.gateway().to_string(),
+                cluster_domain: CLUSTER_DOMAIN.into(),
+            };
+        }
+        tokio::time::sleep(POD_CIDR_POLL).await;
+    };
+    let mut delay = POD_CIDR_POLL;
+    while let Err(e) = runtime.set_pod_network(&network).await {
+        tracing::warn!(node = %node, subnet = %network.subnet, error = %e, "pod network not set up yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(std::time::Duration::from_secs(10));
+    }
+    tracing::info!(node = %node, subnet = %network.subnet, "pod network ready");
+    let Ok(gateway) = network.gateway.parse::<std::net::IpAddr>() else { return };
+    let bind = SocketAddr::new(gateway, POD_DNS_PORT);
+    let config = DnsConfig { bind, zone: CLUSTER_DOMAIN.into(), upstreams: dns::host_upstreams(bind) };
+    match DnsServer::start(config, table).await {
+        // Serves until this task is aborted (the server stops when dropped).
+        Ok(server) => {
+            let _server = server;
+            std::future::pending::<()>().await
+        }
+        Err(e) => tracing::warn!(node = %node, error = %e, "cluster DNS for pods not started; pods resolve only through the host"),
+    }
+}
+
+pub async fn start(
+    node: &str,
+    control: Arc<dyn ControlPlane>,
+    runtime: Arc<dyn ContainerRuntime>,
+    flags: &NetworkFlags,
+) -> Result<NodeNetwork, String> {
+    let mode = match flags.proxy {
+        ProxyChoice::Off => ProxyMode::Off,
+        ProxyChoice::Nftables => {
+            if !nft::available() {
+                return Err(
+                    "--proxy nftables: nftables cannot be programmed here (run as root with the nft tool installed), or use --proxy off"
+                        .into(),
+                );
+            }
+            ProxyMode::Nftables
+        }
+        ProxyChoice::Auto => {
+            if tokio::task::spawn_blocking(nft::available).await.unwrap_or(false) {
+                ProxyMode::Nftables
+            } else {
+                tracing::info!("not root or no nft: service virtual IPs are not programmed on this node (DNS still answers)");
+                ProxyMode::Off
+            }
+        }
+    };
+    let dns = if flags.dns_listen == "off" {
+        None
+    } else {
+        let bind: SocketAddr = flags
+            .dns_listen
+            .parse()
+            .map_err(|_| format!("--dns-listen {:?} must be an address such as 127.0.0.1:10053, or off", flags.dns_listen))?;
+        let config = DnsConfig { bind, zone: CLUSTER_DOMAIN.into(), upstreams: dns::host_upstreams(bind) };
+        Some(DnsServer::start(config, dns::share(ServiceTable::default())).await.map_err(|e| format!("--dns-listen: {e}"))?)
+    };
+    let (tables, mut table_rx) = tokio::sync::watch::channel(Arc::new(ServiceTable::default()));
+    // One table for every DNS listener: the host's and the pods'.
+    let shared = dns.as_ref().map_or_else(|| dns::share(ServiceTable::default()), |d| d.shared());
+    let pod_network = (runtime.kind() == "docker").then(|| {
+        runtime.expect_pod_network();
+        tokio::spawn(run_pod_network(node.to_string(), control.clone(), runtime.clone(), shared.clone()))
+    });
+    let forward = tokio::spawn(async move {
+        while table_rx.changed().await.is_ok() {
+            let table = table_rx.borrow_and_update().clone();
+            *shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
+        }
+    });
+    let (proxy, proxy_handle) = Actor::spawn(None, ProxyActor, ProxyArgs { node: node.to_string(), control, mode, tables })
+        .await
+        .map_err(|e| format!("the proxy did not start: {e}"))?;
+    Ok(NodeNetwork { proxy, proxy_handle, dns, forward, pod_network, mode })
+}

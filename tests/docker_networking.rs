@@ -1,0 +1,192 @@
+//! Service networking on real containers: `flotilla up --runtime docker`
+//! with the nftables proxy. Two namespaces each run a web Deployment of
+//! three replicas behind a Service and a client pod. A client reaches its
+//! own service by short name, by full name and by VIP; connections spread
+//! over the replicas; a killed replica does not break the service; a
+//! NetworkPolicy admitting only its own namespace stops the other
+//! namespace's client while its own gets through, until it is deleted.
+//! Needs a Docker engine, root and nft; elsewhere it prints SKIPPED.
+
+use std::collections::BTreeSet;
+
+mod common;
+use common::*;
+
+fn namespace(ns: &str) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: httpd
+        image: flotilla/busybox:latest
+        imagePullPolicy: IfNotPresent
+        command: [sh, -c, 'hostname > /www/index.html; exec httpd -f -p 8080 -h /www']
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: main, image: flotilla/busybox:latest, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}
+"
+    )
+}
+
+const OWN_NAMESPACE_ONLY: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: own-namespace-only, namespace: alpha}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: alpha}}}]
+";
+
+/// The container of `pod` in `ns` on `node`.
+fn container_of(node: &str, ns: &str, pod: &str) -> Option<String> {
+    let (_, out) = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.flotilla.node={node}"),
+        "--filter",
+        &format!("label=io.flotilla.namespace={ns}"),
+        "--filter",
+        &format!("label=io.flotilla.pod={pod}"),
+    ]);
+    out.lines().next().map(String::from)
+}
+
+/// One HTTP GET from inside `container`; the body, or None when it failed
+/// or took more than 3 s (a dropped connection hangs until then).
+fn fetch_from(container: &str, url: &str) -> Option<String> {
+    let (ok, out) = docker(&["exec", container, "timeout", "3", "wget", "-q", "-O", "-", url]);
+    ok.then(|| out.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+fn cleanup(node: &str) {
+    let (_, ids) = docker(&["ps", "-aq", "--filter", &format!("label=io.flotilla.node={node}")]);
+    for id in ids.lines().filter(|l| !l.is_empty()) {
+        let _ = docker(&["rm", "-f", id]);
+    }
+    let _ = docker(&["network", "rm", &format!("flotilla-{node}")]);
+    let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("flotilla_{node}")]).output();
+}
+
+struct Cleanup(String);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        cleanup(&self.0);
+    }
+}
+
+#[test]
+fn services_dns_and_network_policy_on_real_containers() {
+    if !docker(&["info"]).0 {
+        eprintln!("SKIPPED: no Docker engine answers");
+        return;
+    }
+    if !nft_usable() {
+        eprintln!("SKIPPED: programming nftables needs root and the nft tool");
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
+    assert!(std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false), "build-image.sh failed");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = format!("dn{}", std::process::id());
+    let _cleanup = Cleanup(node.clone());
+    let http = free_tcp();
+    let api = format!("http://{http}");
+    let _up = spawn(&[
+        "up",
+        "--runtime",
+        "docker",
+        "--node-name",
+        &node,
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf8"),
+        "--peer",
+        &free_udp(),
+        "--http",
+        &http,
+        "--proxy",
+        "nftables",
+        "--dns-listen",
+        "127.0.0.1:0",
+        // Pod subnets of its own, apart from the other Docker tests'.
+        "--cluster-cidr",
+        "10.233.0.0/16",
+    ]);
+    until("the node is ready", || cli(&api, &["get", "nodes"], None).1.contains(" Ready"));
+    for ns in ["alpha", "beta"] {
+        assert_eq!(cli(&api, &["apply", "-f", "-"], Some(&namespace(ns))).0, 0);
+    }
+    until("six web replicas and two clients running", || {
+        let (_, out) = cli(&api, &["get", "pods", "-A"], None);
+        out.lines().filter(|l| l.contains("web-") && l.contains("Running")).count() == 6
+            && out.lines().filter(|l| l.contains("client") && l.contains("Running")).count() == 2
+    });
+    let (client_a, client_b) =
+        (container_of(&node, "alpha", "client").expect("client a"), container_of(&node, "beta", "client").expect("client b"));
+    let (_, svc) = cli(&api, &["get", "service", "web", "-n", "alpha", "-o", "json"], None);
+    let svc: serde_json::Value = serde_json::from_str(&svc).expect("service json");
+    let vip = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).expect("cluster IP").to_string();
+
+    // Its own service by short name, full name and VIP.
+    until("client a reaches web by its short name", || fetch_from(&client_a, "http://web").is_some());
+    assert!(fetch_from(&client_a, "http://web.alpha.svc.cluster.local").is_some(), "by full name");
+    assert!(fetch_from(&client_a, &format!("http://{vip}")).is_some(), "by VIP");
+    assert!(fetch_from(&client_b, "http://web.alpha").is_some(), "another namespace's service by NAME.NAMESPACE");
+
+    // Connections spread over the three replicas.
+    until("all three replicas answer through the service", || {
+        let seen: BTreeSet<String> = (0..20).filter_map(|_| fetch_from(&client_a, "http://web")).collect();
+        seen.len() == 3
+    });
+
+    // Killing a replica does not break the service.
+    let (_, replicas) = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.flotilla.node={node}"),
+        "--filter",
+        "label=io.flotilla.namespace=alpha",
+        "--filter",
+        "label=io.flotilla.container=httpd",
+    ]);
+    let victim = replicas.lines().next().expect("a web replica of alpha").to_string();
+    assert!(docker(&["kill", &victim]).0);
+    until("ten requests in a row succeed after a replica was killed", || (0..10).all(|_| fetch_from(&client_a, "http://web").is_some()));
+
+    // Only alpha may reach alpha's pods, through the service or not.
+    assert_eq!(cli(&api, &["apply", "-f", "-"], Some(OWN_NAMESPACE_ONLY)).0, 0);
+    until("beta's client is stopped by the policy", || fetch_from(&client_b, "http://web.alpha").is_none());
+    assert!(fetch_from(&client_a, "http://web").is_some(), "alpha's own client still gets through");
+    assert!(fetch_from(&client_b, "http://web").is_some(), "beta's own service is not affected");
+    assert_eq!(cli(&api, &["delete", "networkpolicy", "own-namespace-only", "-n", "alpha"], None).0, 0);
+    until("beta's client gets through again", || fetch_from(&client_b, "http://web.alpha").is_some());
+}
