@@ -84,7 +84,8 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
     };
     // Servers present the token's secret when they fetch logs and usage.
     let secret = flotilla_raft::tls::JoinToken::parse(&args.token).map_err(|e| format!("--token: {e}"))?.secret;
-    let (kubelet_port, kubelet) = crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &secret).await?;
+    let (kubelet_port, kubelet) =
+        crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &crate::kubelet_api::credential(&secret)).await?;
     let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =
         Arc::new(RemoteControlPlane::new(args.server.clone(), &args.token).map_err(|e| e.to_string())?);
     let network = crate::node_network::start(&args.name, control.clone(), runtime.clone(), &args.network).await?;

@@ -63,7 +63,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         registry: registry.clone(),
         http_addr: http.to_string(),
         agents: Default::default(),
-        kubelet_token: Some(member.token().secret.clone()),
+        kubelet_token: Some(crate::kubelet_api::credential(&member.token().secret)),
         http_client: Default::default(),
     };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });

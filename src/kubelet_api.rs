@@ -1,7 +1,8 @@
 //! The agent's own small HTTP endpoint (what the kubelet's port is to
 //! Kubernetes): container logs and usage from this node's runtime, for the
 //! API servers to proxy `flotilla logs` and `flotilla top` to. Callers
-//! present the cluster's join token as a bearer token.
+//! present a credential derived from the cluster's join token
+//! ([`credential`]) as a bearer token.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +18,13 @@ use sha2::{Digest, Sha256};
 
 /// The kubelet's port in Kubernetes.
 pub const KUBELET_PORT_DEFAULT: u16 = 10250;
+
+/// What servers present to agents' endpoints: derived from the join
+/// token's secret, never the secret itself (which admits members and is
+/// traded for the cluster CA), since this endpoint speaks plain HTTP.
+pub fn credential(join_secret: &str) -> String {
+    Sha256::digest(format!("flotilla-kubelet\0{join_secret}").as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
 
 struct KubeletState {
     runtime: Arc<dyn ContainerRuntime>,
@@ -51,7 +59,7 @@ async fn container_logs(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if !state.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, "present the cluster's join token as a bearer token").into_response();
+        return (StatusCode::UNAUTHORIZED, "present the cluster's kubelet credential as a bearer token").into_response();
     }
     let tail = match q.get("tailLines").map(|t| t.parse::<usize>()) {
         None => None,
@@ -66,7 +74,7 @@ async fn container_logs(
 
 async fn container_stats(State(state): State<Arc<KubeletState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if !state.authorized(&headers) {
-        return (StatusCode::UNAUTHORIZED, "present the cluster's join token as a bearer token").into_response();
+        return (StatusCode::UNAUTHORIZED, "present the cluster's kubelet credential as a bearer token").into_response();
     }
     match state.runtime.usage(&id).await {
         Ok(u) => Json(json!({"cpuMillis": u.cpu_millis, "memoryBytes": u.memory_bytes})).into_response(),

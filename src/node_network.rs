@@ -91,6 +91,34 @@ impl NodeNetwork {
     }
 }
 
+/// Docker drops forwarded traffic to its bridges unless it is a published
+/// port (FORWARD policy DROP): node-port connections from other machines
+/// and pods on other nodes would never reach this node's pods. One rule
+/// in DOCKER-USER, the chain Docker leaves to its users, admits the pod
+/// subnet; NetworkPolicy still applies (its drops, in flotilla's own
+/// table, come first).
+fn admit_forwarding(subnet: &str) -> Result<(), String> {
+    let rule = ["DOCKER-USER", "-d", subnet, "-m", "comment", "--comment", "flotilla pod subnet", "-j", "ACCEPT"];
+    let run = |action: &str| {
+        std::process::Command::new("iptables")
+            .args(["-w", "5", action])
+            .args(rule)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .map_err(|e| format!("iptables: {e}"))
+    };
+    if run("-C")?.status.success() {
+        return Ok(());
+    }
+    let out = run("-I")?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("iptables -I DOCKER-USER: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
 /// Waits for the leader to give the node a pod subnet, sets up the pod
 /// network on it, and serves cluster DNS on its gateway for the pods.
 async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: Arc<dyn ContainerRuntime>, table: dns::SharedServiceTable) {
@@ -107,6 +135,9 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
                 subnet: cidr.to_string(),
                 gateway: cidr.gateway().to_string(),
                 cluster_domain: CLUSTER_DOMAIN.into(),
+                // The server binds in a moment, once the bridge holds the
+                // gateway address; pods started meanwhile retry their query.
+                dns: Some(cidr.gateway().to_string()),
             };
         }
         tokio::time::sleep(POD_CIDR_POLL).await;
@@ -118,6 +149,11 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
         delay = (delay * 2).min(std::time::Duration::from_secs(10));
     }
     tracing::info!(node = %node, subnet = %network.subnet, "pod network ready");
+    let subnet = network.subnet.clone();
+    match tokio::task::spawn_blocking(move || admit_forwarding(&subnet)).await.map_err(|e| e.to_string()).and_then(|r| r) {
+        Ok(()) => {}
+        Err(e) => tracing::warn!(node = %node, error = %e, "pods are not reachable from other machines or through node ports"),
+    }
     let Ok(gateway) = network.gateway.parse::<std::net::IpAddr>() else { return };
     let bind = SocketAddr::new(gateway, POD_DNS_PORT);
     let config = DnsConfig { bind, zone: CLUSTER_DOMAIN.into(), upstreams: dns::host_upstreams(bind) };
@@ -127,7 +163,13 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
             let _server = server;
             std::future::pending::<()>().await
         }
-        Err(e) => tracing::warn!(node = %node, error = %e, "cluster DNS for pods not started; pods resolve only through the host"),
+        // Binding port 53 needs root: without it pods started from now on
+        // keep the host's resolvers (no cluster names), rather than one
+        // that never answers.
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e, "cluster DNS for pods not started; pods resolve through the host's resolvers");
+            let _ = runtime.set_pod_network(&PodNetwork { dns: None, ..network }).await;
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 //! own service by short name, by full name and by VIP; connections spread
 //! over the replicas; a killed replica does not break the service; a
 //! NetworkPolicy admitting only its own namespace stops the other
-//! namespace's client while its own gets through, until it is deleted.
+//! namespace's client while its own gets through, until it is deleted; a
+//! NodePort answers connections from another network namespace (another
+//! machine, as far as the node can tell).
 //! Needs a Docker engine, root and nft; elsewhere it prints SKIPPED.
 
 use std::collections::BTreeSet;
@@ -52,6 +54,55 @@ spec:
   - {{name: main, image: flotilla/busybox:latest, imagePullPolicy: IfNotPresent, command: [sleep, '3600']}}
 "
     )
+}
+
+const NODE_PORT: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web-outside, namespace: alpha}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http, nodePort: 30777}]
+";
+
+/// A network namespace joined to the host by a veth pair: a client from
+/// outside the node. Removed when dropped.
+struct OutsideHost {
+    netns: String,
+    host_side: String,
+}
+
+impl OutsideHost {
+    fn new(tag: &str) -> Option<OutsideHost> {
+        let (netns, host_side, inside) = (format!("fl{tag}"), format!("fv{tag}a"), format!("fv{tag}b"));
+        let me = OutsideHost { netns: netns.clone(), host_side: host_side.clone() };
+        let ip = |args: &[&str]| std::process::Command::new("ip").args(args).status().map(|s| s.success()).unwrap_or(false);
+        let ok = ip(&["netns", "add", &netns])
+            && ip(&["link", "add", &host_side, "type", "veth", "peer", "name", &inside])
+            && ip(&["link", "set", &inside, "netns", &netns])
+            && ip(&["addr", "add", "192.168.251.1/30", "dev", &host_side])
+            && ip(&["link", "set", &host_side, "up"])
+            && ip(&["netns", "exec", &netns, "ip", "addr", "add", "192.168.251.2/30", "dev", &inside])
+            && ip(&["netns", "exec", &netns, "ip", "link", "set", &inside, "up"]);
+        ok.then_some(me)
+    }
+
+    /// One GET from outside to the node's address on `port`.
+    fn fetch(&self, port: u16) -> Option<String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.netns, "curl", "-s", "-m", "3", &format!("http://192.168.251.1:{port}/")])
+            .output()
+            .ok()?;
+        let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !body.is_empty()).then_some(body)
+    }
+}
+
+impl Drop for OutsideHost {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_side]).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.netns]).status();
+    }
 }
 
 const OWN_NAMESPACE_ONLY: &str = "apiVersion: networking.k8s.io/v1
@@ -181,6 +232,15 @@ fn services_dns_and_network_policy_on_real_containers() {
     let victim = replicas.lines().next().expect("a web replica of alpha").to_string();
     assert!(docker(&["kill", &victim]).0);
     until("ten requests in a row succeed after a replica was killed", || (0..10).all(|_| fetch_from(&client_a, "http://web").is_some()));
+
+    // A node port answers from outside the node (Docker's own forwarding
+    // rules would drop it without the agent's DOCKER-USER rule).
+    assert_eq!(cli(&api, &["apply", "-f", "-"], Some(NODE_PORT)).0, 0);
+    let curl = std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success());
+    match OutsideHost::new(&std::process::id().to_string()).filter(|_| curl) {
+        Some(outside) => until("the node port answers a client outside the node", || outside.fetch(30777).is_some()),
+        None => eprintln!("SKIPPED (node port from outside): no `ip netns` or curl here"),
+    }
 
     // Only alpha may reach alpha's pods, through the service or not.
     assert_eq!(cli(&api, &["apply", "-f", "-"], Some(OWN_NAMESPACE_ONLY)).0, 0);

@@ -443,6 +443,9 @@ impl Registry {
                 }
             }
             let mut new = change(&old)?;
+            if res.plural == "services" && subresource.is_none() {
+                crate::network::ipam::fit_to_type(&old, &mut new);
+            }
             admit_update(res, &old, &mut new, &context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
             shapes::check(res, &new).map_err(RegistryError::BadRequest)?;
             let (mut compares, mut also) = (vec![], vec![]);
@@ -456,8 +459,14 @@ impl Registry {
             if strip_rv(&new) == strip_rv(&old) {
                 return Ok(old);
             }
+            let guarded = !compares.is_empty();
             if self.put_if_with(key.clone(), CompareTarget::ModRevision(current), &mut new, compares, also).await? {
                 return Ok(new);
+            }
+            // Another Service's allocation moved the guard, not this object:
+            // try again even under a precondition.
+            if guarded && self.get(res, ns, name).await.ok().and_then(|o| object::resource_version(&o)) == Some(current) {
+                continue;
             }
             if precondition.is_some() {
                 return Err(RegistryError::Conflict {

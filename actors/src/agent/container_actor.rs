@@ -66,7 +66,15 @@ async fn probe_loop(kind: ProbeKind, probe: Probe, runtime: Arc<dyn ContainerRun
     let mut state = ProbeState::new(kind == ProbeKind::Liveness);
     loop {
         let ok = match &probe.action {
-            ProbeAction::Exec(cmd) => matches!(tokio::time::timeout(probe.timeout, runtime.exec(&id, cmd)).await, Ok(Ok(0))),
+            ProbeAction::Exec(cmd) => match tokio::time::timeout(probe.timeout, runtime.exec(&id, cmd)).await {
+                // The runtime is away (an engine restarting): no verdict on
+                // the container either way.
+                Ok(Err(crate::runtime::RuntimeError::Unavailable(_))) => {
+                    tokio::time::sleep(probe.period).await;
+                    continue;
+                }
+                result => matches!(result, Ok(Ok(0))),
+            },
             network => match runtime.address(&id).await {
                 Some(host) => check_network(network, &host, probe.timeout).await,
                 None => true,

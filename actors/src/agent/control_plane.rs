@@ -122,12 +122,13 @@ pub trait ControlPlane: Send + Sync + 'static {
 /// (secrets, for one) is readable with the join token this way.
 pub const NETWORK_KINDS: &[&str] = &["services", "endpoints", "pods", "namespaces", "networkpolicies", "nodes"];
 
-/// Passes a registry watch's events that `keep` accepts to a bounded
+/// Passes a registry watch's events that `keep` accepts, shaped by `shape`, to a bounded
 /// channel, until the receiver goes away or the watch fails (its error is
 /// passed on last).
 fn forward_watch(
     mut watch: crate::registry::RegistryWatch,
     keep: impl Fn(&Value) -> bool + Send + 'static,
+    shape: impl Fn(Value) -> Value + Send + 'static,
 ) -> mpsc::Receiver<Result<WatchEvent, AgentError>> {
     let (tx, rx) = mpsc::channel(POD_EVENT_QUEUE_MAX);
     tokio::spawn(async move {
@@ -139,7 +140,7 @@ fn forward_watch(
             match batch {
                 Ok(events) => {
                     for ev in events {
-                        if keep(&ev.object) && tx.send(Ok(ev)).await.is_err() {
+                        if keep(&ev.object) && tx.send(Ok(WatchEvent { kind: ev.kind, object: shape(ev.object) })).await.is_err() {
                             return;
                         }
                     }
@@ -152,6 +153,29 @@ fn forward_watch(
         }
     });
     rx
+}
+
+/// What a node's network needs of an object, and no more: pods go out
+/// without their containers' commands, environment and the rest, which
+/// the join token need not reveal to every agent.
+fn for_network(plural: &str, mut obj: Value) -> Value {
+    if plural != "pods" {
+        return obj;
+    }
+    let ports: Vec<Value> = obj
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map(|cs| cs.iter().map(|c| json!({"name": c.get("name"), "ports": c.get("ports").cloned().unwrap_or(json!([]))})).collect())
+        .unwrap_or_default();
+    let meta = obj.get_mut("metadata").map(Value::take).unwrap_or(json!({}));
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                     "labels": meta.get("labels"), "resourceVersion": meta.get("resourceVersion"),
+                     "deletionTimestamp": meta.get("deletionTimestamp")},
+        "spec": {"nodeName": obj.pointer("/spec/nodeName"), "hostNetwork": obj.pointer("/spec/hostNetwork"), "containers": ports},
+        "status": {"phase": obj.pointer("/status/phase"), "podIP": obj.pointer("/status/podIP")},
+    })
 }
 
 fn network_kind(plural: &str) -> Result<&'static crate::model::resources::Resource, AgentError> {
@@ -186,12 +210,13 @@ impl ControlPlane for LocalControlPlane {
     async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError> {
         let res = network_kind(plural)?;
         let (items, rv, _) = self.registry.list(res, None, &Selector::default(), &Selector::default(), 0, None).await?;
-        Ok((items, rv))
+        Ok((items.into_iter().map(|o| for_network(plural, o)).collect(), rv))
     }
 
     async fn watch_objects(&self, plural: &str, after: u64) -> Result<mpsc::Receiver<Result<WatchEvent, AgentError>>, AgentError> {
         let res = network_kind(plural)?;
-        Ok(forward_watch(self.registry.watch(res, None, after)?, |_| true))
+        let plural = plural.to_string();
+        Ok(forward_watch(self.registry.watch(res, None, after)?, |_| true, move |o| for_network(&plural, o)))
     }
 
     async fn register_node(&self, node: Value) -> Result<(), AgentError> {
@@ -246,9 +271,11 @@ impl ControlPlane for LocalControlPlane {
         }
         let pods = lookup("pods").expect("pods are served");
         let node = node.to_string();
-        Ok(forward_watch(self.registry.watch(pods, None, after)?, move |o| {
-            o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str())
-        }))
+        Ok(forward_watch(
+            self.registry.watch(pods, None, after)?,
+            move |o| o.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node.as_str()),
+            |o| o,
+        ))
     }
 
     async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {

@@ -150,7 +150,14 @@ pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSp
 
 impl PodState {
     fn status(&self) -> Value {
-        let pod_ip = self.pod_ip.as_deref().unwrap_or(&self.node_ip);
+        // Where pods get addresses of their own, a pod has none until its
+        // first container runs; never the node's, which would stand for
+        // everything the node sends in policies.
+        let pod_ip = match (&self.pod_ip, self.runtime.gives_pods_addresses()) {
+            (Some(ip), _) => Some(ip.as_str()),
+            (None, false) => Some(self.node_ip.as_str()),
+            (None, true) => None,
+        };
         let views: Vec<ContainerView> = self.slots.iter().map(|s| s.view.clone()).collect();
         let phase = pod_phase(self.policy, &views);
         let ready = pod_ready(&views);
@@ -180,7 +187,7 @@ impl PodState {
         json!({
             "phase": phase.as_str(),
             "conditions": [cond("PodScheduled", true), cond("Initialized", true), cond("ContainersReady", ready), cond("Ready", ready)],
-            "hostIP": self.node_ip, "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+            "hostIP": self.node_ip, "podIP": pod_ip, "podIPs": pod_ip.map(|ip| vec![json!({"ip": ip})]).unwrap_or_default(),
             "startTime": self.start_time,
             "containerStatuses": statuses,
         })
@@ -298,14 +305,17 @@ impl Actor for PodActor {
                         let shown = if reason == "ErrImagePull" && slot.restarts > 0 { "ImagePullBackOff" } else { reason };
                         slot.restarts += i64::from(reason != "ErrImagePull" && !transient);
                         slot.view.state = ContainerState::Waiting { reason: shown.into(), message: message.clone() };
-                        tracing::info!(pod = %state.name, container = %slot.spec.name, reason, "container could not start; retrying in {delay:?}");
-                        if !(transient && already_waiting) {
-                            state
-                                .control
-                                .record_event(&state.pod, "Warning", "Failed", &format!("container {}: {message}", slot.spec.name))
-                                .await;
-                        }
                         myself.send_after(delay, move || PodMsg::StartContainer { index });
+                        if transient && already_waiting {
+                            // Nothing new to say: no event, no status write.
+                            tracing::debug!(pod = %state.name, container = %slot.spec.name, "runtime still unavailable");
+                            return Ok(());
+                        }
+                        tracing::info!(pod = %state.name, container = %slot.spec.name, reason, "container could not start; retrying in {delay:?}");
+                        state
+                            .control
+                            .record_event(&state.pod, "Warning", "Failed", &format!("container {}: {message}", slot.spec.name))
+                            .await;
                         myself.send_message(PodMsg::WriteStatus)?;
                     }
                 }
@@ -329,8 +339,13 @@ impl Actor for PodActor {
                 if let Some(old) = slot.previous_id.take() {
                     let _ = state.runtime.remove(&old).await;
                 }
-                if state.pod_ip.is_none() {
-                    state.pod_ip = state.runtime.pod_ip(&id).await;
+                // A restarted container is a new one with a new address
+                // (pods here have no pause container holding it): the first
+                // container's is the pod's.
+                if index == 0 || state.pod_ip.is_none() {
+                    if let Some(ip) = state.runtime.pod_ip(&id).await {
+                        state.pod_ip = Some(ip);
+                    }
                 }
                 let Some(slot) = state.slots.get_mut(index) else { return Ok(()) };
                 slot.id = Some(id);

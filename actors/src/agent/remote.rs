@@ -189,7 +189,12 @@ impl AppHandler for AgentService {
                 }
                 Ok(mut events) => {
                     tokio::spawn(async move {
-                        while let Some(ev) = events.recv().await {
+                        // Ends when the agent hangs up, not only at the next
+                        // event: a quiet kind would hold its watch forever.
+                        while let Some(ev) = tokio::select! {
+                            ev = events.recv() => ev,
+                            _ = tx.closed() => None,
+                        } {
                             let reply = match ev {
                                 Ok(WatchEvent { kind, object }) => AgentReply::Event { kind: kind.to_string(), object },
                                 Err(e) => failed(e),
@@ -247,7 +252,10 @@ impl RemoteControlPlane {
         let mut frames = self.client.app_stream(body).await.map_err(store_error)?;
         let (tx, rx) = mpsc::channel(super::control_plane::POD_EVENT_QUEUE_MAX);
         tokio::spawn(async move {
-            while let Some(frame) = frames.recv().await {
+            while let Some(frame) = tokio::select! {
+                f = frames.recv() => f,
+                _ = tx.closed() => None,
+            } {
                 let item = match frame {
                     Err(e) => Err(store_error(e)),
                     Ok(bytes) => match serde_json::from_slice::<AgentReply>(&bytes) {

@@ -515,10 +515,13 @@ fn validate_service(object: &Value, errors: &mut Errors) {
         if let Some(np) = p.get("nodePort") {
             if !np.as_i64().is_some_and(|n| (30000..=32767).contains(&n)) {
                 errors.add(format!("spec.ports[{i}].nodePort"), format!("{np} must be in the node port range 30000-32767"));
-            } else if svc_type == "ClusterIP" {
+            } else if matches!(svc_type, "ClusterIP" | "ExternalName") {
                 errors.add(format!("spec.ports[{i}].nodePort"), "may only be set on NodePort or LoadBalancer services");
             }
         }
+    }
+    if svc_type == "ExternalName" && spec.get("clusterIP").and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()) {
+        errors.add("spec.clusterIP", "may not be set for ExternalName services");
     }
     if let Some(sel) = spec.get("selector") {
         if !sel.as_object().is_some_and(|m| m.iter().all(|(k, v)| label_key_ok(k) && v.as_str().is_some_and(label_value_ok))) {

@@ -198,6 +198,30 @@ fn free_port(taken: &BTreeMap<u16, String>, also: &BTreeSet<u16>, owner: &str) -
     (0..span).map(|i| NODE_PORT_MIN + ((start + i) % span) as u16).find(|p| !taken.contains_key(p) && !also.contains(p))
 }
 
+/// On an update that changes a Service's type, drops what the new type
+/// does not carry, as Kubernetes does: node ports when it becomes
+/// ClusterIP, the virtual IP and node ports when it becomes ExternalName.
+pub fn fit_to_type(old: &Value, svc: &mut Value) {
+    let type_of = |v: &Value| v.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
+    let (was, now) = (type_of(old), type_of(svc));
+    if was == now {
+        return;
+    }
+    if now == "ExternalName" {
+        if let Some(spec) = svc.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.remove("clusterIP");
+            spec.remove("clusterIPs");
+        }
+    }
+    if matches!(now.as_str(), "ClusterIP" | "ExternalName") {
+        for p in svc.pointer_mut("/spec/ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            if let Some(p) = p.as_object_mut() {
+                p.remove("nodePort");
+            }
+        }
+    }
+}
+
 /// Fills in a Service's ClusterIP and node ports, keeping what `old` had
 /// (an update) and refusing what another Service holds.
 pub fn assign_service(svc: &mut Value, old: Option<&Value>, taken: &Taken, plan: &NetworkPlan, owner: &str) -> Result<(), AllocError> {
@@ -205,7 +229,12 @@ pub fn assign_service(svc: &mut Value, old: Option<&Value>, taken: &Taken, plan:
     if svc_type == "ExternalName" {
         return Ok(());
     }
-    let old_ip = old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).filter(|s| !s.is_empty());
+    // An address kept from before must still be one this plan hands out
+    // (never one an ExternalName Service carried in).
+    let old_ip = old
+        .and_then(|o| o.pointer("/spec/clusterIP"))
+        .and_then(Value::as_str)
+        .filter(|s| *s == "None" || s.parse::<Ipv4Addr>().is_ok_and(|ip| plan.service_cidr.contains(ip)));
     let asked = svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(String::from);
     let ip = match (old_ip, asked) {
         (Some(old), Some(new)) if old != new => return Err(AllocError::Immutable { field: "spec.clusterIP".into(), old: old.into() }),
@@ -358,6 +387,24 @@ mod tests {
         assign_service(&mut again, Some(&s), &taken, &plan, "a/web").unwrap();
         assert_eq!(again["spec"]["ports"], s["spec"]["ports"]);
         assert_eq!(again["spec"]["clusterIP"], s["spec"]["clusterIP"]);
+    }
+
+    #[test]
+    fn a_type_change_drops_what_the_new_type_does_not_carry() {
+        let old = svc("web", json!({"type": "NodePort", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 30080}]}));
+        let mut to_cluster_ip =
+            svc("web", json!({"type": "ClusterIP", "clusterIP": "10.96.0.9", "ports": [{"port": 80, "nodePort": 30080}]}));
+        fit_to_type(&old, &mut to_cluster_ip);
+        assert_eq!(to_cluster_ip["spec"], json!({"type": "ClusterIP", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}));
+        let mut to_external =
+            svc("web", json!({"type": "ExternalName", "externalName": "x.org", "clusterIP": "10.96.0.9", "ports": [{"port": 80}]}));
+        fit_to_type(&old, &mut to_external);
+        assert_eq!(to_external["spec"], json!({"type": "ExternalName", "externalName": "x.org", "ports": [{"port": 80}]}));
+        // An address from outside the range is never kept.
+        let smuggled = svc("web", json!({"type": "ExternalName", "clusterIP": "1.1.1.1", "ports": [{"port": 80}]}));
+        let mut back = svc("web", json!({"type": "ClusterIP", "ports": [{"port": 80}]}));
+        assign_service(&mut back, Some(&smuggled), &Taken::default(), &NetworkPlan::default(), "a/web").unwrap();
+        assert!(NetworkPlan::default().service_cidr.contains(back["spec"]["clusterIP"].as_str().unwrap().parse().unwrap()));
     }
 
     #[test]

@@ -117,10 +117,14 @@ async fn inform(index: usize, control: Arc<dyn ControlPlane>, actor: ActorRef<Pr
             while let Some(item) = events.recv().await {
                 match item {
                     Ok(ev) => {
+                        // One revision may change many objects (a batch of
+                        // evictions): resume from just before the latest, so
+                        // a stream cut inside it replays the whole of it
+                        // (applying an event twice changes nothing).
                         if let Some(rv) =
-                            ev.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse().ok())
+                            ev.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse::<u64>().ok())
                         {
-                            after = after.max(rv);
+                            after = after.max(rv.saturating_sub(1));
                         }
                         if actor.send_message(ProxyMsg::Event(index, ev)).is_err() {
                             return;

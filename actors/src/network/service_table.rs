@@ -104,9 +104,12 @@ impl ServiceTable {
         for svc in services {
             let (Some(ns), Some(name)) = (str_at(svc, "/metadata/namespace"), str_at(svc, "/metadata/name")) else { continue };
             let key = (ns.to_string(), name.to_string());
-            let cluster_ip = str_at(svc, "/spec/clusterIP").and_then(|s| s.parse::<Ipv4Addr>().ok());
-            let external_name =
-                (str_at(svc, "/spec/type") == Some("ExternalName")).then(|| str_at(svc, "/spec/externalName").unwrap_or("").to_string());
+            let svc_type = str_at(svc, "/spec/type").unwrap_or("ClusterIP");
+            let external_name = (svc_type == "ExternalName").then(|| str_at(svc, "/spec/externalName").unwrap_or("").to_string());
+            // Only what the type carries: an ExternalName Service has no
+            // virtual IP, and only NodePort and LoadBalancer have node ports.
+            let cluster_ip = str_at(svc, "/spec/clusterIP").and_then(|s| s.parse::<Ipv4Addr>().ok()).filter(|_| external_name.is_none());
+            let has_node_ports = matches!(svc_type, "NodePort" | "LoadBalancer");
             let ep = by_key.get(&key).copied();
             let mut ports = Vec::new();
             for p in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
@@ -133,7 +136,13 @@ impl ServiceTable {
                 }
                 backends.sort();
                 backends.dedup();
-                ports.push(ServicePortEntry { name: pname, protocol, port, node_port: port_u16(p.get("nodePort")), backends });
+                ports.push(ServicePortEntry {
+                    name: pname,
+                    protocol,
+                    port,
+                    node_port: port_u16(p.get("nodePort")).filter(|_| has_node_ports),
+                    backends,
+                });
             }
             table.services.insert(key.clone(), ServiceEntry { namespace: key.0, name: key.1, cluster_ip, external_name, ports });
         }

@@ -187,17 +187,17 @@ impl ContainerRuntime for DockerRuntime {
         if network.is_none() && self.wants_network.load(std::sync::atomic::Ordering::Acquire) {
             return Err(RuntimeError::Unavailable("the node has no pod subnet yet (the leader assigns one); retrying".into()));
         }
-        let (network_mode, dns, dns_search) = match &network {
-            Some((name, net)) => (
-                Some(name.clone()),
-                Some(vec![net.gateway.clone()]),
+        let network_mode = network.as_ref().map(|(name, _)| name.clone());
+        let (dns, dns_search) = match network.as_ref().and_then(|(_, net)| net.dns.as_ref().map(|d| (d, net))) {
+            Some((dns, net)) => (
+                Some(vec![dns.clone()]),
                 Some(vec![
                     format!("{}.svc.{}", spec.namespace, net.cluster_domain),
                     format!("svc.{}", net.cluster_domain),
                     net.cluster_domain.clone(),
                 ]),
             ),
-            None => (None, None, None),
+            None => (None, None),
         };
         let body = ContainerCreateBody {
             image: Some(spec.image.clone()),
@@ -365,6 +365,10 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn pod_ip(&self, id: &str) -> Option<String> {
         self.address(id).await
+    }
+
+    fn gives_pods_addresses(&self) -> bool {
+        true
     }
 
     fn expect_pod_network(&self) {

@@ -88,9 +88,11 @@ pub struct PodNetwork {
     pub node: String,
     /// `spec.podCIDR` of the node, e.g. `10.224.3.0/24`.
     pub subnet: String,
-    /// The subnet's first address: the host's side of the bridge, where
-    /// cluster DNS listens for the pods.
+    /// The subnet's first address: the host's side of the bridge.
     pub gateway: String,
+    /// Cluster DNS for the pods, once it listens (on the gateway); until
+    /// then pods keep the host's resolvers rather than one that is silent.
+    pub dns: Option<String>,
     /// The cluster domain (`cluster.local`), for pods' DNS search lists.
     pub cluster_domain: String,
 }
@@ -131,6 +133,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// None means pods share the node's address (process, sim).
     async fn pod_ip(&self, _id: &str) -> Option<String> {
         None
+    }
+    /// Whether pods get addresses of their own (then a pod has none until
+    /// its first container runs), rather than the node's.
+    fn gives_pods_addresses(&self) -> bool {
+        false
     }
     /// From now on pods wait for the node's pod network (set by
     /// `set_pod_network`) instead of starting without one; a no-op for

@@ -516,8 +516,10 @@ mod tests {
         assert!(e.to_string().contains("has no command"), "{e}");
     }
 
+    /// Each limited container gets a pod uid of its own: cgroups are named
+    /// after it, and the tests run side by side.
     fn limited(command: &[&str], cpu_millis: Option<i64>, memory_bytes: Option<i64>) -> ContainerSpec {
-        ContainerSpec { cpu_millis, memory_bytes, ..spec(command) }
+        ContainerSpec { cpu_millis, memory_bytes, pod_uid: uuid::Uuid::new_v4().to_string(), ..spec(command) }
     }
 
     fn cgroup_dirs(rt: &ProcessRuntime, id: &str) -> Vec<PathBuf> {
