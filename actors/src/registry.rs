@@ -88,6 +88,13 @@ const SERVICE_ALLOCATION_GUARD_KEY: &[u8] = b"/registry/flotilla.io/service-allo
 /// Tries of a Service write that lost the allocation race to another.
 const ALLOCATION_RETRIES_MAX: usize = 8;
 
+/// The key that says which node holds a pod subnet: written with the
+/// node's `spec.podCIDR` in one transaction, only if absent, so no two
+/// nodes ever hold one subnet, whatever leaders come and go.
+fn pod_cidr_key(cidr: &str) -> Vec<u8> {
+    format!("/registry/flotilla.io/podcidrs/{}", cidr.replace('/', "_")).into_bytes()
+}
+
 fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
     use rand::Rng;
     let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
@@ -580,6 +587,37 @@ impl Registry {
         }
     }
 
+    /// Gives `node` the pod subnet `cidr` unless it has one: Ok(the node),
+    /// or Conflict when another node holds the subnet.
+    pub async fn assign_pod_cidr(&self, node: &str, cidr: &str) -> Result<Value, RegistryError> {
+        let nodes = lookup("nodes").expect("nodes are served");
+        for _ in 0..UPDATE_RETRIES_MAX {
+            let old = self.get(nodes, None, node).await?;
+            if old.pointer("/spec/podCIDR").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
+                return Ok(old);
+            }
+            let current = object::resource_version(&old).unwrap_or(0);
+            let mut new = old.clone();
+            new["spec"]["podCIDR"] = json!(cidr);
+            new["spec"]["podCIDRs"] = json!([cidr]);
+            let reserve = Compare { key: pod_cidr_key(cidr), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) };
+            let hold = TxnOp::Put { key: pod_cidr_key(cidr), value: node.as_bytes().to_vec() };
+            let key = nodes.key(None, node).into_bytes();
+            if self.put_if_with(key, CompareTarget::ModRevision(current), &mut new, vec![reserve], vec![hold]).await? {
+                return Ok(new);
+            }
+            let (holder, _) = self.member.get(&pod_cidr_key(cidr), Consistency::Linearizable).await?;
+            if let Some(holder) = holder {
+                return Err(RegistryError::Conflict {
+                    kind: "nodes".into(),
+                    name: node.into(),
+                    message: format!("pod subnet {cidr} is held by node {}", String::from_utf8_lossy(&holder.value)),
+                });
+            }
+        }
+        Err(RegistryError::Conflict { kind: "nodes".into(), name: node.into(), message: "the node kept changing; try again".into() })
+    }
+
     /// Deletes one object if its revision still matches; nothing else.
     async fn delete_object(&self, res: &Resource, ns: Option<&str>, name: &str, precondition: Option<u64>) -> Result<Value, RegistryError> {
         let key = res.key(ns, name).into_bytes();
@@ -592,14 +630,15 @@ impl Registry {
                 message: "the resourceVersion precondition does not match".into(),
             });
         }
-        let result = self
-            .member
-            .txn(
-                vec![Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }],
-                vec![TxnOp::Delete { key, prefix: false }],
-                vec![],
-            )
-            .await?;
+        let mut ops = vec![TxnOp::Delete { key: key.clone(), prefix: false }];
+        // A node's pod subnet is free again once the node is gone.
+        if res.plural == "nodes" {
+            if let Some(cidr) = old.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+                ops.push(TxnOp::Delete { key: pod_cidr_key(cidr), prefix: false });
+            }
+        }
+        let result =
+            self.member.txn(vec![Compare { key, op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }], ops, vec![]).await?;
         match result.outcome {
             Outcome::Txn { succeeded: true, results } if matches!(results.first(), Some(TxnOpResult::Delete { deleted: 1 })) => {}
             _ => {

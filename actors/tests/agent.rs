@@ -245,3 +245,27 @@ async fn readiness_and_liveness_probes_drive_ready_and_restarts() {
         "liveness probe failed; the container was restarted"
     );
 }
+
+#[tokio::test]
+async fn a_pod_subnet_is_held_by_one_node_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let nodes = lookup("nodes").unwrap();
+    for name in ["n1", "n2"] {
+        registry.create(nodes, None, json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})).await.unwrap();
+    }
+    let n1 = registry.assign_pod_cidr("n1", "10.224.7.0/24").await.unwrap();
+    assert_eq!(n1.pointer("/spec/podCIDR"), Some(&json!("10.224.7.0/24")));
+    // Whoever asks for it next (a second leader with a stale cache, say) is refused.
+    match registry.assign_pod_cidr("n2", "10.224.7.0/24").await {
+        Err(RegistryError::Conflict { message, .. }) => assert_eq!(message, "pod subnet 10.224.7.0/24 is held by node n1"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // A node keeps its subnet: asking again changes nothing.
+    let again = registry.assign_pod_cidr("n1", "10.224.8.0/24").await.unwrap();
+    assert_eq!(again.pointer("/spec/podCIDR"), Some(&json!("10.224.7.0/24")));
+    // Once its node is gone, the subnet is free.
+    registry.delete(nodes, None, "n1", None, flotilla_actors::Propagation::Background).await.unwrap();
+    let n2 = registry.assign_pod_cidr("n2", "10.224.7.0/24").await.unwrap();
+    assert_eq!(n2.pointer("/spec/podCIDR"), Some(&json!("10.224.7.0/24")));
+}

@@ -1,20 +1,22 @@
 //! The node IPAM controller: gives every node that has none a pod subnet
 //! (`spec.podCIDR`) from the cluster CIDR, one no other node holds, as
-//! Kubernetes' node-ipam controller does. Only the leader runs it, so
-//! two nodes are never handed the same subnet; a new leader starts from
-//! what the nodes already hold.
+//! Kubernetes' node-ipam controller does. The choice comes from the
+//! cache; the store makes it stick only if no node holds the subnet (a
+//! reservation key written with the node), so two nodes never share one,
+//! even while leadership moves.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::cache::Kind;
 use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
 use crate::model::object;
-use crate::model::resources::lookup;
 use crate::network::ipam::free_pod_cidr;
 use crate::registry::RegistryError;
 
 /// Nodes given a subnet per pass; the rest wait for the next.
 const NODES_PER_PASS_MAX: usize = 200;
+/// Subnets tried for one node in a pass before it waits for the next.
+const SUBNET_TRIES_MAX: usize = 16;
 
 pub struct NodeIpamController {
     /// Logged once per leadership, not once per pass.
@@ -45,35 +47,31 @@ impl Reconciler for NodeIpamController {
             }
         }
         outcome.more = waiting.len() > NODES_PER_PASS_MAX;
-        let nodes = lookup("nodes").expect("nodes are served");
-        for name in waiting.into_iter().take(NODES_PER_PASS_MAX) {
-            let Some(cidr) = free_pod_cidr(&plan, held.iter().map(String::as_str)) else {
-                if !self.warned_full {
-                    tracing::warn!(node = %name, cluster_cidr = %plan.cluster_cidr, "no pod subnet left for the node; widen --cluster-cidr");
-                    self.warned_full = true;
-                }
-                break;
-            };
-            let cidr = cidr.to_string();
-            held.push(cidr.clone());
-            let change = |old: &Value| {
-                let mut new = old.clone();
-                // Another leader may have been quicker; never move a subnet.
-                if old.pointer("/spec/podCIDR").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    new["spec"]["podCIDR"] = json!(cidr);
-                    new["spec"]["podCIDRs"] = json!([cidr]);
-                }
-                Ok(new)
-            };
-            match ctx.registry.read_modify_write(nodes, None, &name, None, change, None).await {
-                Ok(node) => {
-                    tracing::info!(node = %name, pod_cidr = %cidr, "node given a pod subnet");
-                    if let Some(rv) = object::resource_version(&node) {
-                        outcome.note_write(Kind::Nodes, rv);
+        'nodes: for name in waiting.into_iter().take(NODES_PER_PASS_MAX) {
+            // The store has the last word: a subnet the cache thought free
+            // may have been taken (by an earlier leader, say); try the next.
+            for _ in 0..SUBNET_TRIES_MAX {
+                let Some(cidr) = free_pod_cidr(&plan, held.iter().map(String::as_str)) else {
+                    if !self.warned_full {
+                        tracing::warn!(node = %name, cluster_cidr = %plan.cluster_cidr, "no pod subnet left for the node; widen --cluster-cidr");
+                        self.warned_full = true;
                     }
+                    break 'nodes;
+                };
+                let cidr = cidr.to_string();
+                held.push(cidr.clone());
+                match ctx.registry.assign_pod_cidr(&name, &cidr).await {
+                    Ok(node) => {
+                        tracing::info!(node = %name, pod_cidr = %cidr, "node given a pod subnet");
+                        if let Some(rv) = object::resource_version(&node) {
+                            outcome.note_write(Kind::Nodes, rv);
+                        }
+                        continue 'nodes;
+                    }
+                    Err(RegistryError::Conflict { .. }) => continue,
+                    Err(RegistryError::NotFound { .. }) => continue 'nodes,
+                    Err(source) => return Err(ControllerError::Registry { controller: "node-ipam-controller", source }),
                 }
-                Err(RegistryError::NotFound { .. } | RegistryError::Conflict { .. }) => {}
-                Err(source) => return Err(ControllerError::Registry { controller: "node-ipam-controller", source }),
             }
         }
         Ok(outcome)
