@@ -191,7 +191,7 @@ pub async fn run(args: ServiceBenchArgs, server: Option<String>) -> Result<i32, 
     for round in 0..args.rounds {
         for (label, targets) in [("vip", vec![vip.clone()]), ("direct", direct.clone())] {
             let (rps, lat) = load(&targets, args.connections, args.seconds).await;
-            println!("{label:<8} {rps:>10.0} {:>9.2} {:>9.2}", percentile_ms(&lat, 50.0), percentile_ms(&lat, 99.0));
+            println!("{label:<8} {rps:>10.0} {:>9.2} {:>9.2}", percentile_ms(&lat, 0.5), percentile_ms(&lat, 0.99));
             if label == "vip" {
                 vip_rps.push(rps)
             } else {
@@ -223,8 +223,8 @@ pub async fn run(args: ServiceBenchArgs, server: Option<String>) -> Result<i32, 
     println!(
         "ready -> first proxied connection ({} trials): p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
         gaps.len(),
-        percentile_ms(&gaps, 50.0),
-        percentile_ms(&gaps, 99.0),
+        percentile_ms(&gaps, 0.5),
+        percentile_ms(&gaps, 0.99),
         gaps.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     );
     let _ = api.call(reqwest::Method::DELETE, &format!("/api/v1/namespaces/{NAMESPACE}"), false, None).await;
