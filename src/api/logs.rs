@@ -25,6 +25,10 @@ use super::ApiState;
 const FOLLOW_POLL: Duration = Duration::from_millis(300);
 /// Deadline of one request to a remote agent's endpoint.
 const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `top` waits for agents before it answers with what it has.
+const TOP_DEADLINE: Duration = Duration::from_secs(5);
+/// Usage requests to agents in flight at once for one `top`.
+const USAGE_REQUESTS_IN_FLIGHT_MAX: usize = 32;
 /// Largest log answer taken from an agent (its process logs are bounded too).
 const AGENT_LOG_MAX_BYTES: usize = 16 * 1024 * 1024;
 
@@ -147,7 +151,11 @@ pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Res
     let runtime = runtime_for(state, &pod).await?;
     let id = container_id(&pod, &container)
         .ok_or_else(|| ApiError::bad_request(format!("container {container:?} in pod {name} has not started yet")))?;
-    let first = runtime.logs(&id, tail).await.map_err(ApiError::not_found)?;
+    let first = runtime.logs(&id, tail).await.map_err(|e| match &runtime {
+        NodeRuntime::Local(_) => ApiError::not_found(e),
+        // The agent could not be asked, or could not answer.
+        NodeRuntime::Remote { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "BadGateway", e),
+    })?;
     if params.get("follow").is_none_or(|f| f != "true") {
         return Ok((StatusCode::OK, [(axum::http::header::CONTENT_TYPE, "text/plain")], first).into_response());
     }
@@ -178,9 +186,9 @@ pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Res
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))
 }
 
-async fn usage_of(state: &ApiState, pod: &Value) -> (i64, i64, Vec<Value>) {
+/// One pod's usage: (cpu millis, memory bytes, per-container entries).
+async fn usage_of(runtime: &NodeRuntime, pod: &Value) -> (i64, i64, Vec<Value>) {
     let (mut cpu, mut mem, mut containers) = (0, 0, Vec::new());
-    let Ok(runtime) = runtime_for(state, pod).await else { return (0, 0, containers) };
     for c in pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten() {
         let name = c.get("name").and_then(Value::as_str).unwrap_or("");
         let Some(id) = container_id(pod, name) else { continue };
@@ -195,7 +203,38 @@ async fn usage_of(state: &ApiState, pod: &Value) -> (i64, i64, Vec<Value>) {
     (cpu, mem, containers)
 }
 
-/// `PodMetricsList` for pods on nodes whose agent is in this process.
+/// Usage of every running pod of `pods` (by index), asked of their nodes
+/// at once, each node resolved once; what has not answered by
+/// [`TOP_DEADLINE`] is left out, so one unreachable node cannot stall `top`.
+async fn running_usage(state: &ApiState, pods: &[Value]) -> Vec<(usize, (i64, i64, Vec<Value>))> {
+    use futures::StreamExt;
+    let mut runtimes: std::collections::HashMap<String, Option<NodeRuntime>> = std::collections::HashMap::new();
+    let mut asks = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
+            continue;
+        }
+        let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("").to_string();
+        if !runtimes.contains_key(&node) {
+            let resolved = runtime_for(state, pod).await.ok();
+            runtimes.insert(node.clone(), resolved);
+        }
+        if let Some(Some(runtime)) = runtimes.get(&node) {
+            let runtime = runtime.clone();
+            asks.push(async move { (i, usage_of(&runtime, pod).await) });
+        }
+    }
+    let deadline = tokio::time::Instant::now() + TOP_DEADLINE;
+    let mut answers = futures::stream::iter(asks).buffer_unordered(USAGE_REQUESTS_IN_FLIGHT_MAX);
+    let mut out = Vec::new();
+    while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, answers.next()).await {
+        out.push(answer);
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
+/// `PodMetricsList` for running pods whose agents answer.
 pub async fn pod_metrics(State(state): State<Arc<ApiState>>) -> Response {
     let pods = lookup("pods").expect("pods are served");
     let items = match state.registry.list(pods, None, &Selector::default(), &Selector::default(), 0, None).await {
@@ -203,14 +242,11 @@ pub async fn pod_metrics(State(state): State<Arc<ApiState>>) -> Response {
         Err(e) => return ApiError::from(e).into_response(),
     };
     let mut out = Vec::new();
-    for pod in &items {
-        if pod.pointer("/status/phase").and_then(Value::as_str) != Some("Running") {
-            continue;
-        }
-        let (_, _, containers) = usage_of(&state, pod).await;
+    for (i, (_, _, containers)) in running_usage(&state, &items).await {
         if containers.is_empty() {
             continue;
         }
+        let pod = &items[i];
         out.push(json!({"metadata": {"name": pod["metadata"]["name"], "namespace": pod["metadata"]["namespace"]},
             "timestamp": flotilla_actors::model::object::now(), "window": "1s", "containers": containers}));
     }
@@ -227,15 +263,17 @@ pub async fn node_metrics(State(state): State<Arc<ApiState>>) -> Response {
         (Ok((p, _, _)), Ok((n, _, _))) => (p, n),
         (Err(e), _) | (_, Err(e)) => return ApiError::from(e).into_response(),
     };
+    let mut per_node: std::collections::HashMap<&str, (i64, i64)> = std::collections::HashMap::new();
+    for (i, (c, m, _)) in running_usage(&state, &pod_items).await {
+        let node = pod_items[i].pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+        let sum = per_node.entry(node).or_default();
+        sum.0 += c;
+        sum.1 += m;
+    }
     let mut out = Vec::new();
     for node in &node_items {
         let name = node.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
-        let (mut cpu, mut mem) = (0, 0);
-        for pod in pod_items.iter().filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name)) {
-            let (c, m, _) = usage_of(&state, pod).await;
-            cpu += c;
-            mem += m;
-        }
+        let (cpu, mem) = per_node.get(name).copied().unwrap_or_default();
         out.push(json!({"metadata": {"name": name}, "timestamp": flotilla_actors::model::object::now(), "window": "1s",
             "usage": {"cpu": format!("{cpu}m"), "memory": format!("{}Ki", mem / 1024)}}));
     }
