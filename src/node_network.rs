@@ -46,9 +46,11 @@ impl PlanFlags {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProxyChoice {
-    /// nftables when running as root with a working `nft`, else off.
+    /// nftables when running as root with a working `nft`, else userspace.
     Auto,
     Nftables,
+    /// Node ports through listeners in the agent (no root needed); no VIPs.
+    Userspace,
     Off,
 }
 
@@ -181,6 +183,7 @@ pub async fn start(
 ) -> Result<NodeNetwork, String> {
     let mode = match flags.proxy {
         ProxyChoice::Off => ProxyMode::Off,
+        ProxyChoice::Userspace => ProxyMode::Userspace,
         ProxyChoice::Nftables => {
             if !nft::available() {
                 return Err(
@@ -194,8 +197,8 @@ pub async fn start(
             if tokio::task::spawn_blocking(nft::available).await.unwrap_or(false) {
                 ProxyMode::Nftables
             } else {
-                tracing::info!("not root or no nft: service virtual IPs are not programmed on this node (DNS still answers)");
-                ProxyMode::Off
+                tracing::info!("not root or no nft: node ports are carried in userspace; virtual IPs do not answer on this node");
+                ProxyMode::Userspace
             }
         }
     };

@@ -35,7 +35,10 @@ const KINDS: [&str; 5] = ["services", "endpoints", "pods", "namespaces", "networ
 pub enum ProxyMode {
     /// nftables rules in the kernel (needs root and the `nft` tool).
     Nftables,
-    /// No rules: DNS only (no root, or turned off).
+    /// No root: node ports through listeners in this process; virtual IPs
+    /// do not answer (only root can make them local); DNS works.
+    Userspace,
+    /// No rules: DNS only.
     Off,
 }
 
@@ -62,6 +65,7 @@ pub struct ProxyState {
     sync_pending: bool,
     applied: Option<String>,
     informers: Vec<tokio::task::JoinHandle<()>>,
+    userspace: super::userspace_proxy::UserspaceProxy,
 }
 
 pub struct ProxyActor;
@@ -198,6 +202,7 @@ impl Actor for ProxyActor {
             sync_pending: false,
             applied: None,
             informers,
+            userspace: Default::default(),
         })
     }
 
@@ -220,6 +225,9 @@ impl Actor for ProxyActor {
             ProxyMsg::Sync => {
                 state.sync_pending = false;
                 let Some((table, script)) = state.desired() else { return Ok(()) };
+                if state.args.mode == ProxyMode::Userspace {
+                    state.userspace.sync(&table).await;
+                }
                 let _ = state.args.tables.send(Arc::new(table));
                 if state.args.mode == ProxyMode::Nftables && state.applied.as_deref() != Some(script.as_str()) {
                     let started = std::time::Instant::now();
