@@ -21,6 +21,9 @@ use ractor::{Actor, ActorRef};
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// How often the agent looks for its node's pod subnet until it has one.
 const POD_CIDR_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+/// Failed attempts at the pod network (about 15 s) before pods start
+/// without it.
+const POD_NETWORK_TRIES_BEFORE_FALLBACK: u32 = 5;
 /// The DNS port pods ask on their gateway.
 const POD_DNS_PORT: u16 = 53;
 
@@ -145,8 +148,19 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
         tokio::time::sleep(POD_CIDR_POLL).await;
     };
     let mut delay = POD_CIDR_POLL;
+    let mut tries = 0;
     while let Err(e) = runtime.set_pod_network(&network).await {
-        tracing::warn!(node = %node, subnet = %network.subnet, error = %e, "pod network not set up yet; retrying");
+        tries += 1;
+        if tries == POD_NETWORK_TRIES_BEFORE_FALLBACK {
+            // Pods that never start help no one: run them on Docker's own
+            // bridge (addresses unique on this node only, no cluster DNS
+            // for them) and keep trying to set the pod network up.
+            tracing::error!(node = %node, subnet = %network.subnet, error = %e,
+                "cannot set up the pod network; pods start on Docker's default bridge meanwhile (see docs/NETWORKING.md)");
+            runtime.forgo_pod_network();
+        } else {
+            tracing::warn!(node = %node, subnet = %network.subnet, error = %e, "pod network not set up yet; retrying");
+        }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(10));
     }

@@ -375,6 +375,10 @@ impl ContainerRuntime for DockerRuntime {
         self.wants_network.store(true, std::sync::atomic::Ordering::Release);
     }
 
+    fn forgo_pod_network(&self) {
+        self.wants_network.store(false, std::sync::atomic::Ordering::Release);
+    }
+
     async fn set_pod_network(&self, net: &PodNetwork) -> Result<(), RuntimeError> {
         let name = network_name(&net.node);
         if self.network.read().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|(_, n)| n == net) {

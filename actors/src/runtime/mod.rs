@@ -143,6 +143,9 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// `set_pod_network`) instead of starting without one; a no-op for
     /// runtimes whose pods share the node's address.
     fn expect_pod_network(&self) {}
+    /// Gives up on the pod network: pods start without it (the runtime's
+    /// own default network) rather than wait for ever.
+    fn forgo_pod_network(&self) {}
     /// Sets up the node's pod network (idempotent); containers started
     /// after it join it.
     async fn set_pod_network(&self, _network: &PodNetwork) -> Result<(), RuntimeError> {
