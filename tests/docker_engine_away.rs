@@ -12,8 +12,8 @@ mod common;
 use common::*;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -40,27 +40,6 @@ const AWAY: Duration = Duration::from_secs(3);
 fn running_containers(node: &str) -> BTreeSet<String> {
     let (_, ids) = docker(&["ps", "-q", "--no-trunc", "--filter", &format!("label=io.flotilla.node={node}")]);
     ids.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect()
-}
-
-/// Removes what the node left in the engine, also when the test fails:
-/// its agent is killed first (it is declared later, so dropped earlier),
-/// and nothing else stops its containers.
-struct Cleanup {
-    node: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let label = format!("label=io.flotilla.node={}", self.node);
-        let (_, ids) = docker(&["ps", "-aq", "--filter", &label]);
-        for id in ids.lines().filter(|l| !l.is_empty()) {
-            let _ = docker(&["rm", "-f", id]);
-        }
-        let (_, networks) = docker(&["network", "ls", "-q", "--filter", &label]);
-        for id in networks.lines().filter(|l| !l.is_empty()) {
-            let _ = docker(&["network", "rm", id]);
-        }
-    }
 }
 
 /// A stand-in for the engine's socket: forwards each connection to the
@@ -129,26 +108,6 @@ impl Drop for EngineProxy {
 
 /// `common::spawn` for the agent, with the proxy as its engine; the
 /// test's own `docker` commands keep the real socket.
-fn spawn_agent(args: &[&str], docker_host: &str) -> Proc {
-    let stderr = match std::env::var_os("FLOTILLA_TEST_LOGS") {
-        Some(dir) => std::fs::File::create(Path::new(&dir).join(format!("{}-engine-away-agent.log", std::process::id())))
-            .map(Stdio::from)
-            .unwrap_or_else(|_| Stdio::null()),
-        None => Stdio::null(),
-    };
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .env("DOCKER_HOST", docker_host)
-            .env("FLOTILLA_PROXY", "off")
-            .env("FLOTILLA_DNS_LISTEN", "127.0.0.1:0")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn flotilla agent"),
-    )
-}
-
 /// One replica as its status reports it.
 #[derive(Clone, Debug)]
 struct Replica {
@@ -227,7 +186,7 @@ fn the_docker_agent_survives_the_engine_going_away_and_coming_back() {
     }
     let root = tempfile::tempdir().expect("tempdir");
     let node = format!("ea{}", std::process::id());
-    let _cleanup = Cleanup { node: node.clone() };
+    let _cleanup = DockerLeftovers(vec![node.clone()]);
     let socket = root.path().join("docker.sock");
     let mut proxy = EngineProxy::new(socket.clone(), upstream);
     let docker_host = format!("unix://{}", socket.display());
@@ -255,7 +214,7 @@ fn the_docker_agent_survives_the_engine_going_away_and_coming_back() {
     let token = std::fs::read_to_string(data.join("join-token")).expect("token").trim().to_string();
     let api = format!("http://{http}");
     let state = root.path().join(&node);
-    let mut agent = spawn_agent(
+    let mut agent = spawn_env(
         &[
             "agent",
             "--kubelet-listen",
@@ -275,7 +234,7 @@ fn the_docker_agent_survives_the_engine_going_away_and_coming_back() {
             "--state-dir",
             state.to_str().expect("utf8"),
         ],
-        &docker_host,
+        &[("DOCKER_HOST", &docker_host)],
     );
     until("the docker node Ready", || cli(&api, &["get", "nodes"], None).1.matches(" Ready ").count() == 1);
     until("the deployment accepted", || cli(&api, &["apply", "-f", "-"], Some(DEPLOYMENT)).0 == 0);

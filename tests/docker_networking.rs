@@ -137,20 +137,12 @@ fn fetch_from(container: &str, url: &str) -> Option<String> {
     ok.then(|| out.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-fn cleanup(node: &str) {
-    let (_, ids) = docker(&["ps", "-aq", "--filter", &format!("label=io.flotilla.node={node}")]);
-    for id in ids.lines().filter(|l| !l.is_empty()) {
-        let _ = docker(&["rm", "-f", id]);
-    }
-    let _ = docker(&["network", "rm", &format!("flotilla-{node}")]);
-    let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("flotilla_{node}")]).output();
-}
+/// The node's nftables table, left when its `flotilla up` is killed.
+struct TableGone(String);
 
-struct Cleanup(String);
-
-impl Drop for Cleanup {
+impl Drop for TableGone {
     fn drop(&mut self) {
-        cleanup(&self.0);
+        let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("flotilla_{}", self.0)]).output();
     }
 }
 
@@ -168,7 +160,7 @@ fn services_dns_and_network_policy_on_real_containers() {
     assert!(std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false), "build-image.sh failed");
     let dir = tempfile::tempdir().expect("tempdir");
     let node = format!("dn{}", std::process::id());
-    let _cleanup = Cleanup(node.clone());
+    let (_leftovers, _table) = (DockerLeftovers(vec![node.clone()]), TableGone(node.clone()));
     let http = free_tcp();
     let api = format!("http://{http}");
     let _up = spawn(&[

@@ -27,6 +27,11 @@ pub fn free_tcp() -> String {
 }
 
 pub fn spawn(args: &[&str]) -> Proc {
+    spawn_env(args, &[])
+}
+
+/// `spawn` with more environment variables (they win over the defaults).
+pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
     // FLOTILLA_TEST_LOGS=DIR keeps each process's stderr there, to read
     // when a test fails.
     let stderr = match std::env::var_os("FLOTILLA_TEST_LOGS") {
@@ -45,6 +50,7 @@ pub fn spawn(args: &[&str]) -> Proc {
             // kernel rules unless a test asks for them with --proxy.
             .env("FLOTILLA_PROXY", "off")
             .env("FLOTILLA_DNS_LISTEN", "127.0.0.1:0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()

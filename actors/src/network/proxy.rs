@@ -157,15 +157,20 @@ impl ProxyState {
         }
     }
 
-    /// What the rules should be now; None until every kind has been listed
+    /// The services as they stand; None until every kind has been listed
     /// once (half a view would drop live services).
-    fn desired(&self) -> Option<(ServiceTable, String)> {
+    fn table(&self) -> Option<ServiceTable> {
         if self.listed.iter().any(|l| !l) {
             return None;
         }
         let services: Vec<Value> = self.objects[0].values().cloned().collect();
         let endpoints: Vec<Value> = self.objects[1].values().cloned().collect();
-        let table = ServiceTable::build(&services, &endpoints);
+        Some(ServiceTable::build(&services, &endpoints))
+    }
+
+    /// The kernel rules for `table` and the policies: only the nftables
+    /// mode pays for resolving policies and rendering.
+    fn script(&self, table: &ServiceTable) -> String {
         let pods: Vec<PodNet> = self.objects[2].values().filter_map(PodNet::from_pod).collect();
         let namespaces: Vec<(String, BTreeMap<String, String>)> = self.objects[3]
             .values()
@@ -181,8 +186,7 @@ impl ProxyState {
             .collect();
         let policies: Vec<Value> = self.objects[4].values().cloned().collect();
         let isolated = isolated_pods(&policies, &pods, &namespaces);
-        let script = nft::render_table(&NodeRules { services: &table, isolated: &isolated, node_ports: true }, &self.table_name);
-        Some((table, script))
+        nft::render_table(&NodeRules { services: table, isolated: &isolated, node_ports: true }, &self.table_name)
     }
 }
 
@@ -224,12 +228,17 @@ impl Actor for ProxyActor {
             }
             ProxyMsg::Sync => {
                 state.sync_pending = false;
-                let Some((table, script)) = state.desired() else { return Ok(()) };
-                if state.args.mode == ProxyMode::Userspace {
-                    state.userspace.sync(&table).await;
-                }
+                let Some(table) = state.table() else { return Ok(()) };
+                let script = match state.args.mode {
+                    ProxyMode::Nftables => Some(state.script(&table)),
+                    ProxyMode::Userspace => {
+                        state.userspace.sync(&table).await;
+                        None
+                    }
+                    ProxyMode::Off => None,
+                };
                 let _ = state.args.tables.send(Arc::new(table));
-                if state.args.mode == ProxyMode::Nftables && state.applied.as_deref() != Some(script.as_str()) {
+                if let Some(script) = script.filter(|s| state.applied.as_deref() != Some(s.as_str())) {
                     let started = std::time::Instant::now();
                     let to_apply = script.clone();
                     match tokio::task::spawn_blocking(move || nft::apply(&to_apply)).await {
