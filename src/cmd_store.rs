@@ -50,6 +50,29 @@ enum StoreOp {
     Compact { revision: u64 },
     /// Measure write throughput and latency.
     Bench(crate::store_bench::BenchArgs),
+    /// Back up the cluster's data, or start a new cluster from a backup.
+    #[command(subcommand)]
+    Snapshot(SnapshotOp),
+}
+
+#[derive(Subcommand)]
+enum SnapshotOp {
+    /// Save everything the cluster holds to FILE (checksummed), read from a
+    /// member that a majority confirms is current.
+    Save { file: std::path::PathBuf },
+    /// Make DIR the data directory of the first member of a new cluster
+    /// holding FILE's data; then run `flotilla server --id ID --data-dir DIR`.
+    Restore {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The new member's id.
+        #[arg(long, default_value_t = 1)]
+        id: u64,
+        /// The peer address the new member will listen on.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        member_addr: String,
+    },
 }
 
 fn token(args: &StoreArgs) -> Result<String, String> {
@@ -66,6 +89,19 @@ fn text(bytes: &[u8]) -> String {
 }
 
 pub async fn run(args: StoreArgs) -> Result<i32, String> {
+    // A restore works on files only: it needs no cluster and no token.
+    if let StoreOp::Snapshot(SnapshotOp::Restore { file, data_dir, id, member_addr }) = &args.op {
+        let made = flotilla_raft::backup::restore(file, data_dir, *id, member_addr).map_err(|e| e.to_string())?;
+        println!(
+            "restored {} keys at revision {} into {} as member {id} of new cluster {}; start it with: flotilla server --id {id} --data-dir {} --peer {member_addr}",
+            made.keys,
+            made.revision,
+            data_dir.display(),
+            made.cluster_id,
+            data_dir.display()
+        );
+        return Ok(0);
+    }
     let token = token(&args)?;
     let client = StoreClient::new(args.peer.clone(), &token).map_err(|e| e.to_string())?;
     let e = |e: flotilla_raft::StoreError| e.to_string();
@@ -124,6 +160,11 @@ pub async fn run(args: StoreArgs) -> Result<i32, String> {
             println!("compacted up to revision {revision}");
         }
         StoreOp::Bench(bench) => return crate::store_bench::run(&args.peer, &token, bench).await,
+        StoreOp::Snapshot(SnapshotOp::Save { file }) => {
+            let bytes = client.backup_to(&file).await.map_err(e)?;
+            println!("saved {bytes} bytes to {}", file.display());
+        }
+        StoreOp::Snapshot(SnapshotOp::Restore { .. }) => unreachable!("handled before connecting"),
     }
     Ok(0)
 }

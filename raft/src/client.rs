@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use crate::error::StoreError;
 use crate::limits::Limits;
 use crate::member::token_transport;
+use crate::session::SessionClient;
 use crate::tls::JoinToken;
 use crate::transport::Transport;
 use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, Outcome, RangePage, Revisions};
@@ -21,6 +22,9 @@ pub struct StoreClient {
     /// The peer that answered last; tried first, so a dead peer early in the
     /// list costs one timeout, not one per call.
     preferred: std::sync::atomic::AtomicUsize,
+    /// Every write carries this client's session, so a write retried after
+    /// a lost reply is applied once.
+    session: SessionClient,
 }
 
 impl StoreClient {
@@ -31,7 +35,13 @@ impl StoreClient {
         if peers.is_empty() {
             return Err(StoreError::Invalid("no peer address given".into()));
         }
-        Ok(StoreClient { transport: token_transport(&token, &limits)?, peers, limits, preferred: Default::default() })
+        Ok(StoreClient {
+            transport: token_transport(&token, &limits)?,
+            peers,
+            limits,
+            preferred: Default::default(),
+            session: SessionClient::new(),
+        })
     }
 
     pub fn peers(&self) -> &[String] {
@@ -67,15 +77,63 @@ impl StoreClient {
         Err(last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))
     }
 
+    /// Sends `request` to one member after another, each try bounded by the
+    /// forward deadline, until one answers or the client deadline passes.
+    /// Only for requests that are safe to repeat: reads, and writes under a
+    /// session.
+    async fn call_retrying(&self, request: &Request) -> Result<Reply, StoreError> {
+        let timeout = self.limits.client_rpc_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let n = self.peers.len();
+        let mut next = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % n;
+        let mut last: Option<StoreError> = None;
+        let mut tries = 0usize;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let peer = &self.peers[next];
+            match self.transport.call(peer, request, self.limits.forward_attempt_timeout().min(left)).await {
+                Ok(reply) => {
+                    self.preferred.store(next, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(reply);
+                }
+                Err(e) if e.is_retryable() || matches!(e, StoreError::Indeterminate(_) | StoreError::Fatal { .. }) => {
+                    tracing::debug!(%peer, error = %e, "member did not answer; trying the next");
+                    last = Some(e);
+                }
+                Err(e) => return Err(e),
+            }
+            next = (next + 1) % n;
+            tries += 1;
+            // After a full round, pause a little so a cluster in an
+            // election is not hammered.
+            if tries % n == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(self.limits.heartbeat_ms).min(left)).await;
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::NoLeader(format!("no member answered within {} ms", timeout.as_millis()))))
+    }
+
     /// Calls one given peer only (for tools that target a member).
     pub async fn call_peer(&self, peer: &str, request: &Request) -> Result<Reply, StoreError> {
         self.transport.call(peer, request, self.limits.client_rpc_timeout()).await
     }
 
+    /// Writes under this client's session: retried on every member until
+    /// the deadline, applied at most once. A write that got no answer is
+    /// reported as [`StoreError::Indeterminate`], never as a failure.
     pub async fn write(&self, command: Command) -> Result<CommandResult, StoreError> {
-        match self.call(&Request::Write(command)).await? {
-            Reply::Written(r) => Ok(r),
-            other => Err(unexpected(other)),
+        let ticket = self.session.begin();
+        let request = Request::Write { session: ticket.session(), command };
+        match self.call_retrying(&request).await {
+            Ok(Reply::Written(r)) => Ok(r),
+            Ok(other) => Err(unexpected(other)),
+            // Any retryable failure may have come after a member took the
+            // write: its outcome is unknown.
+            Err(e) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => Err(StoreError::Indeterminate(e.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -93,6 +151,16 @@ impl StoreClient {
         }
     }
 
+    /// An atomic compare-then-act under this client's session.
+    pub async fn txn(
+        &self,
+        compares: Vec<crate::types::Compare>,
+        success: Vec<crate::types::TxnOp>,
+        failure: Vec<crate::types::TxnOp>,
+    ) -> Result<CommandResult, StoreError> {
+        self.write(Command::Txn(crate::types::Txn { compares, success, failure })).await
+    }
+
     pub async fn compact(&self, revision: u64) -> Result<(), StoreError> {
         match self.write(Command::Compact { revision }).await?.outcome {
             Outcome::Rejected(reason) => Err(StoreError::Invalid(reason)),
@@ -101,7 +169,7 @@ impl StoreClient {
     }
 
     pub async fn get(&self, key: &[u8], linearizable: bool) -> Result<(Option<KeyValue>, u64), StoreError> {
-        match self.call(&Request::Read { op: ReadOp::Get { key: key.to_vec() }, linearizable }).await? {
+        match self.call_retrying(&Request::Read { op: ReadOp::Get { key: key.to_vec() }, linearizable }).await? {
             Reply::Value { kv, revision } => Ok((kv, revision)),
             other => Err(unexpected(other)),
         }
@@ -115,7 +183,7 @@ impl StoreClient {
         linearizable: bool,
     ) -> Result<RangePage, StoreError> {
         let op = ReadOp::Range { prefix: prefix.to_vec(), limit, continue_from };
-        match self.call(&Request::Read { op, linearizable }).await? {
+        match self.call_retrying(&Request::Read { op, linearizable }).await? {
             Reply::Range(page) => Ok(page),
             other => Err(unexpected(other)),
         }
@@ -213,6 +281,52 @@ impl StoreClient {
         Ok(rx)
     }
 
+    /// Saves a backup of the cluster's data to `file` (checked before it is
+    /// kept: a damaged transfer leaves no file). Returns its size.
+    pub async fn backup_to(&self, file: &std::path::Path) -> Result<u64, StoreError> {
+        let mut last = None;
+        for (i, peer) in self.ordered_peers() {
+            match self.backup_from(peer, file).await {
+                Ok(n) => {
+                    self.preferred.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(n);
+                }
+                Err(e) if e.is_retryable() => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))
+    }
+
+    async fn backup_from(&self, peer: &str, file: &std::path::Path) -> Result<u64, StoreError> {
+        let mut stream = self.transport.open_stream(peer, &Request::Backup).await?;
+        let mut bytes = Vec::new();
+        loop {
+            match read_frame::<Reply>(&mut stream, self.limits.reply_size_max_bytes).await? {
+                Some(Reply::BackupChunk(chunk)) => bytes.extend_from_slice(&chunk),
+                Some(Reply::Error(e)) => return Err(e),
+                Some(other) => return Err(unexpected(other)),
+                None => break,
+            }
+        }
+        crate::snapshot_file::unseal(&bytes).map_err(|e| StoreError::Protocol(format!("the backup arrived damaged: {e}")))?;
+        let tmp = file.with_extension("partial");
+        let io = |e: std::io::Error| StoreError::Invalid(format!("cannot write {}: {e}", file.display()));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, file).map_err(io)?;
+        Ok(bytes.len() as u64)
+    }
+
+    /// Moves the preferred member on, after the one preferred failed a watch.
+    fn rotate(&self) {
+        self.preferred.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     async fn open_watch(&self, prefix: &[u8], from_revision: u64) -> Result<quinn::RecvStream, StoreError> {
         let request = Request::Watch { prefix: prefix.to_vec(), from_revision };
         let mut last = None;
@@ -278,6 +392,13 @@ impl ResumingWatch<'_> {
                 Ok(Some(Reply::Error(e))) => {
                     self.stream = None;
                     if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) {
+                        // A stale or stopping member: resume on another one.
+                        self.client.rotate();
+                        failures += 1;
+                        if failures > 50 {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                         continue;
                     }
                     return Err(e);
@@ -286,6 +407,7 @@ impl ResumingWatch<'_> {
                 // The member went away: dial again from where we are.
                 Ok(None) | Err(_) => {
                     self.stream = None;
+                    self.client.rotate();
                     failures += 1;
                     if failures > 50 {
                         return Err(StoreError::Unreachable {

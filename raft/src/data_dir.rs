@@ -10,6 +10,8 @@
 //! DATA_DIR/join-token      the cluster's join token
 //! DATA_DIR/db/             RocksDB (log and state machine)
 //! DATA_DIR/snapshot.bin    the last snapshot built or installed
+//! DATA_DIR/log-floor       the last log index and vote this member promised
+//! DATA_DIR/.first-start    present only while a first start is unfinished
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ use crate::error::DataDirError;
 use crate::tls::{ClusterCa, Identity, JoinToken};
 use crate::types::NodeId;
 
+/// Present while a first start is unfinished; see [`DataDir::create_empty`].
+const FIRST_START_MARKER: &str = ".first-start";
+
 /// Contents of `member.json`.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MemberFile {
@@ -29,6 +34,10 @@ pub struct MemberFile {
     pub peer_addr: String,
     /// Set while a join has not completed: the member it joins through.
     pub join_via: Option<String>,
+    /// Set by a restore: the first start makes this member the only voter
+    /// of a new cluster over the restored data.
+    #[serde(default)]
+    pub initialize_pending: bool,
 }
 
 /// Everything a member keeps beside its database.
@@ -55,6 +64,34 @@ impl DataDir {
     pub fn snapshot_path(&self) -> PathBuf {
         self.path.join("snapshot.bin")
     }
+    pub fn floor_path(&self) -> PathBuf {
+        self.path.join("log-floor")
+    }
+    fn marker_path(&self) -> PathBuf {
+        self.path.join(FIRST_START_MARKER)
+    }
+
+    /// Marks the end of a first start: from now on the directory holds a member.
+    pub fn finish_first_start(&self) -> Result<(), DataDirError> {
+        match std::fs::remove_file(self.marker_path()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.io(e)),
+        }
+    }
+
+    /// Removes everything in the directory (what a failed first start made).
+    pub fn remove_contents(&self) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(&self.path)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
     fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
@@ -64,9 +101,16 @@ impl DataDir {
         self.file("member.json").exists()
     }
 
-    /// Prepares a fresh directory; refuses one that already holds files.
+    /// Prepares a fresh directory and marks a first start as begun;
+    /// refuses one that already holds files.
     pub fn create_empty(&self) -> Result<(), DataDirError> {
         if self.path.exists() {
+            if self.marker_path().exists() {
+                return Err(self.invalid(format!(
+                    "holds what a first start that did not finish left behind ({FIRST_START_MARKER} and no member.json); \
+                     it holds no data: remove the directory and start again"
+                )));
+            }
             let mut entries = std::fs::read_dir(&self.path).map_err(|e| self.io(e))?;
             if entries.next().is_some() {
                 return Err(self.invalid(
@@ -74,7 +118,8 @@ impl DataDir {
                 ));
             }
         }
-        std::fs::create_dir_all(&self.path).map_err(|e| self.io(e))
+        std::fs::create_dir_all(&self.path).map_err(|e| self.io(e))?;
+        std::fs::write(self.marker_path(), b"a first start of this member began here and has not finished\n").map_err(|e| self.io(e))
     }
 
     fn read_text(&self, name: &str) -> Result<String, DataDirError> {
@@ -103,6 +148,12 @@ impl DataDir {
             return Err(
                 self.invalid("does not exist; start a new cluster with --bootstrap, or join one with --join PEER_ADDR --token TOKEN")
             );
+        }
+        if !self.has_member() && self.marker_path().exists() {
+            return Err(self.invalid(format!(
+                "holds what a first start that did not finish left behind ({FIRST_START_MARKER} and no member.json); \
+                 it holds no data: remove the directory and start again with --bootstrap or --join"
+            )));
         }
         if !self.has_member() {
             return Err(self.invalid(

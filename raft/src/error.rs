@@ -42,12 +42,28 @@ pub enum StoreError {
     /// A protocol violation from a peer (bad frame, wrong version).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A write was sent but no answer came within its deadline: it may or
+    /// may not have been applied (it will never be applied twice). Read
+    /// the key to find out before acting on it again.
+    #[error("the write may or may not have been applied: {0}; read it back to find out")]
+    Indeterminate(String),
+    /// This member cannot confirm that it is current (no leader heard from
+    /// for a while): what it serves may be behind. Retryable on another member.
+    #[error("member {member} has not heard from a leader for {since_ms} ms, so what it serves may be behind; use another member")]
+    Stale { member: NodeId, since_ms: u64 },
 }
 
 impl StoreError {
     /// Whether the same request may succeed if sent again later.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. } | StoreError::Busy(_))
+        matches!(
+            self,
+            StoreError::NoLeader(_)
+                | StoreError::Timeout { .. }
+                | StoreError::Unreachable { .. }
+                | StoreError::Busy(_)
+                | StoreError::Stale { .. }
+        )
     }
 }
 

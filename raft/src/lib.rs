@@ -11,16 +11,21 @@
 #![allow(clippy::result_large_err)]
 
 pub mod app;
+pub mod backup;
 pub mod client;
 pub mod data_dir;
 pub mod db;
 pub mod error;
+pub mod freshness;
 pub mod kv_apply;
 pub mod limits;
+pub mod linearizability;
 pub mod log_store;
 pub mod member;
 pub mod network;
 pub mod server;
+pub mod session;
+pub mod snapshot_file;
 pub mod state_machine;
 pub mod tls;
 pub mod transport;
@@ -34,8 +39,8 @@ pub use limits::Limits;
 pub use member::{Consistency, Member, StartError, StartMode, StoreConfig};
 pub use transport::{Fault, Faults};
 pub use types::{
-    Command, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, NodeId, Outcome, RangePage, Revisions, TxnOp,
-    TxnOpResult,
+    Command, CommandResult, Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, NodeId, Outcome, Proposal, RangePage, Revisions,
+    TxnOp, TxnOpResult,
 };
 pub use watch::{WatchItem, Watcher};
 pub use wire::{MemberInfo, Role};

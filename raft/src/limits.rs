@@ -50,6 +50,20 @@ pub struct Limits {
     pub snapshot_chunk_bytes: u64,
     /// How long a joining member waits to be caught up and promoted.
     pub join_timeout_ms: u64,
+    /// Deadline for one try of a write or read-index carried to the leader,
+    /// and for one try of a client's request to one member, before it is
+    /// tried again (same session, so never applied twice) where the leader
+    /// is now. About an election: a leader that froze is left behind in
+    /// that time, not after the QUIC idle timeout.
+    pub forward_attempt_timeout_ms: u64,
+    /// A member that has not known it is current for this long (no quorum
+    /// answering it as leader, no leader's AppendEntries as follower) ends
+    /// its watches with an error and refuses new ones, so clients move on
+    /// to a member that is current.
+    pub stale_after_ms: u64,
+    /// Client sessions: the replicated table that makes writes exactly-once.
+    /// Every member of a cluster must use the same values.
+    pub sessions: crate::session::SessionLimits,
 }
 
 impl Default for Limits {
@@ -69,14 +83,20 @@ impl Default for Limits {
             connect_timeout_ms: 2_000,
             keep_alive_ms: 500,
             idle_timeout_ms: 3_000,
-            heartbeat_ms: 50,
-            election_timeout_min_ms: 300,
-            election_timeout_max_ms: 600,
+            // AppendEntries and leadership checks time out after one
+            // heartbeat (openraft's rule), so it must cover a follower's
+            // fsync on a busy machine.
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
             snapshot_every_entries: 20_000,
             log_kept_behind_snapshot: 2_000,
             append_entries_max: 1_000,
             snapshot_chunk_bytes: 4 * 1024 * 1024,
             join_timeout_ms: 60_000,
+            forward_attempt_timeout_ms: 1_000,
+            stale_after_ms: 3_000,
+            sessions: crate::session::SessionLimits::default(),
         }
     }
 }
@@ -90,5 +110,8 @@ impl Limits {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn forward_attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.forward_attempt_timeout_ms)
     }
 }

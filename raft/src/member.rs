@@ -16,13 +16,17 @@ use tokio::sync::Semaphore;
 use crate::data_dir::{DataDir, MemberFile};
 use crate::db;
 use crate::error::{DataDirError, StoreError};
+use crate::freshness::Freshness;
 use crate::limits::Limits;
-use crate::log_store::LogStore;
+use crate::log_store::{LogFloor, LogStore};
 use crate::network::Network;
+use crate::session::{Session, SessionClient};
 use crate::state_machine::{StateMachine, StoreReader};
 use crate::tls::{ClusterCa, JoinToken, TlsError};
 use crate::transport::{Fault, Faults, Transport};
-use crate::types::{Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, RangePage, Revisions, Txn, TxnOp};
+use crate::types::{
+    Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, Proposal, RangePage, Revisions, Txn, TxnOp,
+};
 use crate::watch::{WatchHub, Watcher};
 use crate::wire::{JoinGrant, MemberInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
@@ -89,6 +93,33 @@ pub enum Consistency {
     Serializable,
 }
 
+/// Removes what a first start made if it fails before the member exists
+/// (a busy port, a refused join, a crash of the first initialisation), so
+/// the next start finds the directory as it was.
+struct FirstStart<'a> {
+    dir: &'a DataDir,
+    armed: bool,
+}
+
+impl Drop for FirstStart<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            match self.dir.remove_contents() {
+                Ok(()) => tracing::warn!(dir = %self.dir.path.display(), "the first start failed; removed what it had made"),
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.path.display(), error = %e, "the first start failed and what it made could not be removed")
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock milliseconds: the stamp a member puts on the writes it takes
+/// from clients (the session table's only clock).
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
 /// A running store member.
 pub struct Member {
     id: NodeId,
@@ -100,6 +131,12 @@ pub struct Member {
     ca: ClusterCa,
     peer_addr: String,
     proposals: Semaphore,
+    /// This member's own client session, for the writes it makes itself.
+    session: SessionClient,
+    /// Whether this member knows it is current (see `freshness.rs`).
+    freshness: Arc<Freshness>,
+    /// The log, to settle its floor at shutdown.
+    log: LogStore,
     faults: Faults,
     endpoint: quinn::Endpoint,
     server_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -154,34 +191,72 @@ pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, 
 impl Member {
     /// Starts a member as `config` says. Returns once the member serves its
     /// peer port; for a join, once it is a voter.
+    ///
+    /// The peer port is bound before anything is written, and a first
+    /// start that fails removes what it made, so a failed start never
+    /// leaves a half-made directory behind. A restart checks everything on
+    /// disk (whose database, whether its log went backwards, every
+    /// checksum) and refuses, without changing a file, what does not hold.
     pub async fn start(config: StoreConfig) -> Result<Arc<Member>, StartError> {
+        let bind = resolve_bind(&config.peer_addr).await?;
+        let socket =
+            std::net::UdpSocket::bind(bind).map_err(|e| StartError::Bind { addr: config.peer_addr.clone(), reason: e.to_string() })?;
         let dir = DataDir::new(&config.data_dir);
+        let mut first_start = FirstStart { dir: &dir, armed: false };
+        let member = Self::start_on(config, socket, &dir, &mut first_start).await?;
+        first_start.armed = false;
+        Ok(member)
+    }
+
+    async fn start_on(
+        config: StoreConfig,
+        socket: std::net::UdpSocket,
+        dir: &DataDir,
+        first_start: &mut FirstStart<'_>,
+    ) -> Result<Arc<Member>, StartError> {
         let limits = config.limits.clone();
+        let invalid = |reason: String| DataDirError::Invalid { dir: dir.path.display().to_string(), reason };
         let mut initialize = false;
-        let member_file = if dir.has_member() {
+        let restart = dir.has_member();
+        let (member_file, database) = if restart {
             let file = dir.read_member()?;
             if file.id != config.id {
-                return Err(DataDirError::Invalid {
-                    dir: dir.path.display().to_string(),
-                    reason: format!("holds member {} but --id is {}; use --id {} or another directory", file.id, config.id, file.id),
-                }
+                return Err(invalid(format!(
+                    "holds member {} but --id is {}; use --id {} or another directory",
+                    file.id, config.id, file.id
+                ))
                 .into());
             }
             if let StartMode::Join { token, .. } = &config.start {
                 let token = JoinToken::parse(token)?;
                 let ca = dir.read_ca(&file.cluster_id)?;
                 if ca.fingerprint()? != token.ca_fingerprint {
-                    return Err(DataDirError::Invalid {
-                        dir: dir.path.display().to_string(),
-                        reason: format!(
-                            "belongs to cluster {}, not the cluster of the given token; use an empty directory to join that cluster",
-                            file.cluster_id
-                        ),
-                    }
+                    return Err(invalid(format!(
+                        "belongs to cluster {}, not the cluster of the given token; use an empty directory to join that cluster",
+                        file.cluster_id
+                    ))
                     .into());
                 }
             }
-            file
+            if let Err(reason) = crate::state_machine::read_snapshot_file(&dir.snapshot_path()) {
+                return Err(invalid(format!(
+                    "{reason}. Move snapshot.bin away and start again: the member builds a new snapshot from its database"
+                ))
+                .into());
+            }
+            let floor = LogFloor::open(dir.floor_path()).map_err(invalid)?.get();
+            let database = db::open_checked(&dir.db_path(), &file.cluster_id, file.id, |ro| {
+                crate::log_store::check_floor(ro, &floor).map_err(|reason| {
+                    invalid(format!(
+                        "{reason}. Do not start this member as it is: remove it from the cluster (flotilla store remove-member {}), \
+                         empty this directory and join again, or restore the directory from a backup",
+                        file.id
+                    ))
+                })
+            })?;
+            // A restored directory's first start makes the new cluster.
+            initialize = file.initialize_pending;
+            (file, database)
         } else {
             match &config.start {
                 StartMode::Restart => {
@@ -190,37 +265,63 @@ impl Member {
                 }
                 StartMode::Bootstrap => {
                     dir.create_empty()?;
+                    first_start.armed = true;
                     let cluster_id = hex::encode(rand::random::<[u8; 8]>());
                     let ca = ClusterCa::generate(&cluster_id)?;
                     dir.write_ca(&ca)?;
                     dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
                     dir.write_token(&JoinToken::new(&ca)?)?;
-                    let file = MemberFile { id: config.id, cluster_id, peer_addr: config.peer_addr.clone(), join_via: None };
-                    dir.write_member(&file)?;
+                    let database = db::open(&dir.db_path(), db::OpenMode::Create)?;
+                    db::write_identity(
+                        &database,
+                        &dir.db_path(),
+                        &db::DbIdentity { cluster_id: cluster_id.clone(), member_id: config.id, format: db::DB_FORMAT },
+                    )?;
                     initialize = true;
-                    file
+                    // member.json is written once the cluster is initialised.
+                    (
+                        MemberFile {
+                            id: config.id,
+                            cluster_id,
+                            peer_addr: config.peer_addr.clone(),
+                            join_via: None,
+                            initialize_pending: false,
+                        },
+                        database,
+                    )
                 }
                 StartMode::Join { via, token } => {
                     let token = JoinToken::parse(token)?;
                     let grant = request_join(via, &token, config.id, &config.peer_addr, &limits).await.map_err(StartError::Join)?;
-                    dir.create_empty()?;
                     let ca = ClusterCa { cluster_id: grant.cluster_id.clone(), cert_pem: grant.ca_cert_pem, key_pem: grant.ca_key_pem };
                     if ca.fingerprint()? != token.ca_fingerprint {
                         return Err(StartError::Join(StoreError::Unauthorized(
                             "the joined member sent a CA that does not match the token".into(),
                         )));
                     }
+                    dir.create_empty()?;
+                    first_start.armed = true;
                     dir.write_ca(&ca)?;
                     dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
                     dir.write_token(&token)?;
+                    let database = db::open(&dir.db_path(), db::OpenMode::Create)?;
+                    db::write_identity(
+                        &database,
+                        &dir.db_path(),
+                        &db::DbIdentity { cluster_id: grant.cluster_id.clone(), member_id: config.id, format: db::DB_FORMAT },
+                    )?;
                     let file = MemberFile {
                         id: config.id,
                         cluster_id: grant.cluster_id,
                         peer_addr: config.peer_addr.clone(),
                         join_via: Some(via.clone()),
+                        initialize_pending: false,
                     };
+                    // From here on a restart resumes the join.
                     dir.write_member(&file)?;
-                    file
+                    dir.finish_first_start()?;
+                    first_start.armed = false;
+                    (file, database)
                 }
             }
         };
@@ -228,18 +329,21 @@ impl Member {
         let ca = dir.read_ca(&member_file.cluster_id)?;
         let identity = dir.read_identity()?;
         let token = dir.read_token()?;
-        let database = db::open(&dir.db_path(), true)?;
+        let floor = Arc::new(LogFloor::open(dir.floor_path()).map_err(invalid)?);
+        let log_store = LogStore::new(database.clone(), floor);
+        let log_handle = log_store.clone();
         let hub = Arc::new(WatchHub::new(limits.watch_queue_max, limits.watches_max));
-        let sm =
-            StateMachine::open(database.clone(), hub.clone(), dir.snapshot_path(), limits.history_retain_revisions).map_err(|reason| {
-                DataDirError::Invalid { dir: dir.path.display().to_string(), reason: format!("state machine is corrupt: {reason}") }
-            })?;
-        let reader = StoreReader::new(database.clone(), hub);
-        let log_store = LogStore::new(database);
+        let sm = StateMachine::open(database.clone(), hub.clone(), dir.snapshot_path(), limits.history_retain_revisions, limits.sessions)
+            .map_err(|reason| invalid(format!("state machine is corrupt: {reason}")))?;
+        let reader = StoreReader::new(database, hub);
 
-        let bind = resolve_bind(&config.peer_addr).await?;
-        let endpoint = quinn::Endpoint::server(identity.server_config(&limits)?, bind)
-            .map_err(|e| StartError::Bind { addr: config.peer_addr.clone(), reason: e.to_string() })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::new(crate::transport::reset_key(&identity.key_pem)),
+            Some(identity.server_config(&limits)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|e| StartError::Bind { addr: config.peer_addr.clone(), reason: e.to_string() })?;
         let client_config = identity.client_config(&limits)?;
         let transport = Arc::new(Transport::new(endpoint.clone(), client_config, None, limits.clone()));
         let network = Network { from: config.id, transport: transport.clone(), faults: config.faults.clone() };
@@ -261,12 +365,17 @@ impl Member {
         let raft =
             Raft::new(config.id, Arc::new(raft_config), network, log_store, sm).await.map_err(|e| StartError::Raft(e.to_string()))?;
 
+        let freshness =
+            Arc::new(Freshness::new(config.id, raft.clone(), limits.stale_after_ms, Duration::from_millis(limits.heartbeat_ms * 5)));
         let member = Arc::new(Member {
             id: config.id,
             raft,
             reader,
             transport,
             proposals: Semaphore::new(limits.inflight_proposals_max),
+            session: SessionClient::new(),
+            log: log_handle,
+            freshness,
             faults: config.faults.clone(),
             limits,
             token,
@@ -282,6 +391,9 @@ impl Member {
         if initialize {
             let nodes = BTreeMap::from([(config.id, MemberNode { addr: config.peer_addr.clone() })]);
             member.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
+            dir.write_member(&MemberFile { initialize_pending: false, ..member_file.clone() })?;
+            dir.finish_first_start()?;
+            first_start.armed = false;
             tracing::info!(member = config.id, cluster = %member_file.cluster_id, "bootstrapped a new cluster");
         }
         if let Some(via) = &member_file.join_via {
@@ -364,6 +476,18 @@ impl Member {
         self.reader.revisions()
     }
 
+    /// Records evidence that this member is current.
+    pub fn mark_current(&self) {
+        self.freshness.mark();
+    }
+
+    /// Fails with [`StoreError::Stale`] when this member has not known it
+    /// is current for longer than `stale_after_ms`: what it serves may be
+    /// behind.
+    pub async fn check_current(&self) -> Result<(), StoreError> {
+        self.freshness.check().await
+    }
+
     fn fatal(&self, reason: impl std::fmt::Display) -> StoreError {
         StoreError::Fatal { member: self.id, reason: reason.to_string() }
     }
@@ -372,6 +496,11 @@ impl Member {
     /// member leads. Waits up to four election timeouts for a leader. Traffic
     /// to a leader the fault table cuts off fails as unreachable.
     async fn leader_addr(&self) -> Result<Option<String>, StoreError> {
+        Ok(self.leader_target().await?.map(|(_, addr)| addr))
+    }
+
+    /// [`Member::leader_addr`], with the leader's id.
+    async fn leader_target(&self) -> Result<Option<(NodeId, String)>, StoreError> {
         let wait = Duration::from_millis(self.limits.election_timeout_max_ms * 4);
         let metrics = self
             .raft
@@ -391,7 +520,7 @@ impl Member {
             });
         }
         match node {
-            Some(n) => Ok(Some(n.addr)),
+            Some(n) => Ok(Some((leader, n.addr))),
             None => Err(StoreError::NoLeader(format!("leader {leader} is not in this member's membership yet"))),
         }
     }
@@ -400,8 +529,8 @@ impl Member {
     /// of the leader, or `None` to retry here (this member leads, or no
     /// leader is known yet, after a short wait). Fails only on errors that
     /// retrying will not fix.
-    async fn route(&self) -> Result<Option<String>, StoreError> {
-        match self.leader_addr().await {
+    async fn route(&self) -> Result<Option<(NodeId, String)>, StoreError> {
+        match self.leader_target().await {
             Ok(found) => Ok(found),
             Err(e) if e.is_retryable() => {
                 tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
@@ -465,77 +594,160 @@ impl Member {
         }
     }
 
-    /// Proposes a write and waits until it is committed and applied. On a
-    /// follower the write is carried to the leader.
+    /// Proposes a write as this member's own client (the registry's and the
+    /// controllers' writes) and waits until it is committed and applied. On
+    /// a follower the write is carried to the leader. However often it is
+    /// retried below, it is applied at most once.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, StoreError> {
         self.validate(&command)?;
+        let ticket = self.session.begin();
+        self.submit(Proposal { session: ticket.session(), stamp_ms: wall_clock_ms(), command }).await
+    }
+
+    /// A remote client's write, under the client's own session.
+    pub async fn propose_for(&self, session: Session, command: Command) -> Result<CommandResult, StoreError> {
+        self.validate(&command)?;
+        self.submit(Proposal { session, stamp_ms: wall_clock_ms(), command }).await
+    }
+
+    /// A proposal another member carried here, with its session and stamp.
+    pub async fn propose_forwarded(&self, proposal: Proposal) -> Result<CommandResult, StoreError> {
+        self.validate(&proposal.command)?;
+        self.submit(proposal).await
+    }
+
+    /// Proposes until applied or the client deadline passes. Once the
+    /// proposal may have reached a log, a deadline is reported as
+    /// [`StoreError::Indeterminate`], never as a failure.
+    async fn submit(&self, proposal: Proposal) -> Result<CommandResult, StoreError> {
         let _permit = self.proposals.acquire().await.map_err(|_| self.fatal("shutting down"))?;
         let timeout = self.limits.client_rpc_timeout();
-        match tokio::time::timeout(timeout, self.propose_unchecked(command)).await {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let outcome = tokio::time::timeout_at(deadline, self.submit_until(&proposal, deadline, &sent)).await;
+        let result = match outcome {
             Ok(r) => r,
+            Err(_) if sent.load(std::sync::atomic::Ordering::Relaxed) => {
+                Err(StoreError::Indeterminate(format!("no answer within {} ms", timeout.as_millis())))
+            }
             Err(_) => Err(StoreError::NoLeader(format!("write not committed within {} ms", timeout.as_millis()))),
+        };
+        match result {
+            Ok(CommandResult { outcome: Outcome::Refused(reason), .. }) => Err(StoreError::Indeterminate(reason)),
+            other => other,
         }
     }
 
-    async fn propose_unchecked(&self, command: Command) -> Result<CommandResult, StoreError> {
+    async fn submit_until(
+        &self,
+        proposal: &Proposal,
+        deadline: tokio::time::Instant,
+        sent: &std::sync::atomic::AtomicBool,
+    ) -> Result<CommandResult, StoreError> {
         loop {
-            match self.raft.client_write(command.clone()).await {
-                Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                    let Some(addr) = self.route().await? else { continue };
-                    let reply = self.transport.call(&addr, &Request::Write(command.clone()), self.limits.client_rpc_timeout()).await;
-                    match reply {
-                        Ok(Reply::Written(result)) => return Ok(result),
-                        Ok(other) => return Err(StoreError::Protocol(format!("unexpected write reply {other:?}"))),
-                        // The leader moved, died or is shutting down: find the new one.
-                        Err(e) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => {
-                            tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
-                            tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
+            if self.is_leader() {
+                sent.store(true, std::sync::atomic::Ordering::Relaxed);
+                match self.raft.client_write(proposal.clone()).await {
+                    Ok(response) => return Ok(response.data),
+                    // Leadership moved; the same session makes a second copy harmless.
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => continue,
+                    Err(RaftError::APIError(e)) => return Err(StoreError::Membership(e.to_string())),
+                    Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
                 }
-                Err(RaftError::APIError(e)) => return Err(StoreError::Membership(e.to_string())),
-                Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
+            }
+            let Some((leader, addr)) = self.route().await? else { continue };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = self.limits.forward_attempt_timeout().min(left);
+            sent.store(true, std::sync::atomic::Ordering::Relaxed);
+            let request = Request::Propose(proposal.clone());
+            let reply = tokio::select! {
+                r = self.transport.call(&addr, &request, attempt) => Some(r),
+                // A write in flight to a leader that lost its place moves on
+                // at once, not after the transport's timeouts.
+                _ = self.leader_changed(leader) => None,
+            };
+            match reply {
+                None => continue,
+                Some(Ok(Reply::Written(result))) => return Ok(result),
+                Some(Ok(other)) => return Err(StoreError::Protocol(format!("unexpected write reply {other:?}"))),
+                // The leader moved, died, is stopping or gave up: try again
+                // with the same session, wherever the leader is now.
+                Some(Err(e)) if e.is_retryable() || matches!(e, StoreError::Fatal { .. } | StoreError::Indeterminate(_)) => {
+                    tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
+                    tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
+                }
+                Some(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Resolves once this member no longer takes `leader` for the leader.
+    async fn leader_changed(&self, leader: NodeId) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().current_leader != Some(leader) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
             }
         }
     }
 
     /// Waits until this member has applied everything committed before the
     /// call, confirmed by a majority (read-index). On a follower the leader
-    /// supplies the index.
+    /// supplies the index. A confirmation that fails (a slow or dead
+    /// member, an election) is tried again until the client deadline.
     pub async fn read_barrier(&self) -> Result<(), StoreError> {
         let timeout = self.limits.client_rpc_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let retry_pause = Duration::from_millis(self.limits.heartbeat_ms);
         let work = async {
             loop {
                 match self.raft.ensure_linearizable().await {
-                    Ok(_) => return Ok(()),
+                    Ok(_) => {
+                        self.mark_current();
+                        return Ok(());
+                    }
                     Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
-                        let Some(addr) = self.route().await? else { continue };
-                        match self.transport.call(&addr, &Request::ReadIndex, self.limits.client_rpc_timeout()).await {
-                            Ok(Reply::ReadIndex(index)) => {
+                        let Some((leader, addr)) = self.route().await? else { continue };
+                        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                        let attempt = self.limits.forward_attempt_timeout().min(left);
+                        let reply = tokio::select! {
+                            r = self.transport.call(&addr, &Request::ReadIndex, attempt) => Some(r),
+                            _ = self.leader_changed(leader) => None,
+                        };
+                        match reply {
+                            None => continue,
+                            Some(Ok(Reply::ReadIndex(index))) => {
                                 self.raft
-                                    .wait(Some(timeout))
+                                    .wait(Some(left))
                                     .applied_index_at_least(index, "linearizable read")
                                     .await
                                     .map_err(|e| StoreError::NoLeader(format!("this member did not catch up: {e}")))?;
+                                self.mark_current();
                                 return Ok(());
                             }
-                            Ok(other) => return Err(StoreError::Protocol(format!("unexpected read-index reply {other:?}"))),
-                            Err(e) if e.is_retryable() => tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await,
-                            Err(e) => return Err(e),
+                            Some(Ok(other)) => return Err(StoreError::Protocol(format!("unexpected read-index reply {other:?}"))),
+                            Some(Err(e)) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => {
+                                tokio::time::sleep(retry_pause).await
+                            }
+                            Some(Err(e)) => return Err(e),
                         }
                     }
+                    // Not confirmed this round (a slow follower, a heartbeat
+                    // lost): ask again rather than fail the read.
                     Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                        return Err(StoreError::NoLeader(format!("leadership not confirmed by a majority: {e}")))
+                        tracing::debug!(error = %e, "leadership not confirmed yet; asking again");
+                        tokio::time::sleep(retry_pause).await;
                     }
                     Err(RaftError::Fatal(e)) => return Err(self.fatal(e)),
                 }
             }
         };
-        tokio::time::timeout(timeout, work)
+        tokio::time::timeout_at(deadline, work)
             .await
-            .map_err(|_| StoreError::NoLeader(format!("read not confirmed within {} ms", timeout.as_millis())))?
+            .map_err(|_| StoreError::NoLeader(format!("read not confirmed by a majority within {} ms", timeout.as_millis())))?
     }
 
     /// The leader's side of a follower's read-index request.
@@ -594,9 +806,11 @@ impl Member {
         self.reader.range(prefix, limit, continue_from).map_err(|e| self.fatal(e))
     }
 
-    /// Watches `prefix` from `from_revision` (inclusive; 0 = from now).
+    /// Watches `prefix` from `from_revision` (inclusive; 0 = from now). The
+    /// watch ends with [`StoreError::Stale`] if this member stops knowing
+    /// that it is current.
     pub fn watch(&self, prefix: Vec<u8>, from_revision: u64) -> Result<Watcher, StoreError> {
-        Watcher::open(self.reader.clone(), prefix, from_revision)
+        Ok(Watcher::open(self.reader.clone(), prefix, from_revision)?.with_freshness(self.freshness.clone()))
     }
 
     /// The members as this member knows them.
@@ -618,6 +832,14 @@ impl Member {
                 },
             })
             .collect()
+    }
+
+    /// Everything this member has applied, as a sealed backup, once it has
+    /// confirmed with a majority that it is current.
+    pub async fn backup(&self) -> Result<Vec<u8>, StoreError> {
+        self.read_barrier().await?;
+        let db = self.reader.db().clone();
+        tokio::task::spawn_blocking(move || crate::backup::sealed_backup(&db)).await.map_err(|e| self.fatal(e))?.map_err(|e| self.fatal(e))
     }
 
     /// Checks a join request's token and id; grants the CA if both are good.
@@ -697,6 +919,9 @@ impl Member {
         self.endpoint.close(0u32.into(), b"member shutting down");
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not stop cleanly");
+        }
+        if let Err(e) = self.log.settle_floor() {
+            tracing::warn!(error = %e, "could not record the log floor at shutdown");
         }
         // Let peers see the close, so the port is free for a restart.
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;

@@ -105,6 +105,9 @@ async fn handle_stream(
         if let Request::Watch { prefix, from_revision } = request {
             return stream_watch(&mut send, &m, prefix, from_revision).await;
         }
+        if let Request::Backup = request {
+            return stream_backup(&mut send, &m).await;
+        }
         if let Request::AppStream(body) = request {
             return stream_app(&mut send, &m, body).await;
         }
@@ -123,10 +126,19 @@ async fn reply(send: &mut quinn::SendStream, reply: Reply) -> Result<(), StoreEr
 async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
     let raft = m.raft();
     Ok(match request {
-        Request::AppendEntries(rpc) => Reply::AppendEntries(raft.append_entries(rpc).await),
+        Request::AppendEntries(rpc) => {
+            let answer = raft.append_entries(rpc).await;
+            // An accepted AppendEntries is a leader's word that this
+            // member is current.
+            if matches!(answer, Ok(openraft::raft::AppendEntriesResponse::Success)) {
+                m.mark_current();
+            }
+            Reply::AppendEntries(answer)
+        }
         Request::Vote(rpc) => Reply::Vote(raft.vote(rpc).await),
         Request::InstallSnapshot(rpc) => Reply::InstallSnapshot(raft.install_snapshot(rpc).await),
-        Request::Write(command) => Reply::Written(m.propose(command).await?),
+        Request::Write { session, command } => Reply::Written(m.propose_for(session, command).await?),
+        Request::Propose(proposal) => Reply::Written(m.propose_forwarded(proposal).await?),
         Request::Read { op, linearizable } => {
             let consistency = if linearizable { Consistency::Linearizable } else { Consistency::Serializable };
             match op {
@@ -159,7 +171,7 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
             Some(h) => Reply::App(h.call(body).await?),
             None => return Err(StoreError::Invalid("this member serves no application requests".into())),
         },
-        Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } | Request::AppStream(_) => {
+        Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } | Request::AppStream(_) | Request::Backup => {
             return Err(StoreError::Protocol("request handled elsewhere".into()))
         }
     })
@@ -168,6 +180,11 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
 /// Streams a watch until the client goes away or the watch fails; idle
 /// streams get a progress frame so clients can resume from the latest point.
 async fn stream_watch(send: &mut quinn::SendStream, m: &Member, prefix: Vec<u8>, from: u64) -> Result<(), StoreError> {
+    // A member that cannot tell it is current sends the client elsewhere
+    // rather than serve a watch that may be behind.
+    if let Err(e) = m.check_current().await {
+        return reply(send, Reply::Error(e)).await;
+    }
     let mut watcher = match m.watch(prefix, from) {
         Ok(w) => w,
         Err(e) => return reply(send, Reply::Error(e)).await,
@@ -185,6 +202,18 @@ async fn stream_watch(send: &mut quinn::SendStream, m: &Member, prefix: Vec<u8>,
         };
         write_frame(send, &frame).await?;
     }
+}
+
+/// Sends a backup in chunks, then finishes the stream.
+async fn stream_backup(send: &mut quinn::SendStream, m: &Member) -> Result<(), StoreError> {
+    let sealed = match m.backup().await {
+        Ok(bytes) => bytes,
+        Err(e) => return reply(send, Reply::Error(e)).await,
+    };
+    for chunk in sealed.chunks(crate::backup::BACKUP_CHUNK_BYTES) {
+        write_frame(send, &Reply::BackupChunk(chunk.to_vec())).await?;
+    }
+    send.finish().map_err(|e| StoreError::Protocol(e.to_string()))
 }
 
 /// Streams an application reply until it ends or the client goes away.

@@ -13,8 +13,10 @@ use openraft::{Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, St
 use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{cf, history_key, history_key_revision, Db, CF_HISTORY, CF_KV, CF_SM_META};
+use crate::db::{cf, history_key, history_key_revision, Db, CF_HISTORY, CF_KV, CF_SESSIONS, CF_SM_META};
 use crate::kv_apply::{apply_command, auto_compact, KvFault, KvState};
+use crate::session::{ClientId, ClientRecord, Decision, SessionLimits, SessionTable};
+use crate::snapshot_file::{seal, unseal};
 use crate::types::{CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig};
 use crate::watch::{WatchBatch, WatchHub};
 use crate::wire::{decode, encode};
@@ -22,6 +24,7 @@ use crate::wire::{decode, encode};
 const KEY_REVS: &[u8] = b"revs";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_MEMBERSHIP: &[u8] = b"membership";
+const KEY_SESSION_CLOCK: &[u8] = b"session_clock";
 
 type StoreResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -32,19 +35,29 @@ fn sm_write_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
 }
 
-/// What a snapshot holds: every key and the retained history.
+/// What a snapshot holds: every key, the retained history and the client
+/// sessions (without them a member restored from a snapshot would apply a
+/// retried write a second time).
 #[derive(Serialize, Deserialize)]
-struct SnapshotPayload {
-    revs: Revisions,
-    kvs: Vec<KeyValue>,
-    history: Vec<(u64, u32, Event)>,
+pub struct SnapshotPayload {
+    pub revs: Revisions,
+    pub kvs: Vec<KeyValue>,
+    pub history: Vec<(u64, u32, Event)>,
+    pub session_clock_ms: u64,
+    pub sessions: Vec<(ClientId, ClientRecord)>,
 }
 
-/// A built snapshot as kept on disk.
+fn session_key(client: ClientId) -> [u8; 16] {
+    client.to_be_bytes()
+}
+
+/// A built snapshot as kept on disk. `data` is a sealed
+/// [`SnapshotPayload`] (see `snapshot_file.rs`): the same bytes that go to
+/// a follower, checked before they are installed or loaded.
 #[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<NodeId, Member>,
-    data: Vec<u8>,
+pub struct StoredSnapshot {
+    pub meta: SnapshotMeta<NodeId, Member>,
+    pub data: Vec<u8>,
 }
 
 /// openraft's state machine over RocksDB.
@@ -56,11 +69,19 @@ pub struct StateMachine {
     membership: StoredMembership<NodeId, Member>,
     snapshot_path: PathBuf,
     history_retain_revisions: u64,
+    sessions: SessionTable,
+    session_limits: SessionLimits,
 }
 
 impl StateMachine {
     /// Loads the state machine's bookkeeping from `db`.
-    pub fn open(db: Db, hub: Arc<WatchHub>, snapshot_path: PathBuf, history_retain_revisions: u64) -> Result<Self, String> {
+    pub fn open(
+        db: Db,
+        hub: Arc<WatchHub>,
+        snapshot_path: PathBuf,
+        history_retain_revisions: u64,
+        session_limits: SessionLimits,
+    ) -> Result<Self, String> {
         let meta = |key: &[u8]| db.get_cf(cf(&db, CF_SM_META), key).map_err(|e| e.to_string());
         let revs = match meta(KEY_REVS)? {
             Some(b) => decode(&b).map_err(|e| format!("state machine revisions: {e}"))?,
@@ -74,30 +95,63 @@ impl StateMachine {
             Some(b) => decode(&b).map_err(|e| format!("state machine membership: {e}"))?,
             None => StoredMembership::default(),
         };
+        let clock_ms = match meta(KEY_SESSION_CLOCK)? {
+            Some(b) => decode(&b).map_err(|e| format!("state machine session clock: {e}"))?,
+            None => 0,
+        };
+        let mut records = Vec::new();
+        for item in db.iterator_cf(cf(&db, CF_SESSIONS), IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let client = u128::from_be_bytes(k.as_ref().try_into().map_err(|_| "session key is not 16 bytes".to_string())?);
+            records.push((client, decode::<ClientRecord>(&v).map_err(|e| format!("session record: {e}"))?));
+        }
+        let sessions = SessionTable::from_records(clock_ms, records);
         hub.set_revisions(revs);
-        Ok(StateMachine { db, hub, revs, last_applied, membership, snapshot_path, history_retain_revisions })
+        Ok(StateMachine { db, hub, revs, last_applied, membership, snapshot_path, history_retain_revisions, sessions, session_limits })
     }
 
-    fn write_meta(&self, batch: &mut WriteBatch) -> StoreResult<()> {
+    fn write_meta(&mut self, batch: &mut WriteBatch) -> StoreResult<()> {
         let meta = cf(&self.db, CF_SM_META);
         batch.put_cf(meta, KEY_REVS, encode(&self.revs).map_err(sm_write_err)?);
         batch.put_cf(meta, KEY_APPLIED, encode(&self.last_applied).map_err(sm_write_err)?);
         batch.put_cf(meta, KEY_MEMBERSHIP, encode(&self.membership).map_err(sm_write_err)?);
+        batch.put_cf(meta, KEY_SESSION_CLOCK, encode(&self.sessions.clock_ms()).map_err(sm_write_err)?);
+        let sessions_cf = cf(&self.db, CF_SESSIONS);
+        for (client, record) in self.sessions.take_dirty() {
+            match record {
+                Some(r) => batch.put_cf(sessions_cf, session_key(client), encode(&r).map_err(sm_write_err)?),
+                None => batch.delete_cf(sessions_cf, session_key(client)),
+            }
+        }
         Ok(())
     }
 
     fn read_stored_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
-        match std::fs::read(&self.snapshot_path) {
-            Ok(bytes) => decode(&bytes).map(Some).map_err(sm_read_err),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(sm_read_err(e)),
+        read_snapshot_file(&self.snapshot_path).map_err(sm_read_err)
+    }
+
+    /// The sessions as applied so far (for tests and diagnostics).
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
+    }
+}
+
+/// Reads and checks `snapshot.bin`; `None` when there is none.
+pub fn read_snapshot_file(path: &std::path::Path) -> Result<Option<StoredSnapshot>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let stored: StoredSnapshot = decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+            unseal(&stored.data).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(Some(stored))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
 /// Writes `bytes` to `path` so that a crash leaves the old or the new file,
 /// never a torn one.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::File::create(&tmp)?;
@@ -203,11 +257,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcome::None
                 }
-                EntryPayload::Normal(command) => {
-                    let outcome = apply_command(&mut kv, &mut self.revs, &command).map_err(sm_read_err)?;
-                    auto_compact(&mut kv, &mut self.revs, self.history_retain_revisions);
-                    outcome
-                }
+                EntryPayload::Normal(proposal) => match self.sessions.check(&proposal.session, proposal.stamp_ms, &self.session_limits) {
+                    Decision::Apply => {
+                        let outcome = apply_command(&mut kv, &mut self.revs, &proposal.command).map_err(sm_read_err)?;
+                        auto_compact(&mut kv, &mut self.revs, self.history_retain_revisions);
+                        let result = CommandResult { revision: self.revs.revision, outcome };
+                        self.sessions.record(&proposal.session, proposal.stamp_ms, &result, &self.session_limits);
+                        results.push(result);
+                        continue;
+                    }
+                    Decision::Duplicate(first) => {
+                        results.push(first);
+                        continue;
+                    }
+                    Decision::Refuse(reason) => Outcome::Refused(reason),
+                },
             };
             results.push(CommandResult { revision: self.revs.revision, outcome });
         }
@@ -228,12 +292,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, Member>, snapshot: Box<Cursor<Vec<u8>>>) -> StoreResult<()> {
         let data = snapshot.into_inner();
-        let payload: SnapshotPayload = decode(&data).map_err(sm_read_err)?;
+        // A damaged snapshot is refused before anything is replaced.
+        let payload: SnapshotPayload = decode(unseal(&data).map_err(sm_read_err)?).map_err(sm_read_err)?;
         let mut batch = WriteBatch::default();
-        let (kv_cf, hist_cf) = (cf(&self.db, CF_KV), cf(&self.db, CF_HISTORY));
+        let (kv_cf, hist_cf, sessions_cf) = (cf(&self.db, CF_KV), cf(&self.db, CF_HISTORY), cf(&self.db, CF_SESSIONS));
         // Keys are arbitrary bytes; this bound is past any key flotilla allows.
         batch.delete_range_cf(kv_cf, Vec::<u8>::new(), vec![0xffu8; 8192]);
         batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
+        batch.delete_range_cf(sessions_cf, vec![0u8; 16], vec![0xffu8; 17]);
+        for (client, record) in &payload.sessions {
+            batch.put_cf(sessions_cf, session_key(*client), encode(record).map_err(sm_write_err)?);
+        }
+        self.sessions = SessionTable::from_records(payload.session_clock_ms, payload.sessions.clone());
         for kv in &payload.kvs {
             batch.put_cf(kv_cf, &kv.key, encode(kv).map_err(sm_write_err)?);
         }
@@ -286,30 +356,62 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Everything the state machine holds, read from one consistent RocksDB
+/// snapshot: the payload, and the log position and membership it is at.
+pub fn read_payload(db: &DB) -> StoreResult<(SnapshotPayload, Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+    let snap = db.snapshot();
+    let meta_get = |key: &[u8]| snap.get_cf(cf(db, CF_SM_META), key).map_err(sm_read_err);
+    let revs: Revisions = meta_get(KEY_REVS)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
+    let last_applied: Option<LogId<NodeId>> = meta_get(KEY_APPLIED)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.flatten();
+    let membership: StoredMembership<NodeId, Member> =
+        meta_get(KEY_MEMBERSHIP)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
+    let mut kvs = Vec::new();
+    for item in snap.iterator_cf(cf(db, CF_KV), IteratorMode::Start) {
+        let (_, v) = item.map_err(sm_read_err)?;
+        kvs.push(decode(&v).map_err(sm_read_err)?);
+    }
+    let mut history = Vec::new();
+    for item in snap.iterator_cf(cf(db, CF_HISTORY), IteratorMode::Start) {
+        let (k, v) = item.map_err(sm_read_err)?;
+        let rev = history_key_revision(&k).ok_or_else(|| sm_read_err("short history key"))?;
+        let idx = u32::from_be_bytes(k.get(8..12).ok_or_else(|| sm_read_err("short history key"))?.try_into().map_err(sm_read_err)?);
+        history.push((rev, idx, decode(&v).map_err(sm_read_err)?));
+    }
+    let session_clock_ms: u64 = meta_get(KEY_SESSION_CLOCK)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or(0);
+    let mut sessions = Vec::new();
+    for item in snap.iterator_cf(cf(db, CF_SESSIONS), IteratorMode::Start) {
+        let (k, v) = item.map_err(sm_read_err)?;
+        let client = u128::from_be_bytes(k.as_ref().try_into().map_err(sm_read_err)?);
+        sessions.push((client, decode(&v).map_err(sm_read_err)?));
+    }
+    Ok((SnapshotPayload { revs, kvs, history, session_clock_ms, sessions }, last_applied, membership))
+}
+
+/// Writes a restored payload into a new, empty database: the keys, the
+/// history and the revisions, without sessions (the restored cluster has
+/// new clients) and without a log position (the cluster starts anew).
+pub fn write_restored(db: &DB, payload: &SnapshotPayload) -> Result<(), String> {
+    let mut batch = WriteBatch::default();
+    for kv in &payload.kvs {
+        batch.put_cf(cf(db, CF_KV), &kv.key, encode(kv).map_err(|e| e.to_string())?);
+    }
+    for (rev, idx, ev) in &payload.history {
+        batch.put_cf(cf(db, CF_HISTORY), history_key(*rev, *idx), encode(ev).map_err(|e| e.to_string())?);
+    }
+    batch.put_cf(cf(db, CF_SM_META), KEY_REVS, encode(&payload.revs).map_err(|e| e.to_string())?);
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts).map_err(|e| e.to_string())
+}
+
 impl SnapshotBuilder {
     fn build_blocking(&self) -> StoreResult<Snapshot<TypeConfig>> {
         // Everything the snapshot covers must be durable before the log
         // behind it may be purged.
         self.db.flush_wal(true).map_err(sm_write_err)?;
-        let snap = self.db.snapshot();
-        let meta_get = |key: &[u8]| snap.get_cf(cf(&self.db, CF_SM_META), key).map_err(sm_read_err);
-        let revs: Revisions = meta_get(KEY_REVS)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
-        let last_applied: Option<LogId<NodeId>> = meta_get(KEY_APPLIED)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.flatten();
-        let membership: StoredMembership<NodeId, Member> =
-            meta_get(KEY_MEMBERSHIP)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();
-        let mut kvs = Vec::new();
-        for item in snap.iterator_cf(cf(&self.db, CF_KV), IteratorMode::Start) {
-            let (_, v) = item.map_err(sm_read_err)?;
-            kvs.push(decode(&v).map_err(sm_read_err)?);
-        }
-        let mut history = Vec::new();
-        for item in snap.iterator_cf(cf(&self.db, CF_HISTORY), IteratorMode::Start) {
-            let (k, v) = item.map_err(sm_read_err)?;
-            let rev = history_key_revision(&k).ok_or_else(|| sm_read_err("short history key"))?;
-            let idx = u32::from_be_bytes(k[8..12].try_into().map_err(sm_read_err)?);
-            history.push((rev, idx, decode(&v).map_err(sm_read_err)?));
-        }
-        let data = encode(&SnapshotPayload { revs, kvs, history }).map_err(sm_write_err)?;
+        let (payload, last_applied, membership) = read_payload(&self.db)?;
+        let revs = payload.revs;
+        let data = seal(&encode(&payload).map_err(sm_write_err)?);
         let meta = SnapshotMeta {
             last_log_id: last_applied,
             last_membership: membership,
@@ -340,6 +442,10 @@ impl StoreReader {
 
     pub fn hub(&self) -> &Arc<WatchHub> {
         &self.hub
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     pub fn revisions(&self) -> Revisions {

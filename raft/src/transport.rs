@@ -55,17 +55,51 @@ impl Faults {
 
 /// Dials peers and carries requests. Members dial with their certificate;
 /// operators' clients dial with a token and say `Hello` on each connection.
+///
+/// Each peer has its own slot: dialling one peer (up to the connect
+/// timeout, for a dead one) never holds up calls to another, and a call
+/// that fails drops only the connection it used, and only when that
+/// connection is really dead, never a healthy peer's.
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     hello_secret: Option<String>,
-    connections: tokio::sync::Mutex<HashMap<SocketAddr, quinn::Connection>>,
+    /// Held only to find or add a slot, never across an await.
+    slots: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
     limits: Limits,
+}
+
+/// One peer's connection, and the lock that makes concurrent callers share
+/// one dial.
+#[derive(Default)]
+struct PeerSlot {
+    current: Mutex<Option<quinn::Connection>>,
+    dialling: tokio::sync::Mutex<()>,
+}
+
+impl PeerSlot {
+    fn live(&self) -> Option<quinn::Connection> {
+        let current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|c| c.close_reason().is_none()).cloned()
+    }
+
+    fn set(&self, conn: quinn::Connection) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    }
+
+    /// Drops `conn` if it is still the slot's connection (a newer one made
+    /// by another caller stays).
+    fn forget(&self, conn: &quinn::Connection) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|c| c.stable_id() == conn.stable_id()) {
+            *current = None;
+        }
+    }
 }
 
 impl Transport {
     pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, hello_secret: Option<String>, limits: Limits) -> Self {
-        Transport { endpoint, client_config, hello_secret, connections: Default::default(), limits }
+        Transport { endpoint, client_config, hello_secret, slots: Default::default(), limits }
     }
 
     /// A client-only endpoint on an ephemeral port, for token holders.
@@ -93,14 +127,19 @@ impl Transport {
             .ok_or_else(|| StoreError::Unreachable { addr: addr.into(), reason: "name has no address".into() })
     }
 
-    async fn connection(&self, addr: &str) -> Result<quinn::Connection, StoreError> {
-        let sa = Self::resolve(addr).await?;
-        let mut conns = self.connections.lock().await;
-        if let Some(c) = conns.get(&sa) {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-            conns.remove(&sa);
+    fn slot(&self, sa: SocketAddr) -> Arc<PeerSlot> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).entry(sa).or_default().clone()
+    }
+
+    /// The peer's live connection, dialling it if there is none.
+    async fn connection(&self, slot: &PeerSlot, sa: SocketAddr, addr: &str) -> Result<quinn::Connection, StoreError> {
+        if let Some(c) = slot.live() {
+            return Ok(c);
+        }
+        let _dial = slot.dialling.lock().await;
+        // Another caller may have dialled while this one waited.
+        if let Some(c) = slot.live() {
+            return Ok(c);
         }
         let timeout = self.limits.connect_timeout();
         let connecting = self
@@ -122,61 +161,76 @@ impl Transport {
                 Ok(Ok(other)) => return Err(StoreError::Protocol(format!("unexpected hello reply {other:?}"))),
             }
         }
-        conns.insert(sa, conn.clone());
+        slot.set(conn.clone());
         Ok(conn)
     }
 
-    async fn forget(&self, addr: &str) {
-        if let Ok(sa) = Self::resolve(addr).await {
-            self.connections.lock().await.remove(&sa);
-        }
-    }
-
-    /// One request, one reply, within `timeout`. A failed connection is
-    /// dropped from the cache so the next call dials again.
+    /// One request, one reply, within `timeout` (dialling included).
     pub async fn call(&self, addr: &str, request: &Request, timeout: Duration) -> Result<Reply, StoreError> {
-        let attempt = async {
-            let conn = self.connection(addr).await?;
-            exchange(&conn, request, self.limits.reply_size_max_bytes).await
-        };
-        let result = match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
-            Ok(r) => r,
-        };
-        if let Err(e) = &result {
-            if matches!(e, StoreError::Timeout { .. } | StoreError::Unreachable { .. } | StoreError::Protocol(_)) {
-                self.forget(addr).await;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 };
+        let sa = Self::resolve(addr).await?;
+        let slot = self.slot(sa);
+        let conn = tokio::time::timeout_at(deadline, self.connection(&slot, sa, addr)).await.map_err(|_| timed_out())??;
+        let received_before = conn.stats().udp_rx.datagrams;
+        let sent_at = tokio::time::Instant::now();
+        let result = tokio::time::timeout_at(deadline, exchange(&conn, request, self.limits.reply_size_max_bytes)).await;
+        match result {
+            Err(_) => {
+                // A slow answer is no reason to drop a connection; silence
+                // for two keep-alives is (a frozen or vanished peer).
+                let silent = conn.stats().udp_rx.datagrams == received_before;
+                if silent && sent_at.elapsed() >= Duration::from_millis(self.limits.keep_alive_ms * 2) {
+                    slot.forget(&conn);
+                }
+                Err(timed_out())
             }
-        }
-        match result? {
-            Reply::Error(e) => Err(e),
-            reply => Ok(reply),
+            Ok(Err(e)) => {
+                if conn.close_reason().is_some() {
+                    slot.forget(&conn);
+                }
+                Err(e)
+            }
+            Ok(Ok(Reply::Error(e))) => Err(e),
+            Ok(Ok(reply)) => Ok(reply),
         }
     }
 
     /// Opens a stream for a request with many reply frames (a watch).
     pub async fn open_stream(&self, addr: &str, request: &Request) -> Result<quinn::RecvStream, StoreError> {
         let timeout = self.limits.client_rpc_timeout();
+        let sa = Self::resolve(addr).await?;
+        let slot = self.slot(sa);
         let attempt = async {
-            let conn = self.connection(addr).await?;
-            let (mut send, recv) =
-                conn.open_bi().await.map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
-            write_frame(&mut send, request).await?;
-            send.finish().map_err(|e| StoreError::Protocol(e.to_string()))?;
-            Ok(recv)
+            let conn = self.connection(&slot, sa, addr).await?;
+            let opened = async {
+                let (mut send, recv) =
+                    conn.open_bi().await.map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
+                write_frame(&mut send, request).await?;
+                send.finish().map_err(|e| StoreError::Protocol(e.to_string()))?;
+                Ok::<_, StoreError>(recv)
+            }
+            .await;
+            if opened.is_err() && conn.close_reason().is_some() {
+                slot.forget(&conn);
+            }
+            opened
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => {
-                self.forget(addr).await;
-                Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 })
-            }
-            Ok(Err(e)) => {
-                self.forget(addr).await;
-                Err(e)
-            }
-            Ok(Ok(r)) => Ok(r),
-        }
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 })?
     }
+}
+
+/// The key a member derives its QUIC stateless-reset tokens from. It is
+/// derived from the member's own private key, so it is the same across
+/// restarts: a member that was killed and started again answers its peers'
+/// packets for the old connections with a reset they accept, and they
+/// re-dial at once instead of after the idle timeout.
+pub fn reset_key(member_key_pem: &str) -> Arc<dyn quinn::crypto::HmacKey> {
+    use sha2::{Digest, Sha256};
+    let seed = Sha256::digest([b"flotilla stateless reset\0".as_slice(), member_key_pem.as_bytes()].concat());
+    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed))
 }
 
 fn connect_error(addr: &str, e: quinn::ConnectionError) -> StoreError {

@@ -16,7 +16,7 @@ pub type Member = openraft::BasicNode;
 openraft::declare_raft_types!(
     /// openraft's type bundle for flotilla's store.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = CommandResult,
         NodeId = NodeId,
         Node = Member,
@@ -50,6 +50,18 @@ pub enum EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub kv: KeyValue,
+}
+
+/// One entry of the Raft log: a write, who sent it, and when the member
+/// that took it from its client received it. The session makes a retried
+/// or re-proposed copy harmless (see `session.rs`); the stamp is the state
+/// machine's only clock.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    pub session: crate::session::Session,
+    /// Wall-clock milliseconds at the member that first received the write.
+    pub stamp_ms: u64,
+    pub command: Command,
 }
 
 /// A write proposed through Raft. Every member applies it identically.
@@ -146,6 +158,10 @@ pub enum Outcome {
     /// The command was valid when proposed but cannot be applied now, e.g. a
     /// compaction to a revision that is already compacted. Nothing changed.
     Rejected(String),
+    /// A copy of a request its client has already moved past (answered
+    /// elsewhere or given up). Nothing changed; whoever waits on this copy
+    /// must report the outcome as unknown.
+    Refused(String),
 }
 
 /// A page of keys from a range read.

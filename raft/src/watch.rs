@@ -10,12 +10,15 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, watch};
 
 use crate::error::StoreError;
+use crate::freshness::Freshness;
 use crate::state_machine::StoreReader;
 use crate::types::{Event, Revisions};
 
 /// Events replayed from history per step, so replay does not hold a whole
 /// history in memory.
 const REPLAY_CHUNK_EVENTS: usize = 1_000;
+/// How often a live watcher checks that its member is still current.
+const FRESHNESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// All events of one revision.
 #[derive(Clone, Debug)]
@@ -94,6 +97,8 @@ pub struct Watcher {
     next_revision: u64,
     replay_until: Option<u64>,
     hub: Arc<WatchHub>,
+    /// When set, the watch fails once the member cannot tell it is current.
+    freshness: Option<(Arc<Freshness>, tokio::time::Interval)>,
 }
 
 impl Drop for Watcher {
@@ -118,7 +123,7 @@ impl Watcher {
         // read arrives on the channel, anything before is in history.
         let rx = hub.tx.subscribe();
         let revs = hub.revisions();
-        let mut watcher = Watcher { reader, prefix, rx, next_revision: revs.revision + 1, replay_until: None, hub };
+        let mut watcher = Watcher { reader, prefix, rx, next_revision: revs.revision + 1, replay_until: None, hub, freshness: None };
         if from_revision != 0 {
             if from_revision < revs.compact_revision {
                 return Err(StoreError::Compacted { requested: from_revision, compact_revision: revs.compact_revision });
@@ -129,6 +134,15 @@ impl Watcher {
             }
         }
         Ok(watcher)
+    }
+
+    /// Makes the watch end with [`StoreError::Stale`] when `freshness` says
+    /// its member is no longer current.
+    pub fn with_freshness(mut self, freshness: Arc<Freshness>) -> Self {
+        let mut tick = tokio::time::interval(FRESHNESS_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.freshness = Some((freshness, tick));
+        self
     }
 
     /// The last revision this watcher has fully delivered.
@@ -161,7 +175,17 @@ impl Watcher {
                 }
                 continue;
             }
-            match self.rx.recv().await {
+            let message = match self.freshness.as_mut() {
+                None => self.rx.recv().await,
+                Some((freshness, tick)) => tokio::select! {
+                    m = self.rx.recv() => m,
+                    _ = tick.tick() => {
+                        freshness.check().await?;
+                        continue;
+                    }
+                },
+            };
+            match message {
                 Ok(HubMessage::Batch(batch)) => {
                     if batch.revision < self.next_revision {
                         continue;

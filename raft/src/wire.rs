@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::StoreError;
-use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, RangePage, Revisions, TypeConfig};
+use crate::session::Session;
+use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, Proposal, RangePage, Revisions, TypeConfig};
 
 /// Bumped when a frame's shape changes; peers with another version are refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// A request on the peer port.
 #[derive(Serialize, Deserialize, Debug)]
@@ -39,7 +40,13 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    Write(Command),
+    /// A client's write under its session; retries carry the same session.
+    Write {
+        session: Session,
+        command: Command,
+    },
+    /// A write carried from the member that took it to the leader.
+    Propose(Proposal),
     Read {
         op: ReadOp,
         linearizable: bool,
@@ -51,6 +58,8 @@ pub enum Request {
         from_revision: u64,
     },
     Members,
+    /// A backup of everything applied, answered by `Reply::BackupChunk` frames.
+    Backup,
     /// An application request (see `app.rs`); opaque to the store.
     App(Vec<u8>),
     /// An application request answered by a stream of `Reply::App` frames.
@@ -60,7 +69,7 @@ pub enum Request {
 impl Request {
     /// Raft's own RPCs, accepted only from members.
     pub fn is_raft(&self) -> bool {
-        matches!(self, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_))
+        matches!(self, Request::AppendEntries(_) | Request::Vote(_) | Request::InstallSnapshot(_) | Request::Propose(_))
     }
 
     pub fn name(&self) -> &'static str {
@@ -72,11 +81,13 @@ impl Request {
             Request::AppendEntries(_) => "append-entries",
             Request::Vote(_) => "vote",
             Request::InstallSnapshot(_) => "install-snapshot",
-            Request::Write(_) => "write",
+            Request::Write { .. } => "write",
+            Request::Propose(_) => "propose",
             Request::Read { .. } => "read",
             Request::ReadIndex => "read-index",
             Request::Watch { .. } => "watch",
             Request::Members => "members",
+            Request::Backup => "backup",
             Request::App(_) => "app",
             Request::AppStream(_) => "app-stream",
         }
@@ -146,6 +157,8 @@ pub enum Reply {
         revision: u64,
         events: Vec<Event>,
     },
+    /// One piece of a backup; the stream ends after the last.
+    BackupChunk(Vec<u8>),
     /// Nothing matched up to `revision`; lets a watcher advance its resume point.
     WatchProgress {
         revision: u64,

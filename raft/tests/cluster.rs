@@ -476,3 +476,110 @@ async fn a_slow_watcher_is_cut_off_and_never_holds_writers_back() {
     let flotilla_raft::WatchItem::Events { events, .. } = resumed.next().await.expect("history");
     assert_eq!(events.first().map(|e| e.kv.key.clone()), Some(b"s/0".to_vec()));
 }
+
+// ---- Exactly-once writes, zombies, a dead member, stale watches (issue 10) ----
+
+use flotilla_raft::session::Session;
+use flotilla_raft::{Command, CompareOp, CompareTarget, Outcome, TxnOp};
+
+fn put(key: &str, value: &str) -> Command {
+    Command::Put { key: key.into(), value: value.into() }
+}
+
+async fn version_of(m: &Member, key: &str) -> u64 {
+    let (kv, _) = m.get(key.as_bytes(), Consistency::Linearizable).await.expect("read");
+    kv.map_or(0, |kv| kv.version)
+}
+
+/// A write whose reply was lost is sent again, to other members, under
+/// the same session: every copy answers the first result and the key is
+/// written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_retried_on_every_member_applies_once() {
+    let cluster = Cluster::start(3, test_limits()).await;
+    let session = Session { client: 0xfeed, seq: 1, ack_below: 1 };
+    let first = cluster.member(2).propose_for(session, put("once", "v1")).await.expect("first try");
+    for id in [1, 3, 2] {
+        let again = cluster.member(id).propose_for(session, put("once", "v1")).await.expect("retry");
+        assert_eq!(again, first, "a retry through member {id} must answer the first result");
+    }
+    assert_eq!(version_of(&cluster.member(1), "once").await, 1, "the key was written once");
+    let (_, revision) = cluster.member(3).get(b"once", Consistency::Linearizable).await.expect("read");
+    assert_eq!(revision, first.revision, "the retries made no revision of their own");
+}
+
+/// The zombie of the issue: a copy of a write that was answered (or given
+/// up) arrives after the client's later writes. It must not take the key
+/// back to the older value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zombie_copy_of_an_answered_write_is_refused() {
+    let cluster = Cluster::start(3, test_limits()).await;
+    let client = 0xabcd;
+    cluster.member(1).propose_for(Session { client, seq: 1, ack_below: 1 }, put("z", "A")).await.expect("A");
+    cluster.member(2).propose_for(Session { client, seq: 2, ack_below: 2 }, put("z", "B")).await.expect("B");
+    let zombie = cluster.member(3).propose_for(Session { client, seq: 1, ack_below: 1 }, put("z", "A")).await;
+    assert!(matches!(zombie, Err(StoreError::Indeterminate(_))), "the zombie must be refused, got {zombie:?}");
+    assert_eq!(value(&cluster.member(1), "z", Consistency::Linearizable).await.as_deref(), Some("B"));
+    assert_eq!(version_of(&cluster.member(1), "z").await, 2);
+}
+
+/// A compare-and-swap that succeeded and whose reply was lost is retried:
+/// the retry must answer "succeeded", not a failed compare (which the API
+/// would turn into a 409 that makes Kubernetes clients apply twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retried_compare_and_swap_answers_its_first_success() {
+    let cluster = Cluster::start(3, test_limits()).await;
+    let created = cluster.member(1).put("cas", "v1").await.expect("create").revision;
+    let cas = Command::Txn(flotilla_raft::types::Txn {
+        compares: vec![flotilla_raft::Compare { key: "cas".into(), op: CompareOp::Equal, target: CompareTarget::ModRevision(created) }],
+        success: vec![TxnOp::Put { key: "cas".into(), value: "v2".into() }],
+        failure: vec![],
+    });
+    let session = Session { client: 0x5eed, seq: 7, ack_below: 7 };
+    let first = cluster.member(2).propose_for(session, cas.clone()).await.expect("cas");
+    assert!(matches!(first.outcome, Outcome::Txn { succeeded: true, .. }));
+    let retry = cluster.member(3).propose_for(session, cas).await.expect("retry");
+    assert_eq!(retry, first);
+}
+
+/// With one of three members gone, every write and linearizable read
+/// through the others succeeds (no 503 while a majority is up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_member_down_costs_no_write_or_read() {
+    let mut cluster = Cluster::start(3, test_limits()).await;
+    let leader = cluster.leader().await.id();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let dead = (1..=3).find(|id| *id != leader && *id != follower).expect("a third member");
+    cluster.stop(dead).await;
+    for i in 0..100 {
+        let via = if i % 2 == 0 { leader } else { follower };
+        let m = cluster.member(via);
+        m.put(format!("k{i}"), format!("v{i}")).await.unwrap_or_else(|e| panic!("write {i} through member {via}: {e}"));
+        let (kv, _) =
+            m.get(format!("k{i}").as_bytes(), Consistency::Linearizable).await.unwrap_or_else(|e| panic!("read {i} through {via}: {e}"));
+        assert_eq!(kv.map(|kv| kv.value), Some(format!("v{i}").into_bytes()));
+    }
+}
+
+/// A member cut off from the others ends its watches with `Stale` (and
+/// refuses to count itself current) instead of serving a watch that
+/// silently stops moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_watch_on_a_cut_off_member_ends_as_stale() {
+    let cluster = Cluster::start(3, test_limits()).await;
+    let leader = cluster.leader().await.id();
+    let isolated = (1..=3).find(|id| *id != leader).expect("a follower");
+    let member = cluster.member(isolated);
+    let mut watch = member.watch(b"w/".to_vec(), 0).expect("watch");
+    let others: Vec<u64> = (1..=3).filter(|id| *id != isolated).collect();
+    cluster.faults.partition(isolated, &others);
+    let ended = tokio::time::timeout(DEADLINE, watch.next()).await.expect("the watch ended within the deadline");
+    assert!(matches!(ended, Err(StoreError::Stale { member, .. }) if member == isolated), "got {ended:?}");
+    assert!(matches!(member.check_current().await, Err(StoreError::Stale { .. })));
+    cluster.faults.heal();
+    eventually("the healed member is current again", || {
+        let m = member.clone();
+        async move { m.check_current().await.is_ok() }
+    })
+    .await;
+}

@@ -88,9 +88,12 @@ impl From<RegistryError> for ApiError {
 pub fn store_error(e: StoreError) -> ApiError {
     let message = e.to_string();
     match e {
-        StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. } => {
+        StoreError::NoLeader(_) | StoreError::Timeout { .. } | StoreError::Unreachable { .. } | StoreError::Stale { .. } => {
             ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
         }
+        // Kubernetes' "Timeout" (504): the request may still take effect.
+        // Never a 409 or a 5xx that reads as "not applied".
+        StoreError::Indeterminate(_) => ApiError::new(StatusCode::GATEWAY_TIMEOUT, "Timeout", message),
         StoreError::ValueTooLarge { .. } => ApiError::too_large(0).with_message(message),
         StoreError::Invalid(_) => ApiError::bad_request(message),
         StoreError::Compacted { .. } => ApiError::new(StatusCode::GONE, "Expired", message),

@@ -43,7 +43,11 @@ impl From<RegistryError> for AgentError {
         match e {
             RegistryError::NotFound { .. } => AgentError::Gone(e.to_string()),
             RegistryError::Expired { .. } => AgentError::Expired(e.to_string()),
-            RegistryError::Store(ref s) if s.is_retryable() => AgentError::Unavailable(e.to_string()),
+            // An indeterminate write is safe to send again: the agent's
+            // writes replace whole statuses or are guarded by uid.
+            RegistryError::Store(ref s) if s.is_retryable() || matches!(s, flotilla_raft::StoreError::Indeterminate(_)) => {
+                AgentError::Unavailable(e.to_string())
+            }
             RegistryError::Conflict { .. } => AgentError::Unavailable(e.to_string()),
             other => AgentError::Refused(other.to_string()),
         }

@@ -283,7 +283,7 @@ impl RemoteControlPlane {
 }
 
 fn store_error(e: StoreError) -> AgentError {
-    if e.is_retryable() || matches!(e, StoreError::Fatal { .. } | StoreError::Protocol(_)) {
+    if e.is_retryable() || matches!(e, StoreError::Fatal { .. } | StoreError::Protocol(_) | StoreError::Indeterminate(_)) {
         AgentError::Unavailable(e.to_string())
     } else {
         AgentError::Refused(e.to_string())
