@@ -218,9 +218,14 @@ async fn a_rolling_update_completes_when_the_leader_dies_in_the_middle() {
             && !p.iter().any(|p| p["spec"]["containers"][0]["image"] == "app:v1")
     })
     .await;
-    let d = survivor.get(deploys, Some("default"), "web").await.expect("deployment");
-    let (done, message) = flotilla_actors::leader::rollout::rollout_status(&d);
-    assert!(done, "{message}");
+    // The Deployment's status follows its pods: wait for the controller to
+    // write it rather than read it the instant the pods run.
+    let s = survivor.clone();
+    until("the rollout reported complete", async || {
+        let d = s.get(deploys, Some("default"), "web").await.expect("deployment");
+        flotilla_actors::leader::rollout::rollout_status(&d).0
+    })
+    .await;
     c.servers.remove(leader);
     c.shutdown().await;
 }

@@ -217,6 +217,9 @@ impl Member {
         let limits = config.limits.clone();
         let invalid = |reason: String| DataDirError::Invalid { dir: dir.path.display().to_string(), reason };
         let mut initialize = false;
+        // A bootstrap's token is written last: its file says the member is
+        // ready to be joined.
+        let mut new_token = None;
         let restart = dir.has_member();
         let (member_file, database) = if restart {
             let file = dir.read_member()?;
@@ -270,7 +273,7 @@ impl Member {
                     let ca = ClusterCa::generate(&cluster_id)?;
                     dir.write_ca(&ca)?;
                     dir.write_identity(&ca.issue(&format!("member-{}", config.id))?)?;
-                    dir.write_token(&JoinToken::new(&ca)?)?;
+                    new_token = Some(JoinToken::new(&ca)?);
                     let database = db::open(&dir.db_path(), db::OpenMode::Create)?;
                     db::write_identity(
                         &database,
@@ -328,7 +331,10 @@ impl Member {
 
         let ca = dir.read_ca(&member_file.cluster_id)?;
         let identity = dir.read_identity()?;
-        let token = dir.read_token()?;
+        let token = match new_token.clone() {
+            Some(t) => t,
+            None => dir.read_token()?,
+        };
         let floor = Arc::new(LogFloor::open(dir.floor_path()).map_err(invalid)?);
         let log_store = LogStore::new(database.clone(), floor);
         let log_handle = log_store.clone();
@@ -392,6 +398,9 @@ impl Member {
             let nodes = BTreeMap::from([(config.id, MemberNode { addr: config.peer_addr.clone() })]);
             member.raft.initialize(nodes).await.map_err(|e| StartError::Raft(e.to_string()))?;
             dir.write_member(&MemberFile { initialize_pending: false, ..member_file.clone() })?;
+            if let Some(t) = &new_token {
+                dir.write_token(t)?;
+            }
             dir.finish_first_start()?;
             first_start.armed = false;
             tracing::info!(member = config.id, cluster = %member_file.cluster_id, "bootstrapped a new cluster");
