@@ -54,6 +54,18 @@ fn db_error(path: &Path, reason: impl std::fmt::Display) -> DataDirError {
     DataDirError::Database { dir: path.display().to_string(), reason: reason.to_string() }
 }
 
+/// RocksDB refused to open the files: say what to do instead of starting.
+fn damaged(path: &Path, e: rocksdb::Error) -> DataDirError {
+    db_error(
+        path,
+        format!(
+            "{e}; the database is damaged or incomplete: do not start this member as it is; \
+             restore it from another member (remove it with flotilla store remove-member ID, empty the directory, join again) \
+             or from a backup"
+        ),
+    )
+}
+
 /// Opens the database at `path`. Recovery is strict: a write-ahead log
 /// that cannot be replayed to its end (cut short, or damaged) is refused
 /// rather than opened with its tail silently dropped.
@@ -86,16 +98,7 @@ pub fn open(path: &Path, mode: OpenMode) -> Result<Db, DataDirError> {
         cf_opts.set_write_buffer_size(16 * 1024 * 1024);
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
-    DB::open_cf_descriptors(&opts, path, cfs).map(Arc::new).map_err(|e| {
-        db_error(
-            path,
-            format!(
-                "{e}; the database is damaged or incomplete: do not start this member as it is; \
-                 restore it from another member (remove it with flotilla store remove-member ID, empty the directory, join again) \
-                 or from a backup"
-            ),
-        )
-    })
+    DB::open_cf_descriptors(&opts, path, cfs).map(Arc::new).map_err(|e| damaged(path, e))
 }
 
 /// Opens an existing member's database after checking it on a read-only
@@ -115,16 +118,7 @@ pub fn open_checked(
         let mut opts = Options::default();
         opts.set_paranoid_checks(true);
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::AbsoluteConsistency);
-        let ro = DB::open_cf_for_read_only(&opts, path, ALL_CFS, false).map_err(|e| {
-            db_error(
-                path,
-                format!(
-                    "{e}; the database is damaged or incomplete: do not start this member as it is; \
-                     restore it from another member (remove it with flotilla store remove-member ID, empty the directory, join again) \
-                     or from a backup"
-                ),
-            )
-        })?;
+        let ro = DB::open_cf_for_read_only(&opts, path, ALL_CFS, false).map_err(|e| damaged(path, e))?;
         check_identity(&ro, path, cluster_id, member_id)?;
         verify_all(&ro, path)?;
         check(&ro)?;

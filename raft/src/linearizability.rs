@@ -147,67 +147,56 @@ pub fn check(initial: Option<u64>, history: &[Operation]) -> Result<(), String> 
         if steps > STEPS_MAX {
             return Err(format!("gave up after {STEPS_MAX} steps on a history of {n} operations: make the history smaller"));
         }
-        if entry >= len {
-            // Only returns at infinity are left, and some operation that
-            // must be linearized is not: backtrack.
-            let Some((call, before)) = stack.pop() else { break };
-            let op = events[call].op;
-            if ops[op].result != RegisterResult::Unknown {
-                done_must -= 1;
-            }
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = before;
-            unlift(&mut next, &mut prev, return_of[op]);
-            unlift(&mut next, &mut prev, call);
-            entry = next[call];
-            continue;
-        }
-        let e = events[entry];
-        if e.is_call {
-            let o = ops[e.op];
-            if let Some(after) = step(state, &o.op, &o.result) {
-                let mut bits = linearized.clone();
-                bits[e.op / 64] |= 1 << (e.op % 64);
-                if cache.insert((bits.clone(), after)) {
-                    stack.push((entry, state));
-                    linearized = bits;
-                    state = after;
-                    if o.result != RegisterResult::Unknown {
-                        done_must += 1;
+        // Past the end (only returns at infinity were left), or at a return
+        // whose call is not linearized: the choice made last was wrong.
+        if entry < len {
+            let e = events[entry];
+            if e.is_call {
+                let o = ops[e.op];
+                if let Some(after) = step(state, &o.op, &o.result) {
+                    let mut bits = linearized.clone();
+                    bits[e.op / 64] |= 1 << (e.op % 64);
+                    if cache.insert((bits.clone(), after)) {
+                        stack.push((entry, state));
+                        linearized = bits;
+                        state = after;
+                        if o.result != RegisterResult::Unknown {
+                            done_must += 1;
+                        }
+                        lift(&mut next, &mut prev, entry);
+                        lift(&mut next, &mut prev, return_of[e.op]);
+                        if stack.len() > longest.len() {
+                            longest = stack.iter().map(|(c, _)| events[*c].op).collect();
+                            stuck = None;
+                        }
+                        entry = next[head_sentinel];
+                        continue;
                     }
-                    lift(&mut next, &mut prev, entry);
-                    lift(&mut next, &mut prev, return_of[e.op]);
-                    if stack.len() > longest.len() {
-                        longest = stack.iter().map(|(c, _)| events[*c].op).collect();
-                        stuck = None;
-                    }
-                    entry = next[head_sentinel];
-                    continue;
                 }
+                entry = next[entry];
+                continue;
             }
-            entry = next[entry];
-        } else if ops[e.op].result == RegisterResult::Unknown {
-            // An operation of unknown outcome need not have happened.
-            entry = next[entry];
-        } else {
-            // A return reached before its call was linearized: the choice
-            // made last was wrong.
+            if ops[e.op].result == RegisterResult::Unknown {
+                // An operation of unknown outcome need not have happened.
+                entry = next[entry];
+                continue;
+            }
             if stack.len() == longest.len() && stuck.is_none() {
                 stuck = Some(e.op);
             }
-            let Some((call, before)) = stack.pop() else {
-                return Err(violation_message(&ops, &longest, stuck));
-            };
-            let op = events[call].op;
-            if ops[op].result != RegisterResult::Unknown {
-                done_must -= 1;
-            }
-            linearized[op / 64] &= !(1 << (op % 64));
-            state = before;
-            unlift(&mut next, &mut prev, return_of[op]);
-            unlift(&mut next, &mut prev, call);
-            entry = next[call];
         }
+        let Some((call, before)) = stack.pop() else {
+            return Err(violation_message(&ops, &longest, stuck));
+        };
+        let op = events[call].op;
+        if ops[op].result != RegisterResult::Unknown {
+            done_must -= 1;
+        }
+        linearized[op / 64] &= !(1 << (op % 64));
+        state = before;
+        unlift(&mut next, &mut prev, return_of[op]);
+        unlift(&mut next, &mut prev, call);
+        entry = next[call];
     }
     if done_must == must {
         Ok(())
