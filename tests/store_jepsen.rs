@@ -166,6 +166,9 @@ async fn leader_of(admin: &StoreClient) -> Option<u64> {
     admin.members().await.ok()?.into_iter().find(|m| m.role == Role::Leader).map(|m| m.id)
 }
 
+/// One change as the watcher saw it: (revision, kind, key, value).
+type Seen = (u64, EventKind, String, u64);
+
 /// What one client did, with the values of writes that definitely failed.
 #[derive(Default)]
 struct Recorded {
@@ -284,7 +287,7 @@ async fn histories_under_kills_pauses_restarts_and_lost_replies_are_linearizable
 
     // The watcher follows the keys from before the first client write.
     let watch_client = StoreClient::new(peers.clone(), &token).expect("client");
-    let watched: Arc<Mutex<Vec<(u64, EventKind, String, u64)>>> = Arc::default();
+    let watched: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let watched_w = watched.clone();
     let watcher = tokio::spawn(async move {
         let mut w = watch_client.watch(b"j/".to_vec(), base_revision + 1);
@@ -321,7 +324,7 @@ async fn histories_under_kills_pauses_restarts_and_lost_replies_are_linearizable
     while Instant::now() + Duration::from_secs(3) < until {
         let leader = leader_of(&admin).await;
         let victim = match round % 5 {
-            0 | 1 | 2 => leader.unwrap_or(1),
+            0..=2 => leader.unwrap_or(1),
             _ => (leader.unwrap_or(1) % 3) + 1,
         };
         let i = (victim - 1) as usize;

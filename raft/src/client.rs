@@ -109,7 +109,7 @@ impl StoreClient {
             tries += 1;
             // After a full round, pause a little so a cluster in an
             // election is not hammered.
-            if tries % n == 0 {
+            if tries.is_multiple_of(n) {
                 tokio::time::sleep(std::time::Duration::from_millis(self.limits.heartbeat_ms).min(left)).await;
             }
         }

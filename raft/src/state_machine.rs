@@ -356,9 +356,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// A payload with the log position and membership it was read at.
+pub type PayloadAt = (SnapshotPayload, Option<LogId<NodeId>>, StoredMembership<NodeId, Member>);
+
 /// Everything the state machine holds, read from one consistent RocksDB
 /// snapshot: the payload, and the log position and membership it is at.
-pub fn read_payload(db: &DB) -> StoreResult<(SnapshotPayload, Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+pub fn read_payload(db: &DB) -> StoreResult<PayloadAt> {
     let snap = db.snapshot();
     let meta_get = |key: &[u8]| snap.get_cf(cf(db, CF_SM_META), key).map_err(sm_read_err);
     let revs: Revisions = meta_get(KEY_REVS)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or_default();

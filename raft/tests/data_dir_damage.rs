@@ -116,12 +116,15 @@ fn flush_to_sst(db_path: &Path) {
     }
 }
 
+/// Damages a copied directory.
+type Damage = Box<dyn Fn(&Path, &Path)>;
+
 struct Case {
     name: &'static str,
     /// Which template: the WAL one (recent writes only in the WAL) or the
     /// SST one (everything flushed to tables).
     sst: bool,
-    damage: Box<dyn Fn(&Path, &Path)>,
+    damage: Damage,
     /// One of these must appear in the refusal.
     says: &'static [&'static str],
 }
