@@ -16,15 +16,15 @@
 //! the bounded form CI runs; set it higher for a long run).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use flotilla_raft::linearizability::{check, Operation, RegisterOp, RegisterResult};
 use flotilla_raft::{Compare, CompareOp, CompareTarget, EventKind, Outcome, Role, StoreClient, StoreError, TxnOp};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod common;
+use common::StoreServer;
+
 const DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: [&str; 3] = ["j/a", "j/b", "j/c"];
 const CLIENTS: usize = 4;
@@ -32,62 +32,6 @@ const CLIENTS: usize = 4;
 fn free_addr() -> String {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
     s.local_addr().expect("local address").to_string()
-}
-
-fn free_tcp_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local address").to_string()
-}
-
-struct Server {
-    id: u64,
-    dir: PathBuf,
-    peer: String,
-    child: Option<Child>,
-    stopped: bool,
-    starts: u32,
-}
-
-impl Server {
-    fn spawn(&mut self, extra: &[&str]) {
-        self.starts += 1;
-        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", self.starts))).expect("log file");
-        let child = Command::new(BIN)
-            .args(["server", "--id", &self.id.to_string(), "--data-dir"])
-            .arg(&self.dir)
-            .args(["--peer", &self.peer, "--http", &free_tcp_addr()])
-            .args(extra)
-            .env("FLOTILLA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn flotilla server");
-        self.child = Some(child);
-    }
-
-    fn signal(&mut self, sig: &str) {
-        if let Some(c) = &self.child {
-            let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().map(|s| s.success()).unwrap_or(false);
-            assert!(ok, "kill {sig} failed");
-            self.stopped = sig == "-STOP";
-        }
-    }
-
-    fn kill9(&mut self) {
-        if self.stopped {
-            self.signal("-CONT");
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
 }
 
 /// A UDP relay in front of one member. While `drop_replies` is set, the
@@ -259,9 +203,7 @@ async fn client_loop(n: usize, client: StoreClient, start: Instant, until: Insta
 async fn histories_under_kills_pauses_restarts_and_lost_replies_are_linearizable_and_exact() {
     let fault_secs: u64 = std::env::var("FLOTILLA_JEPSEN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let root = tempfile::tempdir().expect("tempdir");
-    let mut servers: Vec<Server> = (1..=3)
-        .map(|id| Server { id, dir: root.path().join(format!("m{id}")), peer: free_addr(), child: None, stopped: false, starts: 0 })
-        .collect();
+    let mut servers: Vec<StoreServer> = (1..=3).map(|id| StoreServer::new(id, root.path().join(format!("m{id}")), free_addr())).collect();
     servers[0].spawn(&["--bootstrap"]);
     let token = wait_for_file(&servers[0].dir.join("join-token"));
     let first = servers[0].peer.clone();

@@ -2,64 +2,20 @@
 //! `kill -9`, restarts from the data directory, and the `flotilla store`
 //! command line with bad input.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_raft::{Role, StoreClient};
 
-const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+mod common;
+use common::{StoreServer, BIN};
+
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn free_addr() -> String {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
     s.local_addr().expect("local address").to_string()
-}
-
-struct Server {
-    id: u64,
-    dir: PathBuf,
-    peer: String,
-    child: Option<Child>,
-}
-
-fn free_tcp_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local address").to_string()
-}
-
-impl Server {
-    fn spawn(&mut self, extra: &[&str]) {
-        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", rand_suffix()))).expect("log file");
-        let child = Command::new(BIN)
-            .args(["server", "--id", &self.id.to_string(), "--data-dir"])
-            .arg(&self.dir)
-            .args(["--peer", &self.peer, "--http", &free_tcp_addr()])
-            .args(extra)
-            .env("FLOTILLA_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn flotilla server");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().expect("SIGKILL");
-            c.wait().expect("reap");
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-fn rand_suffix() -> u32 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
 }
 
 fn wait_for_file(path: &Path) -> String {
@@ -93,8 +49,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_servers_survive_kill_9_of_the_leader_without_losing_acknowledged_writes() {
     let root = tempfile::tempdir().expect("tempdir");
-    let mut servers: Vec<Server> =
-        (1..=3).map(|id| Server { id, dir: root.path().join(format!("m{id}")), peer: free_addr(), child: None }).collect();
+    let mut servers: Vec<StoreServer> = (1..=3).map(|id| StoreServer::new(id, root.path().join(format!("m{id}")), free_addr())).collect();
     servers[0].spawn(&["--bootstrap"]);
     let token = wait_for_file(&servers[0].dir.join("join-token"));
     let first = servers[0].peer.clone();
@@ -174,7 +129,7 @@ fn flotilla(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
 async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     let root = tempfile::tempdir().expect("tempdir");
     let dir = root.path().join("m1");
-    let mut server = Server { id: 1, dir: dir.clone(), peer: free_addr(), child: None };
+    let mut server = StoreServer::new(1, dir.clone(), free_addr());
     server.spawn(&["--bootstrap"]);
     let token = wait_for_file(&dir.join("join-token"));
     let peer = server.peer.clone();
@@ -241,7 +196,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
             "--peer",
             &free_addr(),
             "--http",
-            &free_tcp_addr(),
+            &common::free_tcp(),
         ],
         None,
     );
@@ -250,14 +205,14 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     server.kill9();
     // Same directory, another id.
     let (code, _, err) = flotilla(
-        &["server", "--id", "3", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &free_tcp_addr()],
+        &["server", "--id", "3", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &common::free_tcp()],
         None,
     );
     assert_eq!(code, 1);
     assert!(err.contains("holds member 1"), "{err}");
     // A directory of another cluster given to --join.
     let other = root.path().join("other");
-    let mut other_server = Server { id: 1, dir: other.clone(), peer: free_addr(), child: None };
+    let mut other_server = StoreServer::new(1, other.clone(), free_addr());
     other_server.spawn(&["--bootstrap"]);
     let _ = wait_for_file(&other.join("join-token"));
     other_server.kill9();
@@ -271,7 +226,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
             "--peer",
             &free_addr(),
             "--http",
-            &free_tcp_addr(),
+            &common::free_tcp(),
             "--join",
             &peer,
             "--token",
@@ -290,7 +245,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
         }
     }
     let (code, _, err) = flotilla(
-        &["server", "--id", "1", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &free_tcp_addr()],
+        &["server", "--id", "1", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &common::free_tcp()],
         None,
     );
     assert_eq!(code, 1);

@@ -129,11 +129,6 @@ impl StateMachine {
     fn read_stored_snapshot(&self) -> StoreResult<Option<StoredSnapshot>> {
         read_snapshot_file(&self.snapshot_path).map_err(sm_read_err)
     }
-
-    /// The sessions as applied so far (for tests and diagnostics).
-    pub fn sessions(&self) -> &SessionTable {
-        &self.sessions
-    }
 }
 
 /// Reads and checks `snapshot.bin`; `None` when there is none.

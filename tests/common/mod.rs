@@ -265,3 +265,60 @@ pub fn docker(args: &[&str]) -> (bool, String) {
         Err(e) => (false, e.to_string()),
     }
 }
+
+/// A `flotilla server` process of a test cluster; killed when dropped.
+pub struct StoreServer {
+    pub id: u64,
+    pub dir: std::path::PathBuf,
+    pub peer: String,
+    child: Option<Child>,
+    stopped: bool,
+    starts: u32,
+}
+
+impl StoreServer {
+    pub fn new(id: u64, dir: std::path::PathBuf, peer: String) -> Self {
+        StoreServer { id, dir, peer, child: None, stopped: false, starts: 0 }
+    }
+
+    pub fn spawn(&mut self, extra: &[&str]) {
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.with_extension(format!("log{}", self.starts))).expect("log file");
+        let child = Command::new(BIN)
+            .args(["server", "--id", &self.id.to_string(), "--data-dir"])
+            .arg(&self.dir)
+            .args(["--peer", &self.peer, "--http", &free_tcp()])
+            .args(extra)
+            .env("FLOTILLA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn flotilla server");
+        self.child = Some(child);
+    }
+
+    /// Sends `kill SIG` (e.g. -STOP, -CONT) to the process.
+    pub fn signal(&mut self, sig: &str) {
+        if let Some(c) = &self.child {
+            let ok = Command::new("kill").args([sig, &c.id().to_string()]).status().map(|s| s.success()).unwrap_or(false);
+            assert!(ok, "kill {sig} failed");
+            self.stopped = sig == "-STOP";
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if self.stopped {
+            self.signal("-CONT");
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
