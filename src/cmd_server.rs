@@ -32,6 +32,16 @@ pub struct ServerArgs {
     /// pods are replaced elsewhere. Use the same value on every member.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     node_grace_ms: u64,
+    /// Raft heartbeat interval (etcd's --heartbeat-interval). Use the same
+    /// value on every member.
+    #[arg(long, default_value_t = flotilla_raft::Limits::default().heartbeat_ms)]
+    heartbeat_interval_ms: u64,
+    /// Raft election timeout range, MIN-MAX (etcd's --election-timeout). A
+    /// follower that hears nothing from the leader for about MAX plus a
+    /// random time in the range starts an election. Use the same value on
+    /// every member.
+    #[arg(long, value_name = "MIN-MAX")]
+    election_timeout_ms: Option<String>,
     #[command(flatten)]
     plan: crate::node_network::PlanFlags,
 }
@@ -47,7 +57,15 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     };
     let bootstrapping = matches!(start, StartMode::Bootstrap) && !args.data_dir.join("member.json").exists();
     let plan = args.plan.plan()?;
-    let config = StoreConfig::new(args.id, &args.data_dir, &args.peer, start);
+    let mut config = StoreConfig::new(args.id, &args.data_dir, &args.peer, start);
+    let (election_min, election_max) = match &args.election_timeout_ms {
+        Some(range) => flotilla_raft::Limits::parse_election_range(range).map_err(|e| format!("--election-timeout-ms: {e}"))?,
+        None => (config.limits.election_timeout_min_ms, config.limits.election_timeout_max_ms),
+    };
+    config.limits = config
+        .limits
+        .with_raft_timing(args.heartbeat_interval_ms, election_min, election_max)
+        .map_err(|e| format!("--heartbeat-interval-ms/--election-timeout-ms: {e}"))?;
     let http: std::net::SocketAddr =
         args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
     let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;

@@ -9,6 +9,8 @@ pub mod bench_failover;
 pub mod bench_schedule;
 pub mod bench_service;
 pub mod bench_startup;
+pub mod bench_store_cluster;
+pub mod bench_store_degraded;
 pub mod bench_store_failover;
 pub mod client;
 pub mod cmd_agent;

@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use flotilla::{
-    bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_failover, client, cmd_agent, cmd_apply,
-    cmd_change, cmd_chaos, cmd_get, cmd_logs, cmd_rollout, cmd_server, cmd_store, cmd_up,
+    bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
+    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs, cmd_rollout, cmd_server, cmd_store, cmd_up,
 };
 
 #[derive(Parser)]
@@ -135,6 +135,9 @@ enum BenchCommand {
     /// Write unavailability after the store's leader is killed (kill -9)
     /// or frozen (SIGSTOP), on three server processes it starts itself.
     StoreFailover(bench_store_failover::StoreFailoverArgs),
+    /// Write latency and throughput, and linearizable reads, with one of
+    /// three server processes killed against all three up.
+    StoreDegraded(bench_store_degraded::StoreDegradedArgs),
     /// Requests through a Service's VIP against its backends directly, and
     /// the time from a pod turning Ready to its first proxied connection
     /// (against a running `flotilla up --runtime process --proxy nftables`).
@@ -179,6 +182,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Bench(BenchCommand::Schedule(args)) => bench_schedule::run(args).await,
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args).await,
         Command::Bench(BenchCommand::StoreFailover(args)) => bench_store_failover::run(args).await,
+        Command::Bench(BenchCommand::StoreDegraded(args)) => bench_store_degraded::run(args).await,
         Command::Bench(BenchCommand::Service(args)) => bench_service::run(args, cli.server.clone()).await,
         Command::Bench(BenchCommand::HttpBackend(args)) => bench_service::http_backend(args).await,
         Command::Chaos(command) => cmd_chaos::run(&client()?, command).await,

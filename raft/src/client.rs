@@ -77,10 +77,17 @@ impl StoreClient {
         Err(last.unwrap_or_else(|| StoreError::Invalid("no peer address given".into())))
     }
 
-    /// Sends `request` to one member after another, each try bounded by the
-    /// forward deadline, until one answers or the client deadline passes.
-    /// Only for requests that are safe to repeat: reads, and writes under a
-    /// session.
+    /// Sends `request` to one member after another until one answers or the
+    /// client deadline passes. Only for requests that are safe to repeat:
+    /// reads, and writes under a session.
+    ///
+    /// A member is left as soon as it stops answering, not after a fixed
+    /// deadline: while a try is slow, the member is asked for its
+    /// membership every probe interval, and the first probe that goes
+    /// unanswered ends the try. So a member that died or froze costs about
+    /// one probe timeout, while a live member that is waiting out an
+    /// election (forwarding to a leader that just died) keeps the request
+    /// and answers as soon as the new leader does.
     async fn call_retrying(&self, request: &Request) -> Result<Reply, StoreError> {
         let timeout = self.limits.client_rpc_timeout();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -94,12 +101,22 @@ impl StoreClient {
                 break;
             }
             let peer = &self.peers[next];
-            match self.transport.call(peer, request, self.limits.forward_attempt_timeout().min(left)).await {
+            let attempt = self.transport.call(peer, request, self.limits.client_attempt_max().min(left));
+            let outcome = tokio::select! {
+                r = attempt => r,
+                e = self.stops_answering(peer) => Err(e),
+            };
+            match outcome {
                 Ok(reply) => {
                     self.preferred.store(next, std::sync::atomic::Ordering::Relaxed);
                     return Ok(reply);
                 }
-                Err(e) if e.is_retryable() || matches!(e, StoreError::Indeterminate(_) | StoreError::Fatal { .. }) => {
+                // The member took the write and cannot say what became of
+                // it (it gave up, or the session table refused a request
+                // the client had already left): another member would say
+                // the same.
+                Err(e @ StoreError::Indeterminate(_)) => return Err(e),
+                Err(e) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => {
                     tracing::debug!(%peer, error = %e, "member did not answer; trying the next");
                     last = Some(e);
                 }
@@ -114,6 +131,26 @@ impl StoreClient {
             }
         }
         Err(last.unwrap_or_else(|| StoreError::NoLeader(format!("no member answered within {} ms", timeout.as_millis()))))
+    }
+
+    /// Resolves, with the error to report, once `peer` leaves a probe
+    /// unanswered; the first probe goes out after the probe interval, so a
+    /// quick call sends none.
+    async fn stops_answering(&self, peer: &str) -> StoreError {
+        let interval = std::time::Duration::from_millis(self.limits.client_probe_interval_ms);
+        let probe_timeout = std::time::Duration::from_millis(self.limits.client_probe_timeout_ms);
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.transport.call(peer, &Request::Members, probe_timeout).await {
+                Ok(_) => {}
+                Err(e) => {
+                    return StoreError::Timeout {
+                        addr: format!("{peer} (stopped answering: {e})"),
+                        timeout_ms: probe_timeout.as_millis() as u64,
+                    }
+                }
+            }
+        }
     }
 
     /// Calls one given peer only (for tools that target a member).

@@ -344,7 +344,7 @@ impl Member {
         let reader = StoreReader::new(database, hub);
 
         let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::new(crate::transport::reset_key(&identity.key_pem)),
+            crate::transport::endpoint_config(&identity.key_pem),
             Some(identity.server_config(&limits)?),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -679,9 +679,13 @@ impl Member {
                 None => continue,
                 Some(Ok(Reply::Written(result))) => return Ok(result),
                 Some(Ok(other)) => return Err(StoreError::Protocol(format!("unexpected write reply {other:?}"))),
-                // The leader moved, died, is stopping or gave up: try again
-                // with the same session, wherever the leader is now.
-                Some(Err(e)) if e.is_retryable() || matches!(e, StoreError::Fatal { .. } | StoreError::Indeterminate(_)) => {
+                // The leader took it and cannot say (its own deadline, or
+                // the session table refused a request its client has
+                // left): asking again would get the same answer.
+                Some(Err(e @ StoreError::Indeterminate(_))) => return Err(e),
+                // The leader moved, died or is stopping: try again with the
+                // same session, wherever the leader is now.
+                Some(Err(e)) if e.is_retryable() || matches!(e, StoreError::Fatal { .. }) => {
                     tracing::debug!(error = %e, "forwarding failed; looking for the leader again");
                     tokio::time::sleep(Duration::from_millis(self.limits.heartbeat_ms)).await;
                 }

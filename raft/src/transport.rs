@@ -75,6 +75,17 @@ pub struct Transport {
 struct PeerSlot {
     current: Mutex<Option<quinn::Connection>>,
     dialling: tokio::sync::Mutex<()>,
+    heard: Mutex<Heard>,
+}
+
+/// When a call last saw the connection's received-datagram count move.
+/// Kept across calls, so callers with deadlines shorter than the keep-alive
+/// (Raft's heartbeats) still notice a connection that went silent.
+#[derive(Default)]
+struct Heard {
+    connection: usize,
+    datagrams: u64,
+    at: Option<tokio::time::Instant>,
 }
 
 impl PeerSlot {
@@ -85,6 +96,17 @@ impl PeerSlot {
 
     fn set(&self, conn: quinn::Connection) {
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn);
+    }
+
+    /// How long `conn` has received nothing, as far as calls have seen.
+    fn silent_for(&self, conn: &quinn::Connection) -> Duration {
+        let now = tokio::time::Instant::now();
+        let datagrams = conn.stats().udp_rx.datagrams;
+        let mut heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+        if heard.at.is_none() || heard.connection != conn.stable_id() || heard.datagrams != datagrams {
+            *heard = Heard { connection: conn.stable_id(), datagrams, at: Some(now) };
+        }
+        now.saturating_duration_since(heard.at.unwrap_or(now))
     }
 
     /// Drops `conn` if it is still the slot's connection (a newer one made
@@ -146,11 +168,16 @@ impl Transport {
             .endpoint
             .connect_with(self.client_config.clone(), sa, SERVER_NAME)
             .map_err(|e| StoreError::Unreachable { addr: addr.into(), reason: e.to_string() })?;
+        let dial_started = tokio::time::Instant::now();
         let conn = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
-            Ok(Err(e)) => return Err(connect_error(addr, e)),
+            Ok(Err(e)) => {
+                tracing::debug!(%addr, error = %e, ms = dial_started.elapsed().as_millis() as u64, "dial failed");
+                return Err(connect_error(addr, e));
+            }
             Ok(Ok(c)) => c,
         };
+        tracing::debug!(%addr, ms = dial_started.elapsed().as_millis() as u64, "dialled");
         if let Some(secret) = &self.hello_secret {
             let hello = Request::Hello { version: PROTOCOL_VERSION, secret: secret.clone() };
             match tokio::time::timeout(timeout, exchange(&conn, &hello, self.limits.reply_size_max_bytes)).await {
@@ -172,15 +199,14 @@ impl Transport {
         let sa = Self::resolve(addr).await?;
         let slot = self.slot(sa);
         let conn = tokio::time::timeout_at(deadline, self.connection(&slot, sa, addr)).await.map_err(|_| timed_out())??;
-        let received_before = conn.stats().udp_rx.datagrams;
-        let sent_at = tokio::time::Instant::now();
+        slot.silent_for(&conn);
         let result = tokio::time::timeout_at(deadline, exchange(&conn, request, self.limits.reply_size_max_bytes)).await;
         match result {
             Err(_) => {
                 // A slow answer is no reason to drop a connection; silence
-                // for two keep-alives is (a frozen or vanished peer).
-                let silent = conn.stats().udp_rx.datagrams == received_before;
-                if silent && sent_at.elapsed() >= Duration::from_millis(self.limits.keep_alive_ms * 2) {
+                // for two keep-alives is (a frozen peer, or one that was
+                // restarted and whose reset got lost): the next call dials.
+                if slot.silent_for(&conn) >= Duration::from_millis(self.limits.keep_alive_ms * 2) {
                     slot.forget(&conn);
                 }
                 Err(timed_out())
@@ -222,15 +248,22 @@ impl Transport {
     }
 }
 
-/// The key a member derives its QUIC stateless-reset tokens from. It is
-/// derived from the member's own private key, so it is the same across
-/// restarts: a member that was killed and started again answers its peers'
-/// packets for the old connections with a reset they accept, and they
-/// re-dial at once instead of after the idle timeout.
-pub fn reset_key(member_key_pem: &str) -> Arc<dyn quinn::crypto::HmacKey> {
+/// A member's QUIC endpoint settings, derived from its own private key so
+/// they are the same across restarts: the key of its stateless-reset
+/// tokens, and the key its connection ids are hashed with. A member that
+/// was killed and started again then recognises its peers' packets for the
+/// old connections as its own ids and answers them with a reset they
+/// accept, so they re-dial at once instead of after the idle timeout.
+/// (With a fresh random id key, quinn drops those packets as invalid and
+/// sends no reset.)
+pub fn endpoint_config(member_key_pem: &str) -> quinn::EndpointConfig {
     use sha2::{Digest, Sha256};
     let seed = Sha256::digest([b"flotilla stateless reset\0".as_slice(), member_key_pem.as_bytes()].concat());
-    Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed))
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed)));
+    let ids = Sha256::digest([b"flotilla connection ids\0".as_slice(), member_key_pem.as_bytes()].concat());
+    let id_key = u64::from_le_bytes(ids[..8].try_into().expect("a SHA-256 digest has 32 bytes"));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(id_key)));
+    config
 }
 
 fn connect_error(addr: &str, e: quinn::ConnectionError) -> StoreError {

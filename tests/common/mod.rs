@@ -271,6 +271,8 @@ pub struct StoreServer {
     pub id: u64,
     pub dir: std::path::PathBuf,
     pub peer: String,
+    /// The HTTP API's address, the same across restarts.
+    pub http: String,
     child: Option<Child>,
     stopped: bool,
     starts: u32,
@@ -278,7 +280,7 @@ pub struct StoreServer {
 
 impl StoreServer {
     pub fn new(id: u64, dir: std::path::PathBuf, peer: String) -> Self {
-        StoreServer { id, dir, peer, child: None, stopped: false, starts: 0 }
+        StoreServer { id, dir, peer, http: free_tcp(), child: None, stopped: false, starts: 0 }
     }
 
     pub fn spawn(&mut self, extra: &[&str]) {
@@ -287,7 +289,7 @@ impl StoreServer {
         let child = Command::new(BIN)
             .args(["server", "--id", &self.id.to_string(), "--data-dir"])
             .arg(&self.dir)
-            .args(["--peer", &self.peer, "--http", &free_tcp()])
+            .args(["--peer", &self.peer, "--http", &self.http])
             .args(extra)
             .env("FLOTILLA_LOG", "warn")
             .stdout(Stdio::null())
@@ -320,5 +322,73 @@ impl StoreServer {
 impl Drop for StoreServer {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Network partitions between processes on loopback, with nftables: a rule
+/// drops UDP (on receipt, so a sender sees plain loss) from one member's peer port to another's, both ways, so the
+/// two members cannot reach each other while clients (other ports) still
+/// reach both. Each test gets a table of its own, removed when dropped.
+pub struct Partitions {
+    table: String,
+}
+
+impl Partitions {
+    /// `None`, with a message saying why, where nftables cannot be used
+    /// (not installed, not root).
+    pub fn new() -> Option<Partitions> {
+        let table = format!("flotilla_test_{}", std::process::id());
+        let script =
+            format!("add table inet {table}\nadd chain inet {table} input {{ type filter hook input priority 0; policy accept; }}\n");
+        match nft(&script) {
+            Ok(()) => Some(Partitions { table }),
+            Err(e) => {
+                eprintln!("SKIPPED partitions: nftables is not usable here ({e}); run as root with nft installed to include them");
+                None
+            }
+        }
+    }
+
+    /// Cuts the link between the members at peer addresses `a` and `b`.
+    pub fn cut(&self, a: &str, b: &str) {
+        let (pa, pb) = (port_of(a), port_of(b));
+        let t = &self.table;
+        let script = format!(
+            "add rule inet {t} input udp sport {pa} udp dport {pb} drop\nadd rule inet {t} input udp sport {pb} udp dport {pa} drop\n"
+        );
+        nft(&script).expect("add a partition rule");
+    }
+
+    /// Removes every cut.
+    pub fn heal(&self) {
+        nft(&format!("flush chain inet {} input\n", self.table)).expect("flush the partition rules");
+    }
+}
+
+impl Drop for Partitions {
+    fn drop(&mut self) {
+        let _ = nft(&format!("delete table inet {}\n", self.table));
+    }
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("an address with a port")
+}
+
+fn nft(script: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run nft: {e}"))?;
+    child.stdin.take().expect("stdin").write_all(script.as_bytes()).map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
