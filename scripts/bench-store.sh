@@ -29,21 +29,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PEERS=(127.0.0.1:17401 127.0.0.1:17402 127.0.0.1:17403)
-"$FLOTILLA" server --id 1 --data-dir "$WORK/f1" --peer "${PEERS[0]}" --http 127.0.0.1:18081 --bootstrap >"$WORK/f1.out" 2>"$WORK/f1.log" &
-PIDS+=($!)
-for _ in $(seq 1 300); do [ -s "$WORK/f1/join-token" ] && break; sleep 0.1; done
-TOKEN=$(cat "$WORK/f1/join-token")
-for i in 2 3; do
-  "$FLOTILLA" server --id $i --data-dir "$WORK/f$i" --peer "${PEERS[$((i-1))]}" --http 127.0.0.1:1808$i --join "${PEERS[0]}" --token "$TOKEN" >"$WORK/f$i.out" 2>"$WORK/f$i.log" &
-  PIDS+=($!)
-done
-ALL=$(IFS=,; echo "${PEERS[*]}")
-for _ in $(seq 1 600); do
-  n=$("$FLOTILLA" store --peer "$ALL" --token "$TOKEN" members 2>/dev/null | grep -cE 'leader|follower' || true)
-  [ "$n" = 3 ] && break
-  sleep 0.1
-done
+. scripts/flotilla-cluster.sh
+flotilla_cluster_start "$FLOTILLA" "$WORK" 17400
+ALL=$FLOTILLA_PEERS
+TOKEN=$FLOTILLA_CLUSTER_TOKEN
 "$FLOTILLA" store --peer "$ALL" --token "$TOKEN" members
 
 mkdir -p "$WORK/etcd"
