@@ -29,7 +29,7 @@ use flotilla_raft::linearizability::{check, Operation, RegisterOp, RegisterResul
 use flotilla_raft::{Compare, CompareOp, CompareTarget, EventKind, Outcome, Role, StoreClient, StoreError, TxnOp};
 
 mod common;
-use common::{Partitions, StoreServer};
+use common::{free_udp as free_addr, wait_for_file, Partitions, StoreServer};
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const KEYS: [&str; 3] = ["j/a", "j/b", "j/c"];
@@ -38,11 +38,6 @@ const HTTP_CLIENTS: usize = 2;
 /// The ConfigMap the HTTP clients share, and its store key.
 const HTTP_OBJECT: &str = "jepsen-h";
 const HTTP_KEY: &str = "/registry/configmaps/default/jepsen-h";
-
-fn free_addr() -> String {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    s.local_addr().expect("local address").to_string()
-}
 
 /// A UDP relay in front of one member. While `drop_replies` is set, the
 /// member's datagrams to the client are dropped: the member applies what
@@ -101,19 +96,6 @@ impl Drop for Relay {
             let _ = t.join();
         }
     }
-}
-
-fn wait_for_file(path: &std::path::Path) -> String {
-    let start = Instant::now();
-    while start.elapsed() < DEADLINE {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return s.trim().to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{} never appeared", path.display());
 }
 
 async fn leader_of(admin: &StoreClient) -> Option<u64> {

@@ -2,34 +2,15 @@
 //! `kill -9`, restarts from the data directory, and the `flotilla store`
 //! command line with bad input.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_raft::{Role, StoreClient};
 
 mod common;
-use common::{StoreServer, BIN};
+use common::{free_udp as free_addr, wait_for_file, StoreServer, BIN};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn free_addr() -> String {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    s.local_addr().expect("local address").to_string()
-}
-
-fn wait_for_file(path: &Path) -> String {
-    let start = Instant::now();
-    while start.elapsed() < DEADLINE {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return s.trim().to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{} never appeared", path.display());
-}
 
 async fn until<F, Fut>(what: &str, mut check: F)
 where

@@ -26,6 +26,20 @@ pub fn free_tcp() -> String {
     std::net::TcpListener::bind("127.0.0.1:0").expect("tcp").local_addr().expect("addr").to_string()
 }
 
+/// Waits for a file (a join token, say) to hold something; its trimmed text.
+pub fn wait_for_file(path: &std::path::Path) -> String {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return s.trim().to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{} never appeared", path.display());
+}
+
 pub fn spawn(args: &[&str]) -> Proc {
     spawn_env(args, &[])
 }
