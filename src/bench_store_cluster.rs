@@ -82,11 +82,12 @@ fn free_udp() -> Result<String, String> {
     std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.to_string()).map_err(|e| e.to_string())
 }
 
-/// Three members, the join token and a client for cluster questions.
+/// Three members, the join token, and a client of each member alone (for
+/// asking one member what it thinks).
 pub struct BenchCluster {
     pub servers: Vec<Server>,
     pub token: String,
-    pub admin: StoreClient,
+    each: Vec<StoreClient>,
 }
 
 impl BenchCluster {
@@ -113,8 +114,9 @@ impl BenchCluster {
         for s in servers.iter_mut().skip(1) {
             s.spawn(&["--join", &first, "--token", &token])?;
         }
-        let admin = StoreClient::new(servers.iter().map(|s| s.peer.clone()).collect(), &token).map_err(|e| e.to_string())?;
-        let cluster = BenchCluster { servers, token, admin };
+        let each =
+            servers.iter().map(|s| StoreClient::new(vec![s.peer.clone()], &token).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let cluster = BenchCluster { servers, token, each };
         cluster.settled_leader().await?;
         Ok(cluster)
     }
@@ -132,6 +134,11 @@ impl BenchCluster {
         StoreClient::new(peers, &self.token).map_err(|e| e.to_string())
     }
 
+    /// Clients of each member but `id`, alone.
+    pub fn others(&self, id: u64) -> Vec<&StoreClient> {
+        self.servers.iter().zip(&self.each).filter(|(s, _)| s.id != id).map(|(_, c)| c).collect()
+    }
+
     pub fn server(&mut self, id: u64) -> &mut Server {
         let i = self.servers.iter().position(|s| s.id == id).expect("member ids are 1 to 3");
         &mut self.servers[i]
@@ -142,14 +149,9 @@ impl BenchCluster {
     /// leads); its id.
     pub async fn settled_leader(&self) -> Result<u64, String> {
         let deadline = Instant::now() + SETTLE_DEADLINE;
-        let one_each: Vec<StoreClient> = self
-            .peers()
-            .into_iter()
-            .map(|p| StoreClient::new(vec![p], &self.token).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
         loop {
             let mut leaders = Vec::new();
-            for client in &one_each {
+            for client in &self.each {
                 let reply = client.call_within(&Request::Members, Duration::from_millis(500)).await;
                 let Ok(Reply::Members(members)) = reply else { break };
                 if members.len() != 3 || members.iter().any(|m| m.role == Role::Learner) {

@@ -37,7 +37,8 @@ pub struct StoreFailoverArgs {
     json: bool,
 }
 
-/// One timing's figures.
+/// One timing's samples, one per trial.
+#[derive(Default)]
 struct Figures {
     range: String,
     kill_write: Vec<Duration>,
@@ -69,11 +70,11 @@ pub async fn run(args: StoreFailoverArgs) -> Result<i32, String> {
         ];
         let result = measure(&root, &flags, args.trials).await;
         let _ = std::fs::remove_dir_all(&root);
-        let (mut kill_write, mut kill_elect, mut stop_write, mut stop_elect) = result?;
-        for v in [&mut kill_write, &mut kill_elect, &mut stop_write, &mut stop_elect] {
+        let mut figures = Figures { range: range.clone(), ..result? };
+        for v in [&mut figures.kill_write, &mut figures.kill_elect, &mut figures.stop_write, &mut figures.stop_elect] {
             v.sort();
         }
-        all.push(Figures { range: range.clone(), kill_write, kill_elect, stop_write, stop_elect });
+        all.push(figures);
     }
     println!(
         "{:<12} {:<9} {:>7} {:>13} {:>13} {:>13} {:>13} {:>13}",
@@ -107,9 +108,7 @@ pub async fn run(args: StoreFailoverArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-type Samples = (Vec<Duration>, Vec<Duration>, Vec<Duration>, Vec<Duration>);
-
-async fn measure(root: &std::path::Path, flags: &[String], trials: usize) -> Result<Samples, String> {
+async fn measure(root: &std::path::Path, flags: &[String], trials: usize) -> Result<Figures, String> {
     let mut cluster = BenchCluster::start(root, flags).await?;
     let writer = Arc::new(StoreClient::new(cluster.peers(), &cluster.token).map_err(|e| e.to_string())?);
     let origin = Instant::now();
@@ -129,24 +128,17 @@ async fn measure(root: &std::path::Path, flags: &[String], trials: usize) -> Res
             }
         }
     });
-    let mut samples: Samples = Default::default();
+    let mut samples = Figures::default();
     let outcome: Result<(), String> = async {
         for trial in 0..trials * 2 {
             let frozen = trial % 2 == 1;
             let leader = cluster.settled_leader().await?;
             // Let writes flow before the fault.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let survivors: Vec<StoreClient> = cluster
-                .servers
-                .iter()
-                .filter(|s| s.id != leader)
-                .map(|s| StoreClient::new(vec![s.peer.clone()], &cluster.token).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?;
-            let victim = cluster.server(leader);
             let fault_at = now_us();
-            victim.signal(if frozen { libc::SIGSTOP } else { libc::SIGKILL })?;
+            cluster.server(leader).signal(if frozen { libc::SIGSTOP } else { libc::SIGKILL })?;
             let deadline = Instant::now() + SETTLE_DEADLINE;
-            let elected = new_leader(&survivors, leader, deadline, now_us);
+            let elected = new_leader(cluster.others(leader), leader, deadline, now_us);
             let resumed = async {
                 // Polled every 2 ms: the first write sent after the fault
                 // and acknowledged ends the unavailability.
@@ -171,13 +163,13 @@ async fn measure(root: &std::path::Path, flags: &[String], trials: usize) -> Res
             }
             let victim = cluster.server(leader);
             if frozen {
-                samples.2.push(resumed);
-                samples.3.push(elected);
+                samples.stop_write.push(resumed);
+                samples.stop_elect.push(elected);
                 victim.signal(libc::SIGCONT)?;
             } else {
                 victim.kill9();
-                samples.0.push(resumed);
-                samples.1.push(elected);
+                samples.kill_write.push(resumed);
+                samples.kill_elect.push(elected);
                 victim.spawn(&[])?;
             }
         }
@@ -191,9 +183,9 @@ async fn measure(root: &std::path::Path, flags: &[String], trials: usize) -> Res
 
 /// Polls the survivors every 5 ms until one names a leader other than
 /// `old`; answers `now_us()` at that answer.
-async fn new_leader(survivors: &[StoreClient], old: u64, deadline: Instant, now_us: impl Fn() -> u64) -> Result<u64, String> {
+async fn new_leader(survivors: Vec<&StoreClient>, old: u64, deadline: Instant, now_us: impl Fn() -> u64) -> Result<u64, String> {
     loop {
-        for s in survivors {
+        for s in &survivors {
             if let Ok(Reply::Members(members)) = s.call_within(&Request::Members, Duration::from_millis(200)).await {
                 if members.iter().any(|m| m.role == Role::Leader && m.id != old) {
                     return Ok(now_us());

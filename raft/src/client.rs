@@ -141,14 +141,8 @@ impl StoreClient {
         let probe_timeout = std::time::Duration::from_millis(self.limits.client_probe_timeout_ms);
         loop {
             tokio::time::sleep(interval).await;
-            match self.transport.call(peer, &Request::Members, probe_timeout).await {
-                Ok(_) => {}
-                Err(e) => {
-                    return StoreError::Timeout {
-                        addr: format!("{peer} (stopped answering: {e})"),
-                        timeout_ms: probe_timeout.as_millis() as u64,
-                    }
-                }
+            if let Err(e) = self.transport.call(peer, &Request::Members, probe_timeout).await {
+                return StoreError::Unreachable { addr: peer.to_string(), reason: format!("stopped answering probes: {e}") };
             }
         }
     }

@@ -258,9 +258,10 @@ impl Transport {
 /// sends no reset.)
 pub fn endpoint_config(member_key_pem: &str) -> quinn::EndpointConfig {
     use sha2::{Digest, Sha256};
-    let seed = Sha256::digest([b"flotilla stateless reset\0".as_slice(), member_key_pem.as_bytes()].concat());
-    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed)));
-    let ids = Sha256::digest([b"flotilla connection ids\0".as_slice(), member_key_pem.as_bytes()].concat());
+    let derive = |label: &[u8]| Sha256::digest([label, member_key_pem.as_bytes()].concat());
+    let reset = derive(b"flotilla stateless reset\0");
+    let mut config = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &reset)));
+    let ids = derive(b"flotilla connection ids\0");
     let id_key = u64::from_le_bytes(ids[..8].try_into().expect("a SHA-256 digest has 32 bytes"));
     config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(id_key)));
     config
