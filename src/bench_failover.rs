@@ -84,7 +84,7 @@ impl Tracker {
             tokio::select! {
                 batch = self.watch.next() => {
                     for ev in batch.map_err(|e| e.to_string())? {
-                        self.apply(&ev.object, ev.kind == "DELETED");
+                        self.apply(&ev.object, ev.kind == flotilla_actors::WatchEventKind::Deleted);
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => {

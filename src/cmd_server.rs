@@ -75,7 +75,11 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     let heartbeats = flotilla_actors::agent::control_plane::Heartbeats::default();
     let local = flotilla_actors::agent::control_plane::LocalControlPlane::new(registry.clone(), heartbeats.clone());
     member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local, member: Some(member.clone()) }));
-    let settings = flotilla_actors::leader::LeaderSettings { node_grace_ms: args.node_grace_ms, ..Default::default() };
+    let settings = flotilla_actors::leader::LeaderSettings {
+        node_grace_ms: args.node_grace_ms,
+        node_grace_max_ms: args.node_grace_ms.saturating_mul(5),
+        ..Default::default()
+    };
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats, settings).await?;
     let state = crate::api::ApiState {
         registry: registry.clone(),

@@ -273,3 +273,26 @@ async fn a_thousand_pods_on_nodes_too_small_never_overcommit_and_the_rest_wait_w
     .await;
     c.shutdown().await;
 }
+
+/// A namespace whose cleanup was cut short (a failure or a crash in the
+/// middle) is finished by the leader, contents first: none stays
+/// Terminating for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_left_terminating_is_finished_by_the_leader() {
+    let c = cluster("ns", 1, &NodeShape::default()).await;
+    let registry = c.registry().clone();
+    let (namespaces, configmaps) = (lookup("namespaces").unwrap(), lookup("configmaps").unwrap());
+    registry.create(namespaces, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "half"}})).await.unwrap();
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "left"}, "data": {"k": "v"}});
+    registry.create(configmaps, Some("half"), cm).await.unwrap();
+    // What a server that died right after marking it leaves behind.
+    registry.write_status(namespaces, None, "half", &json!({"phase": "Terminating"})).await.unwrap();
+    let r = registry.clone();
+    until("the namespace and its contents gone", async || {
+        let ns_gone = matches!(r.get(namespaces, None, "half").await, Err(flotilla_actors::RegistryError::NotFound { .. }));
+        let cm_gone = matches!(r.get(configmaps, Some("half"), "left").await, Err(flotilla_actors::RegistryError::NotFound { .. }));
+        ns_gone && cm_gone
+    })
+    .await;
+    c.shutdown().await;
+}

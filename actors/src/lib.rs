@@ -3,10 +3,13 @@
 //! the replicated store with admission and optimistic concurrency.
 
 pub mod agent;
+pub mod clock;
 pub mod leader;
 pub mod model;
 pub mod network;
 pub mod registry;
 pub mod runtime;
+pub mod tasks;
+pub mod watcher;
 
-pub use registry::{Propagation, Registry, RegistryError, RegistryWatch, WatchEvent};
+pub use registry::{Propagation, Registry, RegistryError, RegistryWatch, WatchEvent, WatchEventKind};

@@ -57,11 +57,45 @@ pub enum RegistryError {
 }
 
 /// One change seen by a registry watch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WatchEvent {
-    /// ADDED, MODIFIED or DELETED.
-    pub kind: &'static str,
+    pub kind: WatchEventKind,
     pub object: Value,
+}
+
+/// What a change did to its object, as Kubernetes' watch events name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatchEventKind {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl WatchEventKind {
+    /// The name on the wire (`ADDED`, `MODIFIED`, `DELETED`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventKind::Added => "ADDED",
+            WatchEventKind::Modified => "MODIFIED",
+            WatchEventKind::Deleted => "DELETED",
+        }
+    }
+
+    /// From the wire name; anything else is None.
+    pub fn parse(s: &str) -> Option<WatchEventKind> {
+        match s {
+            "ADDED" => Some(WatchEventKind::Added),
+            "MODIFIED" => Some(WatchEventKind::Modified),
+            "DELETED" => Some(WatchEventKind::Deleted),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WatchEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How dependents are treated when their owner is deleted.
@@ -697,24 +731,24 @@ impl Registry {
                 Some("status"),
             )
             .await?;
-        let registry = self.clone();
-        let ns_name = name.to_string();
-        tokio::spawn(async move { registry.finish_namespace_delete(ns_name).await });
+        // Done here when it can be; a Terminating namespace left behind
+        // (a failure, a crash) is finished by the leader's namespace
+        // controller, which tries again every resync.
+        if let Err(e) = self.finish_namespace_delete(name).await {
+            tracing::warn!(namespace = %name, error = %e, "namespace cleanup failed; the namespace controller will finish it");
+        }
         Ok(terminating)
     }
 
-    async fn finish_namespace_delete(&self, name: String) {
+    /// Removes everything in a Terminating namespace, then the namespace.
+    pub async fn finish_namespace_delete(&self, name: &str) -> Result<(), RegistryError> {
         for res in RESOURCES.iter().filter(|r| r.namespaced) {
-            let prefix = res.namespace_prefix(Some(&name));
-            if let Err(e) = self.member.delete(prefix.into_bytes(), true).await {
-                tracing::warn!(namespace = %name, kind = res.kind, error = %e, "namespace cleanup failed; it will be retried when the namespace is deleted again");
-                return;
-            }
+            let prefix = res.namespace_prefix(Some(name));
+            self.member.delete(prefix.into_bytes(), true).await?;
         }
         let ns_res = lookup("namespaces").expect("namespaces are served");
-        if let Err(e) = self.member.delete(ns_res.key(None, &name).into_bytes(), false).await {
-            tracing::warn!(namespace = %name, error = %e, "could not remove the namespace object");
-        }
+        self.member.delete(ns_res.key(None, name).into_bytes(), false).await?;
+        Ok(())
     }
 
     /// Watches a resource from `from_revision` (exclusive: events after it),
@@ -845,9 +879,9 @@ impl RegistryWatch {
             .map(|ev| {
                 let object = decode(&ev.kv.value, ev.kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))?;
                 let kind = match ev.kind {
-                    EventKind::Delete => "DELETED",
-                    EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => "ADDED",
-                    EventKind::Put => "MODIFIED",
+                    EventKind::Delete => WatchEventKind::Deleted,
+                    EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => WatchEventKind::Added,
+                    EventKind::Put => WatchEventKind::Modified,
                 };
                 Ok(WatchEvent { kind, object })
             })

@@ -269,3 +269,38 @@ async fn a_pod_subnet_is_held_by_one_node_at_a_time() {
     let n2 = registry.assign_pod_cidr("n2", "10.224.7.0/24").await.unwrap();
     assert_eq!(n2.pointer("/spec/podCIDR"), Some(&json!("10.224.7.0/24")));
 }
+
+/// An actor of ours that dies is not the container dying: the pod actor
+/// puts a new container actor on the same container, no restart is
+/// counted, and the container's real exit is still seen later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_container_actor_that_dies_is_replaced_without_touching_the_container() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = registry(dir.path()).await;
+    let sim = Arc::new(SimRuntime::new(Duration::from_millis(5)));
+    let agent = start_agent(&registry, "sim-k", sim.clone()).await;
+    let pods = lookup("pods").unwrap();
+    registry.create(pods, Some("default"), pod("steady", "sim-k", &["serve"], "Never")).await.unwrap();
+    wait_pod(&registry, "steady", "ran", |p| p["status"]["phase"] == "Running").await;
+
+    let container_actors = || -> Vec<ractor::ActorCell> { agent.get_children().iter().flat_map(|pod| pod.get_children()).collect() };
+    let first = container_actors();
+    assert_eq!(first.len(), 1, "one pod actor with one container actor");
+    first[0].kill();
+    let start = tokio::time::Instant::now();
+    while container_actors().first().is_none_or(|c| c.get_id() == first[0].get_id()) {
+        assert!(start.elapsed() < DEADLINE, "no new container actor took over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sim.running(), 1, "the container was left running");
+
+    let still = registry.get(pods, Some("default"), "steady").await.unwrap();
+    assert_eq!(still["status"]["phase"], "Running", "nothing about the container changed: {}", still["status"]);
+
+    // The container's own exit is what the pod reports: code 3, no
+    // restart (restartPolicy Never), phase Failed; not exit 0, Completed.
+    assert!(sim.crash("steady", "main", 3));
+    let failed = wait_pod(&registry, "steady", "failed", |p| p["status"]["phase"] == "Failed").await;
+    assert_eq!(failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3, "{}", failed["status"]);
+    assert_eq!(restarts(&failed), 0);
+}

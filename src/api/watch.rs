@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use flotilla_actors::model::resources::Resource;
 use flotilla_actors::model::table;
-use flotilla_actors::{RegistryError, RegistryWatch, WatchEvent};
+use flotilla_actors::{RegistryError, RegistryWatch, WatchEvent, WatchEventKind};
 use serde_json::{json, Value};
 
 use super::objects::Params;
@@ -32,9 +32,9 @@ fn line(kind: &str, object: Value) -> Vec<u8> {
 fn render(res: &Resource, ev: &WatchEvent, as_table: bool, full: bool) -> Vec<u8> {
     if as_table {
         let rv = flotilla_actors::model::object::resource_version(&ev.object).unwrap_or(0);
-        return line(ev.kind, table::table(res, std::slice::from_ref(&ev.object), rv, full, std::time::SystemTime::now()));
+        return line(ev.kind.as_str(), table::table(res, std::slice::from_ref(&ev.object), rv, full, std::time::SystemTime::now()));
     }
-    line(ev.kind, ev.object.clone())
+    line(ev.kind.as_str(), ev.object.clone())
 }
 
 struct WatchState {
@@ -65,7 +65,7 @@ pub async fn stream(
     let start = if from == 0 {
         let (items, rv, _) = state.registry.list(res, ns, &params.labels, &params.fields, 0, None).await?;
         for object in items {
-            pending.push_back(render(res, &WatchEvent { kind: "ADDED", object }, as_table, params.full_objects));
+            pending.push_back(render(res, &WatchEvent { kind: WatchEventKind::Added, object }, as_table, params.full_objects));
         }
         rv
     } else {

@@ -8,19 +8,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::model::object;
 use crate::model::resources::lookup;
-use crate::model::selector::Selector;
 use crate::registry::Registry;
+use crate::watcher::{is_delete, Backoff, RegistrySource, Watched, Watcher};
 
 /// The Node annotation: `ACTION UNIX_MS`, e.g. `partition 1764170000000`.
 pub const CHAOS_NODE_ANNOTATION: &str = "chaos.flotilla.io/order";
-
-const REWATCH_DELAY: Duration = Duration::from_millis(200);
 
 /// What an agent is told to do to itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,28 +96,21 @@ impl ChaosOrders {
 
     async fn run(self) {
         let nodes = lookup("nodes").expect("nodes are served");
+        let mut watcher = Watcher::new(RegistrySource { registry: self.registry.clone(), res: nodes }, Backoff::default());
         loop {
-            let (items, revision) = match self.registry.list(nodes, None, &Selector::default(), &Selector::default(), 0, None).await {
-                Ok((items, revision, _)) => (items, revision),
-                Err(_) => {
-                    tokio::time::sleep(REWATCH_DELAY).await;
-                    continue;
+            match watcher.next().await {
+                Watched::Restarted { objects, .. } => {
+                    self.orders.write().unwrap_or_else(|p| p.into_inner()).clear();
+                    for n in &objects {
+                        self.set(n, false);
+                    }
                 }
-            };
-            self.orders.write().unwrap_or_else(|p| p.into_inner()).clear();
-            for n in &items {
-                self.set(n, false);
-            }
-            let Ok(mut watch) = self.registry.watch(nodes, None, revision) else {
-                tokio::time::sleep(REWATCH_DELAY).await;
-                continue;
-            };
-            while let Ok(events) = watch.next().await {
-                for ev in events {
-                    self.set(&ev.object, ev.kind == "DELETED");
+                Watched::Changes { events, .. } => {
+                    for ev in events {
+                        self.set(&ev.object, is_delete(&ev));
+                    }
                 }
             }
-            tokio::time::sleep(REWATCH_DELAY).await;
         }
     }
 }

@@ -1,7 +1,10 @@
 //! ContainerActor: owns one container. It starts it in `pre_start` (a
-//! failed start fails the spawn), waits for it to exit, and then fails, so
-//! its supervisor (the PodActor) decides about a restart. Asked to stop, it
-//! stops the container gracefully and terminates cleanly instead.
+//! failed start fails the spawn), waits for it to exit, and then stops,
+//! leaving the exit in its final state for its supervisor (the PodActor),
+//! which decides about a restart. Asked to stop, it stops the container
+//! gracefully first. The actor fails only when something in it broke; the
+//! container is then still there to be adopted, and nothing about it is
+//! reported.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,17 +14,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::pod_actor::PodMsg;
 use super::probe::{check_network, Probe, ProbeAction, ProbeState};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Exit};
+use crate::tasks::OwnedTask;
 
 /// Grace given to a container whose liveness probe failed.
 const LIVENESS_KILL_GRACE: Duration = Duration::from_secs(2);
-
-/// How a container actor ends when its container exits on its own.
-#[derive(Debug, thiserror::Error)]
-#[error("container {name} exited with code {}", exit.code)]
-pub struct ContainerExited {
-    pub name: String,
-    pub exit: Exit,
-}
 
 pub struct ContainerActor;
 
@@ -56,7 +52,18 @@ pub struct ContainerState {
     pod: ActorRef<PodMsg>,
     stopping: bool,
     liveness_failed: bool,
-    probes: Vec<tokio::task::JoinHandle<()>>,
+    /// The waiter and the probes: they end with the actor.
+    tasks: Vec<OwnedTask>,
+    /// How the container ended, once it has: what the supervisor reads
+    /// from the actor's final state.
+    pub exited: Option<Exit>,
+}
+
+impl ContainerState {
+    /// The container's id in the runtime.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 /// Runs one probe every period and reports changes of verdict.
@@ -105,7 +112,7 @@ impl Actor for ContainerActor {
         let runtime = args.runtime.clone();
         let waiter_id = id.clone();
         let me = myself.clone();
-        tokio::spawn(async move {
+        let waiter = OwnedTask::spawn(async move {
             let exit = runtime.wait(&waiter_id).await.unwrap_or_else(|e| Exit {
                 code: 128,
                 reason: "Error".into(),
@@ -113,10 +120,10 @@ impl Actor for ContainerActor {
             });
             let _ = me.send_message(ContainerMsg::Exited(exit));
         });
-        let mut probes = Vec::new();
+        let mut tasks = vec![waiter];
         for (kind, probe) in [(ProbeKind::Liveness, args.liveness), (ProbeKind::Readiness, args.readiness)] {
             if let Some(probe) = probe {
-                probes.push(tokio::spawn(probe_loop(kind, probe, args.runtime.clone(), id.clone(), myself.clone())));
+                tasks.push(OwnedTask::spawn(probe_loop(kind, probe, args.runtime.clone(), id.clone(), myself.clone())));
             }
         }
         Ok(ContainerState {
@@ -127,7 +134,8 @@ impl Actor for ContainerActor {
             pod: args.pod,
             stopping: false,
             liveness_failed: false,
-            probes,
+            tasks,
+            exited: None,
         })
     }
 
@@ -139,16 +147,14 @@ impl Actor for ContainerActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ContainerMsg::Exited(exit) => {
-                if state.stopping {
-                    myself.stop(Some(format!("stopped with code {}", exit.code)));
-                    return Ok(());
-                }
-                let exit = if state.liveness_failed {
+                let reason = format!("container {} exited with code {}", state.name, exit.code);
+                state.exited = Some(if state.liveness_failed && !state.stopping {
                     Exit { code: exit.code, reason: "Error".into(), message: "liveness probe failed; the container was restarted".into() }
                 } else {
                     exit
-                };
-                Err(Box::new(ContainerExited { name: state.name.clone(), exit }))
+                });
+                myself.stop(Some(reason));
+                Ok(())
             }
             ContainerMsg::Stop { grace } => {
                 state.stopping = true;
@@ -180,9 +186,7 @@ impl Actor for ContainerActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<ContainerMsg>, state: &mut ContainerState) -> Result<(), ActorProcessingErr> {
-        for p in state.probes.drain(..) {
-            p.abort();
-        }
+        state.tasks.clear();
         Ok(())
     }
 }

@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::chaos_orders::ChaosOrders;
 use super::pod_fanout::PodFanout;
+use crate::clock::{Mono, SharedClock};
 use crate::model::object;
 use crate::model::resources::lookup;
 use crate::model::selector::Selector;
 use crate::registry::{Registry, RegistryError, WatchEvent};
+use crate::watcher::{ChannelStream, EventStream, SourceError, WatchSource};
 
 /// Events queued from a pod watch to its agent before the watch pauses.
 pub const POD_EVENT_QUEUE_MAX: usize = 1024;
@@ -54,17 +56,39 @@ impl From<RegistryError> for AgentError {
     }
 }
 
-/// The last heartbeat of each node, with the usage it reported. Thousands
-/// of agents beat five times a second and as many NodeActors look, so the
-/// map is read-locked for both and each node has its own small lock; the
-/// map is write-locked only when a node beats for the first time.
-#[derive(Clone, Default)]
+/// The last heartbeat of each node, with the usage it reported and the
+/// recent interval between its beats (the failure detector judges a node
+/// on its own rhythm). Thousands of agents beat five times a second, so
+/// the map is read-locked to beat and each node has its own small lock;
+/// the map is write-locked only when a node beats for the first time.
+#[derive(Clone)]
 pub struct Heartbeats {
     inner: Arc<RwLock<HashMap<String, BeatSlot>>>,
+    clock: SharedClock,
 }
 
-/// One node's last beat and usage.
-type BeatSlot = Arc<Mutex<(Instant, NodeUsage)>>;
+impl Default for Heartbeats {
+    fn default() -> Self {
+        Heartbeats::with_clock(crate::clock::system())
+    }
+}
+
+/// One node's last beat.
+type BeatSlot = Arc<Mutex<BeatRecord>>;
+
+/// Gaps longer than this are outages, not the rhythm of a node's beats.
+pub const BEAT_INTERVAL_SAMPLE_MAX: Duration = Duration::from_secs(10);
+
+/// What is known of a node's last heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BeatRecord {
+    /// When it arrived, on the heartbeats' clock.
+    pub at: Mono,
+    /// A moving average of the gaps between its beats (weight 1/4 to the
+    /// newest), once there are two.
+    pub interval: Option<Duration>,
+    pub usage: NodeUsage,
+}
 
 /// What a heartbeat carries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -75,19 +99,38 @@ pub struct NodeUsage {
 }
 
 impl Heartbeats {
+    pub fn with_clock(clock: SharedClock) -> Self {
+        Heartbeats { inner: Default::default(), clock }
+    }
+
+    /// The clock beats are timed on.
+    pub fn clock(&self) -> SharedClock {
+        self.clock.clone()
+    }
+
     pub fn beat(&self, node: &str, usage: NodeUsage) {
+        let now = self.clock.mono();
         let slot = self.inner.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned();
         match slot {
-            Some(slot) => *slot.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), usage),
+            Some(slot) => {
+                let mut rec = slot.lock().unwrap_or_else(|p| p.into_inner());
+                let gap = now.saturating_sub(rec.at);
+                if gap <= BEAT_INTERVAL_SAMPLE_MAX {
+                    rec.interval = Some(rec.interval.map_or(gap, |old| (old * 3 + gap) / 4));
+                }
+                rec.at = now;
+                rec.usage = usage;
+            }
             None => {
                 self.inner
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(node.to_string(), Arc::new(Mutex::new((Instant::now(), usage))));
+                    .insert(node.to_string(), Arc::new(Mutex::new(BeatRecord { at: now, interval: None, usage })));
             }
         }
     }
-    pub fn last(&self, node: &str) -> Option<(Instant, NodeUsage)> {
+
+    pub fn last(&self, node: &str) -> Option<BeatRecord> {
         let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
         map.get(node).map(|slot| *slot.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -318,6 +361,54 @@ impl ControlPlane for LocalControlPlane {
 
     async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
         self.registry.record_event(involved, event_type, reason, message).await;
+    }
+}
+
+fn source_error(e: AgentError) -> SourceError {
+    match e {
+        AgentError::Expired(m) => SourceError::Expired(m),
+        other => SourceError::Unavailable(other.to_string()),
+    }
+}
+
+/// The pods bound to one node, through the agent's control plane.
+pub struct NodePodsSource {
+    pub control: Arc<dyn ControlPlane>,
+    pub node: String,
+}
+
+#[async_trait::async_trait]
+impl WatchSource for NodePodsSource {
+    async fn list(&self) -> Result<(Vec<Value>, u64), SourceError> {
+        self.control.list_pods(&self.node).await.map_err(source_error)
+    }
+    async fn watch(&self, after: u64) -> Result<Box<dyn EventStream>, SourceError> {
+        let rx = self.control.watch_pods(&self.node, after).await.map_err(source_error)?;
+        Ok(Box::new(ChannelStream::new(rx, after, source_error)))
+    }
+    fn describe(&self) -> String {
+        format!("pods on {}", self.node)
+    }
+}
+
+/// One of the kinds a node's network needs ([`NETWORK_KINDS`]), through
+/// the agent's control plane.
+pub struct NetworkSource {
+    pub control: Arc<dyn ControlPlane>,
+    pub plural: &'static str,
+}
+
+#[async_trait::async_trait]
+impl WatchSource for NetworkSource {
+    async fn list(&self) -> Result<(Vec<Value>, u64), SourceError> {
+        self.control.list_objects(self.plural).await.map_err(source_error)
+    }
+    async fn watch(&self, after: u64) -> Result<Box<dyn EventStream>, SourceError> {
+        let rx = self.control.watch_objects(self.plural, after).await.map_err(source_error)?;
+        Ok(Box::new(ChannelStream::new(rx, after, source_error)))
+    }
+    fn describe(&self) -> String {
+        self.plural.to_string()
     }
 }
 

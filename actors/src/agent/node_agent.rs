@@ -1,6 +1,6 @@
 //! NodeAgent: one per node. Registers the Node, beats its heart, learns
-//! its pods from a list and then a resumable watch (re-listing only when the
-//! watch breaks), and runs a PodActor per pod. At start it adopts the
+//! its pods from a [`Watcher`] (a list, then a watch resumed from where it
+//! broke), and runs a PodActor per pod. At start it adopts the
 //! containers its runtime still holds for known pods and removes the rest.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,18 +11,20 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
 use super::chaos_orders::{ChaosAction, ChaosOrder};
-use super::control_plane::{AgentError, ControlPlane, NodeUsage, PartitionableControlPlane};
+use super::control_plane::{ControlPlane, NodePodsSource, NodeUsage, PartitionableControlPlane};
 use super::pod_actor::{PodActor, PodArgs, PodMsg};
 use super::pod_state::BackoffPolicy;
 use crate::model::object;
 use crate::model::quantity::Quantity;
-use crate::registry::WatchEvent;
+use crate::registry::WatchEventKind;
 use crate::runtime::ContainerRuntime;
+use crate::tasks::OwnedTask;
+use crate::watcher::{Backoff, Watched, Watcher};
 
 /// The reason an agent stopped by `flotilla chaos kill-node` gives.
 pub const KILLED_BY_CHAOS: &str = "chaos: kill-node";
 
-/// How soon a broken pod watch is replaced by a fresh list and watch.
+/// The first back-off of the pod watcher.
 const RELIST_DELAY: Duration = Duration::from_millis(500);
 
 /// Everything a node agent is started with.
@@ -58,16 +60,28 @@ pub const FENCE_DEFAULT: Duration = Duration::from_secs(10);
 pub struct NodeAgent;
 
 pub enum NodeAgentMsg {
+    /// (Re)starts following this node's pods from a fresh list.
     Relist,
-    Event(Result<WatchEvent, AgentError>),
-    Heartbeat,
+    /// What the pod watcher of one generation saw.
+    Pods {
+        generation: u64,
+        watched: Watched,
+    },
+    /// A chaos order came with a heartbeat's reply.
+    Order(ChaosOrder),
+    /// No server answered a heartbeat for longer than the fence.
+    Fence,
+    /// A server answers heartbeats again after a fence.
+    Unfence,
     ReportStatus,
 }
 
+/// Batches from the pod watcher queued in the agent's mailbox at most; the
+/// watcher waits for the agent beyond that.
+pub const POD_BATCHES_QUEUED_MAX: usize = 4;
+
 pub struct NodeAgentState {
     args: NodeAgentArgs,
-    /// Last time a heartbeat reached a server.
-    last_contact: std::time::Instant,
     /// Containers stopped because no server could be reached.
     fenced: bool,
     /// Set by `flotilla chaos partition`: traffic to servers is dropped.
@@ -78,7 +92,73 @@ pub struct NodeAgentState {
     pods: HashMap<String, ActorRef<PodMsg>>,
     by_actor: HashMap<ActorId, String>,
     adoptable: HashMap<String, HashMap<String, String>>,
-    watch_task: Option<tokio::task::JoinHandle<()>>,
+    watch_task: Option<OwnedTask>,
+    /// Messages of older watchers still in the mailbox are dropped.
+    watch_generation: u64,
+    /// Room in the mailbox for the current watcher's batches.
+    watch_room: Arc<tokio::sync::Semaphore>,
+    /// Beats on its own, so a slow store write or list in this actor never
+    /// delays a heartbeat.
+    _heartbeat_task: OwnedTask,
+    /// Pods here, for the heartbeats' usage.
+    pods_count: Arc<std::sync::atomic::AtomicI64>,
+    /// The node status write in flight, if one is (one at a time).
+    status_task: Option<OwnedTask>,
+}
+
+/// What the heartbeat task needs.
+struct HeartbeatLoop {
+    control: Arc<dyn ControlPlane>,
+    name: String,
+    period: Duration,
+    fence: Duration,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    pods: Arc<std::sync::atomic::AtomicI64>,
+    agent: ActorRef<NodeAgentMsg>,
+}
+
+impl HeartbeatLoop {
+    /// Beats every period (a late beat delays the next rather than
+    /// bunching them), tells the agent of orders, and of losing and
+    /// regaining every server for longer than the fence.
+    async fn run(self) {
+        let mut ticker = tokio::time::interval(self.period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_contact = tokio::time::Instant::now();
+        let mut fenced = false;
+        let mut last_order: Option<String> = None;
+        loop {
+            ticker.tick().await;
+            let usage = NodeUsage { pods: self.pods.load(std::sync::atomic::Ordering::Relaxed), ..Default::default() };
+            let cut = self.cut.load(std::sync::atomic::Ordering::Acquire);
+            let mut told = Ok(());
+            match self.control.heartbeat(&self.name, usage, false).await {
+                Ok(order) => {
+                    if !cut {
+                        last_contact = tokio::time::Instant::now();
+                        if fenced {
+                            fenced = false;
+                            told = self.agent.send_message(NodeAgentMsg::Unfence);
+                        }
+                    }
+                    if order.is_some() && order != last_order {
+                        if let Some(parsed) = order.as_deref().and_then(ChaosOrder::parse) {
+                            told = told.and(self.agent.send_message(NodeAgentMsg::Order(parsed)));
+                        }
+                    }
+                    last_order = order;
+                }
+                Err(e) => tracing::debug!(node = %self.name, error = %e, "heartbeat failed"),
+            }
+            if !fenced && last_contact.elapsed() > self.fence {
+                fenced = true;
+                told = told.and(self.agent.send_message(NodeAgentMsg::Fence));
+            }
+            if told.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// The Node object an agent registers.
@@ -122,9 +202,7 @@ impl NodeAgentState {
     /// No server for longer than the fence: stop every container here.
     async fn fence(&mut self) {
         self.fenced = true;
-        if let Some(t) = self.watch_task.take() {
-            t.abort();
-        }
+        self.watch_task = None;
         tracing::warn!(node = %self.args.name, pods = self.pods.len(), fence_ms = self.args.fence.as_millis() as u64,
                        "no server reachable for longer than the fence; stopping this node's containers");
         for actor in self.pods.values() {
@@ -143,9 +221,7 @@ impl NodeAgentState {
             ChaosAction::Partition => {
                 tracing::warn!(node = %name, "chaos: partitioned from every server");
                 self.cut.store(true, std::sync::atomic::Ordering::Release);
-                if let Some(t) = self.watch_task.take() {
-                    t.abort();
-                }
+                self.watch_task = None;
             }
             ChaosAction::Heal => {
                 tracing::warn!(node = %name, "chaos: partition healed");
@@ -185,6 +261,7 @@ impl NodeAgentState {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), uid.clone());
                 self.pods.insert(uid, actor);
+                self.pods_count.store(self.pods.len() as i64, std::sync::atomic::Ordering::Relaxed);
             }
             Err(e) => tracing::warn!(node = %self.args.name, error = %e, "pod actor did not start"),
         }
@@ -210,13 +287,22 @@ impl Actor for NodeAgent {
             }
         }
         myself.send_message(NodeAgentMsg::Relist)?;
-        myself.send_interval(args.heartbeat, || NodeAgentMsg::Heartbeat);
-        myself.send_interval(args.status_period, || NodeAgentMsg::ReportStatus);
+        let pods_count = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let beats = HeartbeatLoop {
+            control: args.control.clone(),
+            name: args.name.clone(),
+            period: args.heartbeat,
+            fence: args.fence,
+            cut: cut.clone(),
+            pods: pods_count.clone(),
+            agent: myself.clone(),
+        };
+        let heartbeat_task = OwnedTask::spawn(beats.run());
+        myself.send_after(args.status_period, || NodeAgentMsg::ReportStatus);
         tracing::info!(node = %args.name, runtime = args.runtime.kind(), "node registered");
         let started_unix_ms = unix_ms();
         Ok(NodeAgentState {
             args,
-            last_contact: std::time::Instant::now(),
             fenced: false,
             cut,
             started_unix_ms,
@@ -225,13 +311,17 @@ impl Actor for NodeAgent {
             by_actor: HashMap::new(),
             adoptable,
             watch_task: None,
+            watch_generation: 0,
+            watch_room: Arc::new(tokio::sync::Semaphore::new(POD_BATCHES_QUEUED_MAX)),
+            _heartbeat_task: heartbeat_task,
+            pods_count,
+            status_task: None,
         })
     }
 
     async fn post_stop(&self, _myself: ActorRef<NodeAgentMsg>, state: &mut NodeAgentState) -> Result<(), ActorProcessingErr> {
-        if let Some(t) = state.watch_task.take() {
-            t.abort();
-        }
+        state.watch_task = None;
+        state.status_task = None;
         Ok(())
     }
 
@@ -243,97 +333,94 @@ impl Actor for NodeAgent {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             NodeAgentMsg::Relist => {
-                if let Some(t) = state.watch_task.take() {
-                    t.abort();
-                }
+                state.watch_task = None;
                 if state.fenced {
                     return Ok(());
                 }
-                let (pods, revision) = match state.args.control.list_pods(&state.args.name).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        tracing::debug!(node = %state.args.name, error = %e, "pod list failed; retrying");
-                        myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
-                        return Ok(());
+                state.watch_generation += 1;
+                state.watch_room = Arc::new(tokio::sync::Semaphore::new(POD_BATCHES_QUEUED_MAX));
+                let (generation, room, me) = (state.watch_generation, state.watch_room.clone(), myself.clone());
+                let source = NodePodsSource { control: state.args.control.clone(), node: state.args.name.clone() };
+                state.watch_task = Some(OwnedTask::spawn(async move {
+                    let mut watcher = Watcher::new(source, Backoff { first: RELIST_DELAY, ..Backoff::default() });
+                    loop {
+                        let watched = watcher.next().await;
+                        match room.clone().acquire_owned().await {
+                            Ok(permit) => permit.forget(),
+                            Err(_) => return,
+                        }
+                        if me.send_message(NodeAgentMsg::Pods { generation, watched }).is_err() {
+                            return;
+                        }
                     }
-                };
-                let listed: std::collections::HashSet<String> = pods.iter().filter_map(|p| object::uid(p).map(String::from)).collect();
-                for (uid, actor) in &state.pods {
-                    if !listed.contains(uid) {
-                        let _ = actor.send_message(PodMsg::Kill);
+                }));
+            }
+            NodeAgentMsg::Pods { generation, watched } => {
+                if generation != state.watch_generation || state.fenced {
+                    return Ok(());
+                }
+                state.watch_room.add_permits(1);
+                match watched {
+                    Watched::Restarted { objects: pods, .. } => {
+                        let listed: std::collections::HashSet<String> =
+                            pods.iter().filter_map(|p| object::uid(p).map(String::from)).collect();
+                        for (uid, actor) in &state.pods {
+                            if !listed.contains(uid) {
+                                let _ = actor.send_message(PodMsg::Kill);
+                            }
+                        }
+                        // Containers of pods that no longer exist are removed.
+                        let orphans: Vec<String> = state.adoptable.keys().filter(|u| !listed.contains(*u)).cloned().collect();
+                        for uid in orphans {
+                            for (_, id) in state.adoptable.remove(&uid).unwrap_or_default() {
+                                let _ = state.args.runtime.stop(&id, Duration::from_secs(5)).await;
+                                let _ = state.args.runtime.remove(&id).await;
+                            }
+                        }
+                        for pod in pods {
+                            state.ensure_pod(&myself, pod).await;
+                        }
                     }
-                }
-                // Containers of pods that no longer exist are removed.
-                let orphans: Vec<String> = state.adoptable.keys().filter(|u| !listed.contains(*u)).cloned().collect();
-                for uid in orphans {
-                    for (_, id) in state.adoptable.remove(&uid).unwrap_or_default() {
-                        let _ = state.args.runtime.stop(&id, Duration::from_secs(5)).await;
-                        let _ = state.args.runtime.remove(&id).await;
-                    }
-                }
-                for pod in pods {
-                    state.ensure_pod(&myself, pod).await;
-                }
-                match state.args.control.watch_pods(&state.args.name, revision).await {
-                    Ok(mut rx) => {
-                        let me = myself.clone();
-                        state.watch_task = Some(tokio::spawn(async move {
-                            while let Some(ev) = rx.recv().await {
-                                let failed = ev.is_err();
-                                if me.send_message(NodeAgentMsg::Event(ev)).is_err() || failed {
-                                    return;
+                    Watched::Changes { events, .. } => {
+                        for ev in events {
+                            let uid = object::uid(&ev.object).unwrap_or("").to_string();
+                            if ev.kind == WatchEventKind::Deleted {
+                                if let Some(actor) = state.pods.get(&uid) {
+                                    let _ = actor.send_message(PodMsg::Kill);
                                 }
-                            }
-                            let _ = me.send_message(NodeAgentMsg::Event(Err(AgentError::Unavailable("pod watch ended".into()))));
-                        }));
-                    }
-                    Err(e) => {
-                        tracing::debug!(node = %state.args.name, error = %e, "pod watch failed; relisting");
-                        myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
-                    }
-                }
-            }
-            NodeAgentMsg::Event(Ok(ev)) => {
-                let uid = object::uid(&ev.object).unwrap_or("").to_string();
-                if ev.kind == "DELETED" {
-                    if let Some(actor) = state.pods.get(&uid) {
-                        let _ = actor.send_message(PodMsg::Kill);
-                    }
-                } else {
-                    state.ensure_pod(&myself, ev.object).await;
-                }
-            }
-            NodeAgentMsg::Event(Err(e)) => {
-                tracing::debug!(node = %state.args.name, error = %e, "pod watch broke; relisting");
-                myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
-            }
-            NodeAgentMsg::Heartbeat => {
-                let usage = NodeUsage { pods: state.pods.len() as i64, ..Default::default() };
-                let cut = state.cut.load(std::sync::atomic::Ordering::Acquire);
-                match state.args.control.heartbeat(&state.args.name, usage, false).await {
-                    Ok(order) => {
-                        if !cut {
-                            state.last_contact = std::time::Instant::now();
-                            if state.fenced {
-                                state.fenced = false;
-                                tracing::warn!(node = %state.args.name, "a server answers again; unfencing and relisting pods");
-                                myself.send_message(NodeAgentMsg::Relist)?;
+                            } else {
+                                state.ensure_pod(&myself, ev.object).await;
                             }
                         }
-                        if let Some(order) = order.as_deref().and_then(ChaosOrder::parse) {
-                            state.obey(&myself, order).await;
-                        }
                     }
-                    Err(e) => tracing::debug!(node = %state.args.name, error = %e, "heartbeat failed"),
                 }
-                if !state.fenced && state.last_contact.elapsed() > state.args.fence {
+            }
+            NodeAgentMsg::Order(order) => state.obey(&myself, order).await,
+            NodeAgentMsg::Fence => {
+                if !state.fenced {
                     state.fence().await;
                 }
             }
-            NodeAgentMsg::ReportStatus => {
-                if let Err(e) = state.args.control.update_node_status(&state.args.name, node_status(&state.args)).await {
-                    tracing::debug!(node = %state.args.name, error = %e, "node status write failed");
+            NodeAgentMsg::Unfence => {
+                if state.fenced {
+                    state.fenced = false;
+                    tracing::warn!(node = %state.args.name, "a server answers again; unfencing and relisting pods");
+                    myself.send_message(NodeAgentMsg::Relist)?;
                 }
+            }
+            NodeAgentMsg::ReportStatus => {
+                // The next report is asked for when this one starts; one
+                // still in flight (a slow store) makes this one wait its turn.
+                myself.send_after(state.args.status_period, || NodeAgentMsg::ReportStatus);
+                if state.status_task.as_ref().is_some_and(|t| !t.is_finished()) {
+                    return Ok(());
+                }
+                let (control, name, status) = (state.args.control.clone(), state.args.name.clone(), node_status(&state.args));
+                state.status_task = Some(OwnedTask::spawn(async move {
+                    if let Err(e) = control.update_node_status(&name, status).await {
+                        tracing::debug!(node = %name, error = %e, "node status write failed");
+                    }
+                }));
             }
         }
         Ok(())
@@ -349,11 +436,13 @@ impl Actor for NodeAgent {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(uid) = state.by_actor.remove(&cell.get_id()) {
                     state.pods.remove(&uid);
+                    state.pods_count.store(state.pods.len() as i64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 if let Some(uid) = state.by_actor.remove(&cell.get_id()) {
                     state.pods.remove(&uid);
+                    state.pods_count.store(state.pods.len() as i64, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(node = %state.args.name, pod = %uid, error = %err, "pod actor failed; relisting to restart it");
                     myself.send_after(RELIST_DELAY, || NodeAgentMsg::Relist);
                 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
-use super::container_actor::{ContainerActor, ContainerArgs, ContainerExited, ContainerMsg};
+use super::container_actor::{ContainerActor, ContainerArgs, ContainerMsg, ContainerState as ContainerActorState};
 use super::control_plane::{AgentError, ControlPlane};
 use super::pod_state::{pod_phase, pod_ready, BackoffPolicy, ContainerState, ContainerView, RestartPolicy};
 use super::probe::Probe;
@@ -103,6 +103,9 @@ fn quantity(v: Option<&Value>) -> Option<Quantity> {
 /// The annotation `flotilla chaos kill-pod` sets (to a fresh value each
 /// time) to have the agent kill the pod's containers.
 pub const CHAOS_KILL_ANNOTATION: &str = "chaos.flotilla.io/kill";
+
+/// How soon a container actor that failed (a fault of ours) is replaced.
+const ACTOR_RESTART_DELAY: Duration = Duration::from_millis(100);
 
 /// Retry period while the runtime is unavailable.
 const RUNTIME_UNAVAILABLE_RETRY: Duration = Duration::from_millis(500);
@@ -336,6 +339,11 @@ impl Actor for PodActor {
                     slot.previous_id = Some(id);
                     return Ok(());
                 }
+                if slot.id.as_deref() == Some(id.as_str()) && matches!(slot.view.state, ContainerState::Running { .. }) {
+                    // The same container, adopted by a new actor after ours
+                    // failed: nothing about it changed.
+                    return Ok(());
+                }
                 if let Some(old) = slot.previous_id.take() {
                     let _ = state.runtime.remove(&old).await;
                 }
@@ -434,15 +442,40 @@ impl Actor for PodActor {
         evt: SupervisionEvent,
         state: &mut PodState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, failure) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, Some(err)),
-            SupervisionEvent::ActorTerminated(cell, _, _) => (cell, None),
+        // A container actor ends with its container's exit in its final
+        // state. Without one (it failed, panicked or was killed) our actor
+        // broke, not the container: the container is still there, or its
+        // exit is, so a new actor adopts it and nothing about it changes.
+        let (cell, exit, fault) = match evt {
+            SupervisionEvent::ActorTerminated(cell, final_state, reason) => {
+                let exit = final_state.and_then(|mut b| b.take::<ContainerActorState>().ok()).and_then(|s| s.exited);
+                let fault = exit.is_none().then(|| reason.unwrap_or_else(|| "stopped".into()));
+                (cell, exit, fault)
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, None, Some(err.to_string())),
             _ => return Ok(()),
         };
         let Some(index) = state.by_actor.remove(&cell.get_id()) else { return Ok(()) };
+        if let Some(fault) = fault {
+            let slot = &mut state.slots[index];
+            tracing::warn!(pod = %state.name, container = %slot.spec.name, error = %fault, "container actor ended without its container exiting");
+            if state.terminating || state.killed {
+                // It was being stopped: make sure it is, then carry on as
+                // if it had stopped.
+                if let Some(id) = &slot.id {
+                    let _ = state.runtime.stop(id, Duration::ZERO).await;
+                }
+            } else {
+                slot.actor = None;
+                if let Some(id) = slot.id.clone() {
+                    state.adopt.insert(slot.spec.name.clone(), id);
+                }
+                myself.send_after(ACTOR_RESTART_DELAY, move || PodMsg::StartContainer { index });
+                return Ok(());
+            }
+        }
         let slot = &mut state.slots[index];
         slot.actor = None;
-        let exit = failure.as_ref().and_then(|e| e.downcast_ref::<ContainerExited>()).map(|c| c.exit.clone());
         let ran_for = slot.started.map(|s| s.elapsed()).unwrap_or_default();
         let terminated = ContainerState::Terminated {
             exit_code: exit.as_ref().map_or(0, |e| e.code),

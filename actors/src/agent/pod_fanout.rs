@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use super::control_plane::AgentError;
 use crate::model::object;
 use crate::model::resources::lookup;
-use crate::registry::{Registry, RegistryError, WatchEvent};
+use crate::registry::{Registry, WatchEvent};
+use crate::watcher::{Backoff, EventStream, RegistrySource, SourceError, WatchSource, Watched, Watcher};
 
 /// Events kept for replay to late subscribers.
 const RING_EVENTS_MAX: usize = 16_384;
@@ -33,6 +34,31 @@ struct FanoutState {
     ring: VecDeque<(u64, Arc<str>, WatchEvent)>,
     subscribers: HashMap<Arc<str>, Vec<(u64, Subscriber)>>,
     started: bool,
+}
+
+/// A source whose first "list" is a position given by the first
+/// subscriber (nothing to hand on: subscribers list for themselves); only
+/// a later restart, after lost history, really lists.
+struct FromRevision {
+    inner: RegistrySource,
+    start: Mutex<Option<u64>>,
+}
+
+#[async_trait::async_trait]
+impl WatchSource for FromRevision {
+    async fn list(&self) -> Result<(Vec<Value>, u64), SourceError> {
+        match self.start.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(rev) => Ok((Vec::new(), rev)),
+            // The objects are not needed, only where the list stands.
+            None => Ok((Vec::new(), self.inner.registry.member().revisions().revision)),
+        }
+    }
+    async fn watch(&self, after: u64) -> Result<Box<dyn EventStream>, SourceError> {
+        self.inner.watch(after).await
+    }
+    fn describe(&self) -> String {
+        "shared pod watch".into()
+    }
 }
 
 /// Shares one pod watch among node agents.
@@ -80,36 +106,18 @@ impl PodFanout {
         Some(rx)
     }
 
-    async fn run(self, mut position: u64) {
+    async fn run(self, position: u64) {
         let pods = lookup("pods").expect("pods are served");
+        let start = Mutex::new(Some(position));
+        let source = FromRevision { inner: RegistrySource { registry: self.registry.clone(), res: pods }, start };
+        let mut watcher = Watcher::new(source, Backoff { first: REWATCH_DELAY, ..Backoff::default() });
+        let mut first = true;
         loop {
-            let mut watch = match self.registry.watch(pods, None, position) {
-                Ok(w) => w,
-                Err(RegistryError::Expired { .. }) => {
-                    // History is gone: every subscriber must list again.
-                    position = self.registry.member().revisions().revision;
-                    self.reset(position, "pod watch expired; list again");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "shared pod watch failed; retrying");
-                    tokio::time::sleep(REWATCH_DELAY).await;
-                    continue;
-                }
-            };
-            loop {
-                match watch.next().await {
-                    Ok(events) => {
-                        let revision = watch.progress_revision();
-                        self.dispatch(events, revision);
-                        position = revision;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "shared pod watch broke; resuming");
-                        tokio::time::sleep(REWATCH_DELAY).await;
-                        break;
-                    }
-                }
+            match watcher.next().await {
+                Watched::Restarted { .. } if first => first = false,
+                // History is gone: every subscriber must list again.
+                Watched::Restarted { revision, .. } => self.reset(revision, "pod watch expired; list again"),
+                Watched::Changes { events, revision } => self.dispatch(events, revision),
             }
         }
     }

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::control_plane::{AgentError, ControlPlane, LocalControlPlane, NodeUsage};
-use crate::registry::WatchEvent;
+use crate::registry::{WatchEvent, WatchEventKind};
 
 /// What an agent asks of the control plane.
 #[derive(Serialize, Deserialize, Debug)]
@@ -196,7 +196,7 @@ impl AppHandler for AgentService {
                             _ = tx.closed() => None,
                         } {
                             let reply = match ev {
-                                Ok(WatchEvent { kind, object }) => AgentReply::Event { kind: kind.to_string(), object },
+                                Ok(WatchEvent { kind, object }) => AgentReply::Event { kind: kind.as_str().to_string(), object },
                                 Err(e) => failed(e),
                             };
                             if tx.send(Ok(encode(&reply))).await.is_err() {
@@ -259,14 +259,10 @@ impl RemoteControlPlane {
                 let item = match frame {
                     Err(e) => Err(store_error(e)),
                     Ok(bytes) => match serde_json::from_slice::<AgentReply>(&bytes) {
-                        Ok(AgentReply::Event { kind, object }) => {
-                            let kind = match kind.as_str() {
-                                "ADDED" => "ADDED",
-                                "DELETED" => "DELETED",
-                                _ => "MODIFIED",
-                            };
-                            Ok(WatchEvent { kind, object })
-                        }
+                        Ok(AgentReply::Event { kind, object }) => match WatchEventKind::parse(&kind) {
+                            Some(kind) => Ok(WatchEvent { kind, object }),
+                            None => Err(AgentError::Unavailable(format!("watch: unknown event type {kind:?}"))),
+                        },
                         Ok(AgentReply::Failed { expired: true, message, .. }) => Err(AgentError::Expired(message)),
                         Ok(other) => Err(AgentError::Unavailable(format!("watch: {other:?}"))),
                         Err(e) => Err(AgentError::Unavailable(format!("watch: {e}"))),

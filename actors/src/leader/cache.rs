@@ -23,8 +23,8 @@ use tokio::task::JoinHandle;
 use super::placement::{pod_info, PodInfo};
 use crate::model::object;
 use crate::model::resources::lookup;
-use crate::model::selector::Selector;
-use crate::registry::{Registry, WatchEvent};
+use crate::registry::{Registry, WatchEvent, WatchEventKind};
+use crate::watcher::{Backoff, RegistrySource, Watched, Watcher};
 
 /// How long a kind's feed waits before listing again after its watch broke.
 const RELIST_DELAY: Duration = Duration::from_millis(200);
@@ -356,7 +356,7 @@ impl CacheState {
 
     fn apply(&mut self, kind: Kind, ev: &WatchEvent) {
         let key = key_of(&ev.object);
-        let deleted = ev.kind == "DELETED";
+        let deleted = ev.kind == WatchEventKind::Deleted;
         match kind {
             Kind::Pods if deleted => {
                 if self.pods.get(&key).is_some_and(|p| p.node.is_some()) {
@@ -421,7 +421,7 @@ impl CacheState {
             Kind::Endpoints => self.endpoints.clear(),
         }
         for object in items {
-            self.apply(kind, &WatchEvent { kind: "ADDED", object });
+            self.apply(kind, &WatchEvent { kind: WatchEventKind::Added, object });
         }
         if kind == Kind::ReplicaSets {
             // Pods listed before their ReplicaSets could not mark them.
@@ -494,45 +494,21 @@ impl ClusterCache {
 
 async fn feed(registry: Registry, kind: Kind, state: Arc<RwLock<CacheState>>, generation: watch::Sender<u64>) {
     let res = lookup(kind.plural()).expect("cached kinds are served");
-    let bump = || generation.send_modify(|g| *g += 1);
+    let mut watcher = Watcher::new(RegistrySource { registry, res }, Backoff { first: RELIST_DELAY, ..Backoff::default() });
     loop {
-        let (items, revision) = match registry.list(res, None, &Selector::default(), &Selector::default(), 0, None).await {
-            Ok((items, revision, _)) => (items, revision),
-            Err(e) => {
-                tracing::debug!(kind = kind.plural(), error = %e, "cache list failed; retrying");
-                tokio::time::sleep(RELIST_DELAY).await;
-                continue;
-            }
-        };
-        state.write().unwrap_or_else(|p| p.into_inner()).replace_all(kind, items, revision);
-        bump();
-        let mut watch = match registry.watch(res, None, revision) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!(kind = kind.plural(), error = %e, "cache watch failed; listing again");
-                tokio::time::sleep(RELIST_DELAY).await;
-                continue;
-            }
-        };
-        loop {
-            match watch.next().await {
-                Ok(events) => {
-                    {
-                        let mut s = state.write().unwrap_or_else(|p| p.into_inner());
-                        for ev in &events {
-                            s.apply(kind, ev);
-                        }
-                        let rev = watch.progress_revision();
-                        s.revisions.insert(kind, rev);
+        let watched = watcher.next().await;
+        {
+            let mut s = state.write().unwrap_or_else(|p| p.into_inner());
+            match watched {
+                Watched::Restarted { objects, revision } => s.replace_all(kind, objects, revision),
+                Watched::Changes { events, revision } => {
+                    for ev in &events {
+                        s.apply(kind, ev);
                     }
-                    bump();
-                }
-                Err(e) => {
-                    tracing::debug!(kind = kind.plural(), error = %e, "cache watch broke; listing again");
-                    tokio::time::sleep(RELIST_DELAY).await;
-                    break;
+                    s.revisions.insert(kind, revision);
                 }
             }
         }
+        generation.send_modify(|g| *g += 1);
     }
 }

@@ -15,9 +15,7 @@ use super::cache::{ClusterCache, Kind};
 use super::settings::LeaderSettings;
 use crate::agent::control_plane::Heartbeats;
 use crate::registry::{Registry, RegistryError};
-
-/// When nodes were last counted, and (silent, total) if most were silent.
-pub type SilenceCount = (std::time::Instant, Option<(usize, usize)>);
+use crate::tasks::OwnedTask;
 
 /// What every leader-side actor works with.
 pub struct LeaderContext {
@@ -25,9 +23,8 @@ pub struct LeaderContext {
     pub cache: Arc<ClusterCache>,
     pub heartbeats: Heartbeats,
     pub settings: LeaderSettings,
-    /// The last count of silent nodes, and when it was taken (see
-    /// `node_lifecycle::mass_silence`).
-    pub silence: std::sync::Mutex<Option<SilenceCount>>,
+    /// The clock heartbeats are timed on, and decisions made by.
+    pub clock: crate::clock::SharedClock,
 }
 
 /// Why a reconcile pass failed.
@@ -91,7 +88,8 @@ pub struct ControllerState {
     reconciler: Box<dyn Reconciler>,
     ctx: Arc<LeaderContext>,
     wake_pending: Arc<AtomicBool>,
-    forwarder: tokio::task::JoinHandle<()>,
+    _forwarder: OwnedTask,
+    resync: Duration,
 }
 
 impl Actor for ControllerActor {
@@ -105,7 +103,7 @@ impl Actor for ControllerActor {
         let mut changes = args.ctx.cache.subscribe();
         let me = myself.clone();
         let pending = wake_pending.clone();
-        let forwarder = tokio::spawn(async move {
+        let forwarder = OwnedTask::spawn(async move {
             while changes.changed().await.is_ok() {
                 if !pending.swap(true, Ordering::AcqRel) && me.send_message(ControllerMsg::Wake).is_err() {
                     return;
@@ -113,14 +111,8 @@ impl Actor for ControllerActor {
             }
         });
         myself.send_message(ControllerMsg::Resync)?;
-        myself.send_interval(args.resync, || ControllerMsg::Resync);
         tracing::info!(controller = reconciler.name(), "controller started");
-        Ok(ControllerState { reconciler, ctx: args.ctx, wake_pending, forwarder })
-    }
-
-    async fn post_stop(&self, _myself: ActorRef<ControllerMsg>, state: &mut ControllerState) -> Result<(), ActorProcessingErr> {
-        state.forwarder.abort();
-        Ok(())
+        Ok(ControllerState { reconciler, ctx: args.ctx, wake_pending, _forwarder: forwarder, resync: args.resync })
     }
 
     async fn handle(
@@ -130,6 +122,10 @@ impl Actor for ControllerActor {
         state: &mut ControllerState,
     ) -> Result<(), ActorProcessingErr> {
         state.wake_pending.store(false, Ordering::Release);
+        if matches!(msg, ControllerMsg::Resync) {
+            // Asked for when one starts, so a slow pass never queues more.
+            myself.send_after(state.resync, || ControllerMsg::Resync);
+        }
         if !state.ctx.cache.read().synced() {
             // Not listed yet: the first change after the lists wakes us.
             return Ok(());

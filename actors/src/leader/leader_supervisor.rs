@@ -1,5 +1,5 @@
 //! LeaderSupervisor: one per server. While this member is the Raft leader
-//! it runs the cluster cache, the Scheduler, the NodeSupervisor and the
+//! it runs the cluster cache, the Scheduler, the NodeLifecycle and the
 //! ControllerSupervisor; when leadership moves away it stops them all, and
 //! the new leader's supervisor starts its own, which re-read the store and
 //! reconcile from there. Failed children are restarted with backoff.
@@ -12,9 +12,11 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::cache::ClusterCache;
 use super::controller::{ControllerActor, ControllerArgs, LeaderContext, ReconcilerFactory};
 use super::controller_supervisor::{ControllerSupervisor, ControllerSupervisorArgs};
-use super::node_lifecycle::NodeSupervisor;
+use super::node_lifecycle::{NodeLifecycle, NodeLifecycleArgs};
 use super::settings::LeaderSettings;
-use super::{deployment_controller, endpoints_controller, gc, node_ipam_controller, replicaset_controller, scheduler};
+use super::{
+    deployment_controller, endpoints_controller, gc, namespace_controller, node_ipam_controller, replicaset_controller, scheduler,
+};
 use crate::agent::control_plane::Heartbeats;
 use crate::registry::Registry;
 
@@ -29,6 +31,7 @@ pub fn controllers() -> Vec<(&'static str, ReconcilerFactory)> {
         ("endpoints-controller", endpoints_controller::make),
         ("garbage-collector", gc::make),
         ("node-ipam-controller", node_ipam_controller::make),
+        ("namespace-controller", namespace_controller::make),
     ]
 }
 
@@ -79,7 +82,10 @@ impl LeaderState {
                 let args = ControllerArgs { make: scheduler::make, ctx: ctx.clone(), resync: ctx.settings.resync() };
                 Actor::spawn_linked(None, ControllerActor, args, myself.get_cell()).await?.0.get_cell()
             }
-            ChildKind::Nodes => Actor::spawn_linked(None, NodeSupervisor, ctx.clone(), myself.get_cell()).await?.0.get_cell(),
+            ChildKind::Nodes => {
+                let args = NodeLifecycleArgs { ctx: ctx.clone(), clock: ctx.clock.clone() };
+                Actor::spawn_linked(None, NodeLifecycle, args, myself.get_cell()).await?.0.get_cell()
+            }
             ChildKind::Controllers => {
                 let args = ControllerSupervisorArgs { ctx: ctx.clone(), controllers: controllers() };
                 Actor::spawn_linked(None, ControllerSupervisor, args, myself.get_cell()).await?.0.get_cell()
@@ -96,7 +102,7 @@ impl LeaderState {
             cache: ClusterCache::start(self.args.registry.clone()),
             heartbeats: self.args.heartbeats.clone(),
             settings: self.args.settings.clone(),
-            silence: Default::default(),
+            clock: self.args.heartbeats.clock(),
         });
         self.leading = Some(Leading { term: self.terms, ctx, children: Vec::new(), failures: 0 });
         for kind in [ChildKind::Nodes, ChildKind::Scheduler, ChildKind::Controllers] {

@@ -1,5 +1,5 @@
 //! What runs only on the Raft leader: the LeaderSupervisor, which starts
-//! the scheduler, the node lifecycle (one NodeActor per node) and the
+//! the scheduler, the node lifecycle (one failure detector for all nodes) and the
 //! controllers when this member leads, and stops them when it no longer
 //! does. Their decisions are plain functions ([`placement`], [`rollout`],
 //! [`replicas`], [`endpoints`]); the actors around them read a shared
@@ -13,6 +13,8 @@ pub mod endpoints;
 pub mod endpoints_controller;
 pub mod gc;
 pub mod leader_supervisor;
+pub mod namespace_controller;
+pub mod node_health;
 pub mod node_ipam_controller;
 pub mod node_lifecycle;
 pub mod placement;

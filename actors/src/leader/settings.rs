@@ -11,8 +11,16 @@ pub struct LeaderSettings {
     /// Heartbeats missed for this long make a node NotReady and its pods
     /// evicted.
     pub node_grace_ms: u64,
-    /// How often each NodeActor looks at its node's last heartbeat.
+    /// The longest a node's grace is stretched to when its heartbeats'
+    /// path is slow (see `node_health`); a dead node is always lost by then.
+    pub node_grace_max_ms: u64,
+    /// How often the failure detector looks at every node's last heartbeat.
     pub node_check_ms: u64,
+    /// Clean checks a suspect node must stay silent through to be lost.
+    pub node_confirm_ticks: u32,
+    /// The least time between two writes about one node (eviction again,
+    /// a correction of its Ready condition).
+    pub node_action_retry_ms: u64,
     /// How often every controller looks at everything, not just changes.
     pub resync_ms: u64,
     /// Pods the scheduler takes per batch.
@@ -38,7 +46,10 @@ impl Default for LeaderSettings {
     fn default() -> Self {
         LeaderSettings {
             node_grace_ms: 1_000,
+            node_grace_max_ms: 5_000,
             node_check_ms: 200,
+            node_confirm_ticks: 1,
+            node_action_retry_ms: 1_000,
             resync_ms: 5_000,
             schedule_batch_max: 2_000,
             bind_txn_pods_max: 500,
@@ -55,6 +66,13 @@ impl Default for LeaderSettings {
 impl LeaderSettings {
     pub fn node_grace(&self) -> Duration {
         Duration::from_millis(self.node_grace_ms)
+    }
+    /// Never under the grace itself.
+    pub fn node_grace_max(&self) -> Duration {
+        Duration::from_millis(self.node_grace_max_ms.max(self.node_grace_ms))
+    }
+    pub fn node_action_retry(&self) -> Duration {
+        Duration::from_millis(self.node_action_retry_ms)
     }
     pub fn node_check(&self) -> Duration {
         Duration::from_millis(self.node_check_ms)

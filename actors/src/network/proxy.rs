@@ -18,8 +18,9 @@ use tokio::sync::watch;
 use super::nft::{self, NodeRules};
 use super::policy::{isolated_pods, PodNet};
 use super::service_table::ServiceTable;
-use crate::agent::control_plane::{AgentError, ControlPlane};
-use crate::registry::WatchEvent;
+use crate::agent::control_plane::{ControlPlane, NetworkSource};
+use crate::tasks::OwnedTask;
+use crate::watcher::{Backoff, Reflector, Watched, Watcher};
 
 /// How long changes are gathered before the rules are rewritten.
 pub const SYNC_DELAY: Duration = Duration::from_millis(50);
@@ -51,32 +52,22 @@ pub struct ProxyArgs {
 }
 
 pub enum ProxyMsg {
-    /// A kind's full list (after a list or a relist).
-    Replace(usize, Vec<Value>),
-    Event(usize, WatchEvent),
+    /// What the watcher of one kind saw.
+    Watched(usize, Watched),
     Sync,
 }
 
 pub struct ProxyState {
     args: ProxyArgs,
     table_name: String,
-    objects: Vec<BTreeMap<String, Value>>,
-    listed: Vec<bool>,
+    objects: Vec<Reflector>,
     sync_pending: bool,
     applied: Option<String>,
-    informers: Vec<tokio::task::JoinHandle<()>>,
+    _informers: Vec<OwnedTask>,
     userspace: super::userspace_proxy::UserspaceProxy,
 }
 
 pub struct ProxyActor;
-
-fn key(o: &Value) -> String {
-    format!(
-        "{}/{}",
-        o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or(""),
-        o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
-    )
-}
 
 /// nft identifiers: the node's name with anything but letters, digits
 /// and `_` turned into `_`. One table per node, so several agents on one
@@ -86,65 +77,14 @@ pub fn table_name(node: &str) -> String {
     format!("flotilla_{clean}")
 }
 
-/// Lists a kind, then follows it; relists when the watch expires; retries
-/// with a capped back-off while the control plane is away.
+/// Follows one kind and hands on what it sees; ends with the actor.
 async fn inform(index: usize, control: Arc<dyn ControlPlane>, actor: ActorRef<ProxyMsg>) {
-    let plural = KINDS[index];
-    let mut delay = RETRY_FIRST;
+    let source = NetworkSource { control, plural: KINDS[index] };
+    let mut watcher = Watcher::new(source, Backoff { first: RETRY_FIRST, max: RETRY_MAX });
     loop {
-        let (items, revision) = match control.list_objects(plural).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(kind = plural, error = %e, "proxy list failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(RETRY_MAX);
-                continue;
-            }
-        };
-        if actor.send_message(ProxyMsg::Replace(index, items)).is_err() {
+        let watched = watcher.next().await;
+        if actor.send_message(ProxyMsg::Watched(index, watched)).is_err() {
             return;
-        }
-        let mut after = revision;
-        loop {
-            let mut events = match control.watch_objects(plural, after).await {
-                Ok(rx) => rx,
-                Err(AgentError::Expired(_)) => break,
-                Err(e) => {
-                    tracing::debug!(kind = plural, error = %e, "proxy watch failed; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(RETRY_MAX);
-                    continue;
-                }
-            };
-            delay = RETRY_FIRST;
-            let mut expired = false;
-            while let Some(item) = events.recv().await {
-                match item {
-                    Ok(ev) => {
-                        // One revision may change many objects (a batch of
-                        // evictions): resume from just before the latest, so
-                        // a stream cut inside it replays the whole of it
-                        // (applying an event twice changes nothing).
-                        if let Some(rv) =
-                            ev.object.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|r| r.parse::<u64>().ok())
-                        {
-                            after = after.max(rv.saturating_sub(1));
-                        }
-                        if actor.send_message(ProxyMsg::Event(index, ev)).is_err() {
-                            return;
-                        }
-                    }
-                    Err(AgentError::Expired(_)) => {
-                        expired = true;
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if expired {
-                break;
-            }
-            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -160,19 +100,20 @@ impl ProxyState {
     /// The services as they stand; None until every kind has been listed
     /// once (half a view would drop live services).
     fn table(&self) -> Option<ServiceTable> {
-        if self.listed.iter().any(|l| !l) {
+        if self.objects.iter().any(|r| !r.listed) {
             return None;
         }
-        let services: Vec<Value> = self.objects[0].values().cloned().collect();
-        let endpoints: Vec<Value> = self.objects[1].values().cloned().collect();
+        let services: Vec<Value> = self.objects[0].objects.values().cloned().collect();
+        let endpoints: Vec<Value> = self.objects[1].objects.values().cloned().collect();
         Some(ServiceTable::build(&services, &endpoints))
     }
 
     /// The kernel rules for `table` and the policies: only the nftables
     /// mode pays for resolving policies and rendering.
     fn script(&self, table: &ServiceTable) -> String {
-        let pods: Vec<PodNet> = self.objects[2].values().filter_map(PodNet::from_pod).collect();
+        let pods: Vec<PodNet> = self.objects[2].objects.values().filter_map(PodNet::from_pod).collect();
         let namespaces: Vec<(String, BTreeMap<String, String>)> = self.objects[3]
+            .objects
             .values()
             .map(|n| {
                 let name = n.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
@@ -184,7 +125,7 @@ impl ProxyState {
                 (name, labels)
             })
             .collect();
-        let policies: Vec<Value> = self.objects[4].values().cloned().collect();
+        let policies: Vec<Value> = self.objects[4].objects.values().cloned().collect();
         let isolated = isolated_pods(&policies, &pods, &namespaces);
         nft::render_table(&NodeRules { services: table, isolated: &isolated, node_ports: true }, &self.table_name)
     }
@@ -196,34 +137,23 @@ impl Actor for ProxyActor {
     type Arguments = ProxyArgs;
 
     async fn pre_start(&self, myself: ActorRef<ProxyMsg>, args: ProxyArgs) -> Result<ProxyState, ActorProcessingErr> {
-        let informers = (0..KINDS.len()).map(|i| tokio::spawn(inform(i, args.control.clone(), myself.clone()))).collect::<Vec<_>>();
+        let informers = (0..KINDS.len()).map(|i| OwnedTask::spawn(inform(i, args.control.clone(), myself.clone()))).collect::<Vec<_>>();
         tracing::info!(node = %args.node, mode = ?args.mode, "proxy started");
         Ok(ProxyState {
             table_name: table_name(&args.node),
             args,
-            objects: vec![BTreeMap::new(); KINDS.len()],
-            listed: vec![false; KINDS.len()],
+            objects: vec![Reflector::default(); KINDS.len()],
             sync_pending: false,
             applied: None,
-            informers,
+            _informers: informers,
             userspace: Default::default(),
         })
     }
 
     async fn handle(&self, myself: ActorRef<ProxyMsg>, msg: ProxyMsg, state: &mut ProxyState) -> Result<(), ActorProcessingErr> {
         match msg {
-            ProxyMsg::Replace(i, items) => {
-                state.objects[i] = items.into_iter().map(|o| (key(&o), o)).collect();
-                state.listed[i] = true;
-                state.schedule(&myself);
-            }
-            ProxyMsg::Event(i, ev) => {
-                let k = key(&ev.object);
-                if ev.kind == "DELETED" {
-                    state.objects[i].remove(&k);
-                } else {
-                    state.objects[i].insert(k, ev.object);
-                }
+            ProxyMsg::Watched(i, watched) => {
+                state.objects[i].apply(watched);
                 state.schedule(&myself);
             }
             ProxyMsg::Sync => {
@@ -261,9 +191,6 @@ impl Actor for ProxyActor {
     }
 
     async fn post_stop(&self, _myself: ActorRef<ProxyMsg>, state: &mut ProxyState) -> Result<(), ActorProcessingErr> {
-        for t in &state.informers {
-            t.abort();
-        }
         // A node that leaves takes its rules along, so nothing steers
         // traffic to pods that are no longer looked after.
         if state.args.mode == ProxyMode::Nftables {
