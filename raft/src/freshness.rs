@@ -62,7 +62,18 @@ impl Freshness {
         if self.stale_for_ms() <= self.stale_after_ms {
             return Ok(());
         }
-        if self.raft.metrics().borrow().state == ServerState::Leader {
+        let (leader, alone) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (m.state == ServerState::Leader, m.membership_config.membership().voter_ids().all(|v| v == self.id))
+        };
+        // The only voter cannot be deposed: nobody else could be elected,
+        // so its word is current however busy it is.
+        if leader && alone {
+            self.mark();
+            return Ok(());
+        }
+        if leader {
             let _one = self.confirming.lock().await;
             if self.stale_for_ms() <= self.stale_after_ms {
                 return Ok(());

@@ -88,6 +88,22 @@ pub struct SessionTable {
     clock_ms: u64,
     /// Clients changed or removed since [`SessionTable::take_dirty`].
     dirty: BTreeSet<ClientId>,
+    /// Results recorded since then, by client: only these are written, so
+    /// a write costs its own result, not every result the client holds.
+    fresh: BTreeMap<ClientId, Vec<u64>>,
+    /// Results forgotten since then, by client (point deletes: a range
+    /// delete per write would leave the store a tombstone per write).
+    dropped: BTreeMap<ClientId, Vec<u64>>,
+}
+
+/// What changed of one client since the last [`SessionTable::take_dirty`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionChange {
+    /// The client's header (`ack_below`, `last_active_ms`, no results),
+    /// its results recorded since, and those forgotten since.
+    Put { client: ClientId, header: ClientRecord, fresh: Vec<(u64, CommandResult)>, dropped: Vec<u64> },
+    /// The client is forgotten, with all its results.
+    Forget { client: ClientId },
 }
 
 impl SessionTable {
@@ -159,13 +175,20 @@ impl SessionTable {
         // one, must not lower it.
         record.ack_below = record.ack_below.max(session.ack_below);
         let ack = record.ack_below;
-        record.results.retain(|seq, _| *seq >= ack);
+        let acked: Vec<u64> = record.results.range(..ack).map(|(seq, _)| *seq).collect();
+        let dropped = self.dropped.entry(session.client).or_default();
+        for seq in acked {
+            record.results.remove(&seq);
+            dropped.push(seq);
+        }
         if session.seq >= record.ack_below {
             record.results.insert(session.seq, result.clone());
+            self.fresh.entry(session.client).or_default().push(session.seq);
         }
         while record.results.len() > limits.results_per_client_max {
             if let Some((oldest, _)) = record.results.pop_first() {
                 record.ack_below = record.ack_below.max(oldest + 1);
+                dropped.push(oldest);
             }
         }
         self.by_activity.insert((record.last_active_ms, session.client));
@@ -194,14 +217,33 @@ impl SessionTable {
     fn forget(&mut self, active: u64, client: ClientId) {
         self.by_activity.remove(&(active, client));
         self.clients.remove(&client);
+        self.fresh.remove(&client);
+        self.dropped.remove(&client);
         self.dirty.insert(client);
     }
 
-    /// The clients changed since the last call: `Some(record)` to write,
-    /// `None` to delete.
-    pub fn take_dirty(&mut self) -> Vec<(ClientId, Option<ClientRecord>)> {
+    /// What changed since the last call, client by client.
+    pub fn take_dirty(&mut self) -> Vec<SessionChange> {
         let dirty = std::mem::take(&mut self.dirty);
-        dirty.into_iter().map(|c| (c, self.clients.get(&c).cloned())).collect()
+        let mut fresh = std::mem::take(&mut self.fresh);
+        let mut dropped = std::mem::take(&mut self.dropped);
+        dirty
+            .into_iter()
+            .map(|client| match self.clients.get(&client) {
+                None => SessionChange::Forget { client },
+                Some(r) => {
+                    let header = ClientRecord { ack_below: r.ack_below, last_active_ms: r.last_active_ms, results: BTreeMap::new() };
+                    let fresh = fresh
+                        .remove(&client)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|seq| r.results.get(&seq).map(|res| (seq, res.clone())))
+                        .collect();
+                    let dropped = dropped.remove(&client).unwrap_or_default();
+                    SessionChange::Put { client, header, fresh, dropped }
+                }
+            })
+            .collect()
     }
 }
 
@@ -340,8 +382,23 @@ mod tests {
         assert!(t.get(2).is_some());
         assert!(matches!(t.check(&s(2, 1, 1), 1090, &limits), Decision::Refuse(_)), "stamped 60 ms before the clock");
         let dirty = t.take_dirty();
-        assert_eq!(dirty, vec![(1, None), (2, Some(t.get(2).unwrap().clone()))]);
+        let header = ClientRecord { ack_below: 1, last_active_ms: 1080, results: BTreeMap::new() };
+        assert_eq!(
+            dirty,
+            vec![
+                SessionChange::Forget { client: 1 },
+                SessionChange::Put { client: 2, header, fresh: vec![(1, result(2))], dropped: vec![] }
+            ]
+        );
         assert!(t.take_dirty().is_empty());
+        // A later write carries only its own result, not the ones before.
+        t.record(&s(2, 2, 1), 1100, &result(3), &limits);
+        let header = ClientRecord { ack_below: 1, last_active_ms: 1150, results: BTreeMap::new() };
+        assert_eq!(t.take_dirty(), vec![SessionChange::Put { client: 2, header, fresh: vec![(2, result(3))], dropped: vec![] }]);
+        // Acknowledging forgets the older results one by one.
+        t.record(&s(2, 3, 3), 1150, &result(4), &limits);
+        let header = ClientRecord { ack_below: 3, last_active_ms: 1150, results: BTreeMap::new() };
+        assert_eq!(t.take_dirty(), vec![SessionChange::Put { client: 2, header, fresh: vec![(3, result(4))], dropped: vec![1, 2] }]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::db::{cf, history_key, history_key_revision, Db, CF_HISTORY, CF_KV, CF_SESSIONS, CF_SM_META};
 use crate::kv_apply::{apply_command, auto_compact, KvFault, KvState};
-use crate::session::{ClientId, ClientRecord, Decision, SessionLimits, SessionTable};
+use crate::session::{ClientId, ClientRecord, Decision, SessionChange, SessionLimits, SessionTable};
 use crate::snapshot_file::{seal, unseal};
 use crate::types::{CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig};
 use crate::watch::{WatchBatch, WatchHub};
@@ -47,8 +47,75 @@ pub struct SnapshotPayload {
     pub sessions: Vec<(ClientId, ClientRecord)>,
 }
 
+/// A client's header (`ack_below`, `last_active_ms`): its id, 16 bytes.
 fn session_key(client: ClientId) -> [u8; 16] {
     client.to_be_bytes()
+}
+
+/// One remembered result: the client's id, then the request's number. Each
+/// result has a key of its own, so a write stores its own result only, not
+/// every result its client still holds (that made each write cost as much
+/// as all the client's unacknowledged ones).
+fn session_result_key(client: ClientId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&client.to_be_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Past every key of `client`.
+fn session_end_key(client: ClientId) -> Vec<u8> {
+    match client.checked_add(1) {
+        Some(next) => next.to_be_bytes().to_vec(),
+        None => vec![0xff; 25],
+    }
+}
+
+/// One entry of a RocksDB iterator.
+type DbItem = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
+/// Reads the sessions column: headers (16-byte keys; older data dirs keep
+/// results inside them) and results (24-byte keys).
+fn read_sessions(items: impl Iterator<Item = DbItem>) -> Result<Vec<(ClientId, ClientRecord)>, String> {
+    let mut records: BTreeMap<ClientId, ClientRecord> = BTreeMap::new();
+    for item in items {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        match k.len() {
+            16 => {
+                let client = u128::from_be_bytes(k.as_ref().try_into().map_err(|_| "session key".to_string())?);
+                let header: ClientRecord = decode(&v).map_err(|e| format!("session record: {e}"))?;
+                let record = records.entry(client).or_default();
+                record.ack_below = header.ack_below;
+                record.last_active_ms = header.last_active_ms;
+                record.results.extend(header.results);
+            }
+            24 => {
+                let client = u128::from_be_bytes(k[..16].try_into().map_err(|_| "session result key".to_string())?);
+                let seq = u64::from_be_bytes(k[16..].try_into().map_err(|_| "session result key".to_string())?);
+                let result: CommandResult = decode(&v).map_err(|e| format!("session result: {e}"))?;
+                records.entry(client).or_default().results.insert(seq, result);
+            }
+            n => return Err(format!("session key of {n} bytes (expected 16 or 24)")),
+        }
+    }
+    let mut out: Vec<(ClientId, ClientRecord)> = records.into_iter().collect();
+    for (_, r) in &mut out {
+        let ack = r.ack_below;
+        r.results.retain(|seq, _| *seq >= ack);
+    }
+    Ok(out)
+}
+
+/// Writes whole records (a snapshot's) in the column's layout.
+fn put_sessions(batch: &mut WriteBatch, sessions_cf: &rocksdb::ColumnFamily, records: &[(ClientId, ClientRecord)]) -> StoreResult<()> {
+    for (client, record) in records {
+        let header = ClientRecord { ack_below: record.ack_below, last_active_ms: record.last_active_ms, results: BTreeMap::new() };
+        batch.put_cf(sessions_cf, session_key(*client), encode(&header).map_err(sm_write_err)?);
+        for (seq, result) in &record.results {
+            batch.put_cf(sessions_cf, session_result_key(*client, *seq), encode(result).map_err(sm_write_err)?);
+        }
+    }
+    Ok(())
 }
 
 /// A built snapshot as kept on disk. `data` is a sealed
@@ -99,12 +166,7 @@ impl StateMachine {
             Some(b) => decode(&b).map_err(|e| format!("state machine session clock: {e}"))?,
             None => 0,
         };
-        let mut records = Vec::new();
-        for item in db.iterator_cf(cf(&db, CF_SESSIONS), IteratorMode::Start) {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let client = u128::from_be_bytes(k.as_ref().try_into().map_err(|_| "session key is not 16 bytes".to_string())?);
-            records.push((client, decode::<ClientRecord>(&v).map_err(|e| format!("session record: {e}"))?));
-        }
+        let records = read_sessions(db.iterator_cf(cf(&db, CF_SESSIONS), IteratorMode::Start))?;
         let sessions = SessionTable::from_records(clock_ms, records);
         hub.set_revisions(revs);
         Ok(StateMachine { db, hub, revs, last_applied, membership, snapshot_path, history_retain_revisions, sessions, session_limits })
@@ -117,10 +179,20 @@ impl StateMachine {
         batch.put_cf(meta, KEY_MEMBERSHIP, encode(&self.membership).map_err(sm_write_err)?);
         batch.put_cf(meta, KEY_SESSION_CLOCK, encode(&self.sessions.clock_ms()).map_err(sm_write_err)?);
         let sessions_cf = cf(&self.db, CF_SESSIONS);
-        for (client, record) in self.sessions.take_dirty() {
-            match record {
-                Some(r) => batch.put_cf(sessions_cf, session_key(client), encode(&r).map_err(sm_write_err)?),
-                None => batch.delete_cf(sessions_cf, session_key(client)),
+        for change in self.sessions.take_dirty() {
+            match change {
+                SessionChange::Put { client, header, fresh, dropped } => {
+                    batch.put_cf(sessions_cf, session_key(client), encode(&header).map_err(sm_write_err)?);
+                    for seq in dropped {
+                        batch.delete_cf(sessions_cf, session_result_key(client, seq));
+                    }
+                    for (seq, result) in fresh {
+                        batch.put_cf(sessions_cf, session_result_key(client, seq), encode(&result).map_err(sm_write_err)?);
+                    }
+                }
+                SessionChange::Forget { client } => {
+                    batch.delete_range_cf(sessions_cf, session_key(client).to_vec(), session_end_key(client));
+                }
             }
         }
         Ok(())
@@ -295,9 +367,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         batch.delete_range_cf(kv_cf, Vec::<u8>::new(), vec![0xffu8; 8192]);
         batch.delete_range_cf(hist_cf, history_key(0, 0), history_key(u64::MAX, u32::MAX));
         batch.delete_range_cf(sessions_cf, vec![0u8; 16], vec![0xffu8; 17]);
-        for (client, record) in &payload.sessions {
-            batch.put_cf(sessions_cf, session_key(*client), encode(record).map_err(sm_write_err)?);
-        }
+        put_sessions(&mut batch, sessions_cf, &payload.sessions)?;
         self.sessions = SessionTable::from_records(payload.session_clock_ms, payload.sessions.clone());
         for kv in &payload.kvs {
             batch.put_cf(kv_cf, &kv.key, encode(kv).map_err(sm_write_err)?);
@@ -376,12 +446,7 @@ pub fn read_payload(db: &DB) -> StoreResult<PayloadAt> {
         history.push((rev, idx, decode(&v).map_err(sm_read_err)?));
     }
     let session_clock_ms: u64 = meta_get(KEY_SESSION_CLOCK)?.map(|b| decode(&b)).transpose().map_err(sm_read_err)?.unwrap_or(0);
-    let mut sessions = Vec::new();
-    for item in snap.iterator_cf(cf(db, CF_SESSIONS), IteratorMode::Start) {
-        let (k, v) = item.map_err(sm_read_err)?;
-        let client = u128::from_be_bytes(k.as_ref().try_into().map_err(sm_read_err)?);
-        sessions.push((client, decode(&v).map_err(sm_read_err)?));
-    }
+    let sessions = read_sessions(snap.iterator_cf(cf(db, CF_SESSIONS), IteratorMode::Start)).map_err(sm_read_err)?;
     Ok((SnapshotPayload { revs, kvs, history, session_clock_ms, sessions }, last_applied, membership))
 }
 
@@ -523,5 +588,50 @@ impl StoreReader {
             scanned_to = revs.revision.max(scanned_to);
         }
         Ok((events, scanned_to))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(revision: u64) -> CommandResult {
+        CommandResult { revision, outcome: Outcome::Put { prev: None } }
+    }
+
+    fn item(k: &[u8], v: Vec<u8>) -> DbItem {
+        Ok((k.to_vec().into_boxed_slice(), v.into_boxed_slice()))
+    }
+
+    #[test]
+    fn sessions_are_read_from_headers_and_result_keys_and_from_the_older_layout() {
+        let header = ClientRecord { ack_below: 3, last_active_ms: 50, results: BTreeMap::new() };
+        let older = ClientRecord { ack_below: 1, last_active_ms: 60, results: BTreeMap::from([(1, result(10)), (2, result(11))]) };
+        let items = vec![
+            item(&session_key(7), encode(&header).unwrap()),
+            // Below the mark: left over from before an acknowledgement.
+            item(&session_result_key(7, 2), encode(&result(20)).unwrap()),
+            item(&session_result_key(7, 3), encode(&result(21)).unwrap()),
+            item(&session_result_key(7, 4), encode(&result(22)).unwrap()),
+            // A data dir written before results had keys of their own.
+            item(&session_key(9), encode(&older).unwrap()),
+        ];
+        let records = read_sessions(items.into_iter()).unwrap();
+        assert_eq!(
+            records,
+            vec![
+                (7, ClientRecord { ack_below: 3, last_active_ms: 50, results: BTreeMap::from([(3, result(21)), (4, result(22))]) }),
+                (9, older),
+            ]
+        );
+        assert!(read_sessions(vec![item(&[1, 2, 3], vec![])].into_iter()).unwrap_err().contains("3 bytes"));
+    }
+
+    #[test]
+    fn a_client_s_keys_sort_between_its_header_and_the_next_client() {
+        assert!(session_key(7).as_slice() < session_result_key(7, 0).as_slice());
+        assert!(session_result_key(7, u64::MAX).as_slice() < session_end_key(7).as_slice());
+        assert!(session_end_key(7).as_slice() <= session_key(8).as_slice());
+        assert!(session_result_key(u128::MAX, u64::MAX).as_slice() < session_end_key(u128::MAX).as_slice());
     }
 }
