@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use flotilla_actors::model::resources::lookup;
 use flotilla_actors::runtime::process::rss_bytes;
+use flotilla_actors::watcher::{Backoff, RegistrySource, Watched, Watcher};
 use serde_json::{json, Value};
 
 use crate::sim_cluster::{NodeShape, SimCluster};
@@ -79,9 +80,9 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     );
 
     let pods_res = lookup("pods").expect("pods are served");
-    let (_, rv, _) =
-        registry.list(pods_res, Some("default"), &Default::default(), &Default::default(), 0, None).await.map_err(|e| e.to_string())?;
-    let mut watch = registry.watch(pods_res, Some("default"), rv).map_err(|e| e.to_string())?;
+    // The benchmark follows pods as any follower does: a busy store may end
+    // a watch, and the watcher resumes it from where it was.
+    let mut watch = Watcher::new(RegistrySource { registry: registry.clone(), res: pods_res }, Backoff::default());
     let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -130,14 +131,18 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     while running < args.pods {
         tokio::select! {
             Some((i, t)) = created_rx.recv() => created[i] = Some(t),
-            batch = watch.next() => {
-                for ev in batch.map_err(|e| e.to_string())? {
-                    let Some(i) = ev.object.pointer("/metadata/name").and_then(Value::as_str)
+            watched = watch.next() => {
+                let objects = match watched {
+                    Watched::Restarted { objects, .. } => objects,
+                    Watched::Changes { events, .. } => events.into_iter().map(|e| e.object).collect(),
+                };
+                for object in objects {
+                    let Some(i) = object.pointer("/metadata/name").and_then(Value::as_str)
                         .and_then(|n| n.strip_prefix("bench-")).and_then(|n| n.parse::<usize>().ok()).filter(|i| *i < args.pods) else { continue };
-                    if ev.object.pointer("/spec/nodeName").and_then(Value::as_str).is_some() {
+                    if object.pointer("/spec/nodeName").and_then(Value::as_str).is_some() {
                         bound.insert(i);
                     }
-                    if running_at[i].is_none() && ev.object.pointer("/status/phase").and_then(Value::as_str) == Some("Running") {
+                    if running_at[i].is_none() && object.pointer("/status/phase").and_then(Value::as_str) == Some("Running") {
                         running_at[i] = Some(Instant::now());
                         running += 1;
                     }

@@ -17,7 +17,9 @@
 //!
 //! Silence beyond the threshold makes a node Suspect; it is Lost only
 //! after a further clean tick (one that came on time, with no mass
-//! silence) still finds it silent. No threshold exceeds `grace_max`, so a
+//! silence, and with nine in ten of the unsuspected nodes heard within two
+//! periods) still finds it silent. No threshold exceeds `grace_max`, and a
+//! suspect silent for longer than that is judged even on a poor path, so a
 //! dead node is always caught.
 
 use std::collections::BTreeMap;
@@ -31,6 +33,13 @@ pub const BEATS_MISSED_MAX: u32 = 5;
 pub const MEDIAN_SILENCE_FACTOR: u32 = 3;
 /// A tick this many periods after the last one means the leader stalled.
 const STALL_PERIODS: u32 = 2;
+/// A node that beat within this many periods counts as heard just now.
+const FRESH_PERIODS: u32 = 2;
+/// The path is working when at least this share (per mille) of the nodes
+/// not under suspicion were heard just now.
+const PATH_HEALTHY_PER_MILLE: usize = 900;
+/// ... unless fewer than this many are unheard.
+const PATH_POOR_NODES_MIN: usize = 2;
 
 /// The detector's settings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,11 +132,13 @@ pub struct NodeHealth {
     /// Total time the leader was seen not running its ticks.
     stalled: Duration,
     mass: Option<(usize, usize)>,
+    /// The last tick at which the heartbeat path looked poor.
+    path_poor_at: Option<Mono>,
 }
 
 impl NodeHealth {
     pub fn new(settings: HealthSettings) -> Self {
-        NodeHealth { settings, nodes: BTreeMap::new(), last_tick: None, stalled: Duration::ZERO, mass: None }
+        NodeHealth { settings, nodes: BTreeMap::new(), last_tick: None, stalled: Duration::ZERO, mass: None, path_poor_at: None }
     }
 
     /// How long the leader has been seen stalled in all.
@@ -225,6 +236,26 @@ impl NodeHealth {
             out.push(NodeCommand::MassSilence(mass));
         }
         self.mass = mass;
+        // The path itself: when one node in ten of those not suspected has
+        // gone unheard for two periods, beats are being held up somewhere
+        // (a busy process, a blocked thread) and silence proves little.
+        let fresh_limit = s.period.saturating_mul(FRESH_PERIODS);
+        let (mut unsuspected, mut fresh) = (0usize, 0usize);
+        for t in &candidates {
+            if matches!(t.phase, Phase::Live) {
+                unsuspected += 1;
+                fresh += usize::from(self.silence(t, now) <= fresh_limit);
+            }
+        }
+        // One node going quiet is that node's business (it may be dying);
+        // the path is in doubt only when several are.
+        let unheard = unsuspected - fresh;
+        if unheard >= PATH_POOR_NODES_MIN && fresh * 1000 < unsuspected * PATH_HEALTHY_PER_MILLE {
+            self.path_poor_at = Some(now);
+        }
+        // Beats held up come through in bursts: the path must have been
+        // working for a whole grace period, not just this tick.
+        let path_ok = self.path_poor_at.is_none_or(|at| now.saturating_sub(at) > s.grace);
         let judging = clean && mass.is_none();
 
         let names: Vec<String> = self.nodes.keys().cloned().collect();
@@ -250,7 +281,7 @@ impl NodeHealth {
                 Phase::Suspect { since, clean_ticks } => {
                     if silence <= threshold {
                         t.phase = Phase::Live;
-                    } else if judging && !t.busy {
+                    } else if judging && !t.busy && (path_ok || silence > s.grace_max) {
                         let clean_ticks = clean_ticks + 1;
                         t.phase = Phase::Suspect { since, clean_ticks };
                         if clean_ticks >= s.confirm_ticks {
@@ -549,5 +580,24 @@ mod tests {
         assert_eq!(run.writes(ready), vec![at(200, "b"), at(1_200, "b"), at(2_200, "b")]);
         assert_eq!(run.writes(evict), vec![]);
         assert!(!run.health.is_lost("b"));
+    }
+
+    #[test]
+    fn while_beats_are_held_up_for_many_nodes_a_late_one_is_not_judged_until_grace_max() {
+        let nodes: Vec<String> = (0..20).map(|i| format!("n{i:02}")).collect();
+        let mut run = Run::with_nodes(&nodes.iter().map(String::as_str).collect::<Vec<_>>());
+        run.go(0, 4_000, |_, _| true);
+        // A blocked thread holds up the beats of a quarter of the nodes
+        // for a while (n00 longest); the others beat on time.
+        run.go(4_200, 6_600, |n, now| match n {
+            "n00" => false,
+            "n01" | "n02" | "n03" | "n04" => now % 1_200 == 0,
+            _ => true,
+        });
+        assert_eq!(run.writes(not_ready), vec![], "no judgement while the path holds beats up");
+        // The path recovers but n00 stays silent: it is judged once the path
+        // has worked for a whole grace period.
+        run.go(6_800, 8_400, |n, _| n != "n00");
+        assert_eq!(run.writes(not_ready), vec![at(7_800, "n00")]);
     }
 }
