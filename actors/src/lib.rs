@@ -3,6 +3,7 @@
 //! the replicated store with admission and optimistic concurrency.
 
 pub mod agent;
+pub mod backoff;
 pub mod clock;
 pub mod leader;
 pub mod model;

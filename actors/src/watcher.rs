@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+pub use crate::backoff::Backoff;
 use crate::model::object;
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
@@ -58,26 +59,6 @@ pub enum Watched {
     Restarted { objects: Vec<Value>, revision: u64 },
     /// Changes, in order, and the revision they bring the follower to.
     Changes { events: Vec<WatchEvent>, revision: u64 },
-}
-
-/// The back-off between failed tries: doubling from `first` to `max`,
-/// back to `first` after a success.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff { first: Duration::from_millis(100), max: Duration::from_secs(5) }
-    }
-}
-
-impl Backoff {
-    pub fn delay(&self, failures: u32) -> Duration {
-        self.first.saturating_mul(1u32 << failures.saturating_sub(1).min(16)).min(self.max)
-    }
 }
 
 /// Where a watcher is.
@@ -158,7 +139,7 @@ impl WatchPlan {
                 self.position = self.after_wait;
                 // A watch that ends after delivering (a server going away)
                 // is resumed at once the first time.
-                return WatchAction::Wait(self.backoff.delay(self.failures));
+                return WatchAction::Wait(self.backoff.delay(self.failures - 1));
             }
             Outcome::Waited => self.position = self.after_wait,
         }

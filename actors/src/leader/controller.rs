@@ -147,31 +147,12 @@ impl Actor for ControllerActor {
     }
 }
 
-/// Capped exponential backoff for restarting failed children.
-#[derive(Debug, Clone, Copy)]
-pub struct RestartBackoff {
-    pub first: Duration,
-    pub max: Duration,
-}
-
-impl RestartBackoff {
-    /// The delay before restart number `attempt` (0-based).
-    pub fn delay(&self, attempt: u32) -> Duration {
-        self.first.saturating_mul(1u32 << attempt.min(16)).min(self.max)
-    }
-}
+/// Restarting failed children waits by the shared back-off.
+pub type RestartBackoff = crate::backoff::Backoff;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn restart_backoff_doubles_and_caps() {
-        let b = RestartBackoff { first: Duration::from_millis(100), max: Duration::from_secs(5) };
-        let delays: Vec<u64> = (0..8).map(|a| b.delay(a).as_millis() as u64).collect();
-        assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 5000, 5000]);
-        assert_eq!(b.delay(40), Duration::from_secs(5));
-    }
 
     #[test]
     fn a_pass_remembers_its_latest_pod_write() {
