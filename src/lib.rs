@@ -21,6 +21,7 @@ pub mod cmd_get;
 pub mod cmd_logs;
 pub mod cmd_rollout;
 pub mod cmd_server;
+pub mod cmd_sim;
 pub mod cmd_store;
 pub mod cmd_up;
 pub mod kubelet_api;

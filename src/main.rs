@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use flotilla::{
     bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
-    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs, cmd_rollout, cmd_server, cmd_store, cmd_up,
+    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_up,
 };
 
 #[derive(Parser)]
@@ -111,6 +111,9 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run the control plane in deterministic simulation from a seed, under
+    /// faults, checking its invariants.
+    Sim(cmd_sim::SimArgs),
     /// List events (newest last).
     Events {
         #[command(flatten)]
@@ -147,10 +150,12 @@ enum BenchCommand {
     HttpBackend(bench_service::HttpBackendArgs),
 }
 
-fn init_logging() {
+fn init_logging(quiet: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FLOTILLA_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("warn,flotilla=info,flotilla_raft=info,flotilla_actors=info,hickory_server=warn"));
+    // A simulation's story is its trace; the deciders' logs would drown it.
+    let default =
+        if quiet { "warn,flotilla_actors=error" } else { "warn,flotilla=info,flotilla_raft=info,flotilla_actors=info,hickory_server=warn" };
+    let filter = EnvFilter::try_from_env("FLOTILLA_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
 }
 
@@ -186,6 +191,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Bench(BenchCommand::Service(args)) => bench_service::run(args, cli.server.clone()).await,
         Command::Bench(BenchCommand::HttpBackend(args)) => bench_service::http_backend(args).await,
         Command::Chaos(command) => cmd_chaos::run(&client()?, command).await,
+        Command::Sim(args) => cmd_sim::run(args),
         Command::Rollout(command) => cmd_rollout::run(&client()?, command).await,
         Command::Events { ref ns, all_namespaces, watch } => cmd_get::events(&client()?, ns.namespace.clone(), all_namespaces, watch).await,
     }
@@ -193,7 +199,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Sim(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -10,6 +10,7 @@ pub mod model;
 pub mod network;
 pub mod registry;
 pub mod runtime;
+pub mod sim;
 pub mod tasks;
 pub mod watcher;
 

@@ -30,7 +30,7 @@ use crate::watcher::{Backoff, RegistrySource, Watched, Watcher};
 const RELIST_DELAY: Duration = Duration::from_millis(200);
 
 /// The kinds the cache holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Pods,
     Nodes,
@@ -156,8 +156,10 @@ fn counted_on(p: &PodView) -> Option<&str> {
 pub struct Dirty {
     pub replicasets: HashSet<String>,
     pub deployments: HashSet<String>,
-    /// Namespaces whose services or pods changed (endpoints follow both).
-    pub service_namespaces: HashSet<String>,
+    /// Services (namespace/name) whose selected pods, spec or Endpoints
+    /// changed: a pod's change marks only the Services whose selector
+    /// matches it, before or after.
+    pub services: HashSet<String>,
 }
 
 /// The cached objects. Keys are `namespace/name` (or `name` for nodes).
@@ -189,12 +191,23 @@ pub struct CacheState {
     pub dirty: Dirty,
 }
 
+/// What of a pod an Endpoints object shows.
+#[allow(clippy::type_complexity)]
+fn endpoint_fields(
+    p: &PodView,
+) -> (&str, &BTreeMap<String, String>, &Option<String>, &Option<String>, bool, bool, &[(Option<String>, i64, String)]) {
+    (&p.uid, &p.labels, &p.pod_ip, &p.node, p.ready, p.terminating, &p.ports)
+}
+
 fn take<'a>(dirty: &mut HashSet<String>, all: impl Iterator<Item = &'a String>, resync: bool) -> Vec<String> {
     if resync {
         dirty.clear();
         all.cloned().collect()
     } else {
-        dirty.drain().collect()
+        // Sorted, so a pass decides in the same order from the same state.
+        let mut keys: Vec<String> = dirty.drain().collect();
+        keys.sort_unstable();
+        keys
     }
 }
 
@@ -228,6 +241,11 @@ impl CacheState {
         self.synced.len() == Kind::ALL.len()
     }
 
+    /// Records that `kind` has been seen up to `revision`.
+    pub fn seen(&mut self, kind: Kind, revision: u64) {
+        self.revisions.insert(kind, revision);
+    }
+
     pub fn revision(&self, kind: Kind) -> u64 {
         self.revisions.get(&kind).copied().unwrap_or(0)
     }
@@ -243,12 +261,22 @@ impl CacheState {
         take(&mut self.dirty.deployments, self.deployments.keys(), resync)
     }
 
-    /// The namespaces whose endpoints a pass looks at: every namespace with
-    /// services or endpoints on resync, else those changed.
-    pub fn take_service_namespaces(&mut self, resync: bool) -> Vec<String> {
-        let all: HashSet<String> =
-            self.services.values().chain(self.endpoints.values()).filter_map(|o| object::namespace(o).map(String::from)).collect();
-        take(&mut self.dirty.service_namespaces, all.iter(), resync)
+    /// The Services (namespace/name) whose Endpoints a pass looks at: all
+    /// with a Service or an Endpoints on resync, else those marked.
+    pub fn take_services(&mut self, resync: bool) -> Vec<String> {
+        let all: BTreeSet<String> = self.services.keys().chain(self.endpoints.keys()).cloned().collect();
+        take(&mut self.dirty.services, all.iter(), resync)
+    }
+
+    /// Marks the Services of `namespace` that select a pod with `labels`.
+    fn mark_services_selecting(&mut self, namespace: &str, labels: &BTreeMap<String, String>) {
+        let prefix = format!("{namespace}/");
+        for (key, svc) in self.services.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
+            let selects = super::endpoints::selector(svc).is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            if selects {
+                self.dirty.services.insert(key.clone());
+            }
+        }
     }
 
     /// Whether an owner of one of the cached kinds exists, by uid.
@@ -290,6 +318,12 @@ impl CacheState {
     }
 
     fn remove_pod(&mut self, key: &str) {
+        self.take_pod(key, true);
+    }
+
+    /// Removes a pod from the indexes; `mark` marks the Services that
+    /// selected it.
+    fn take_pod(&mut self, key: &str, mark: bool) {
         let Some(old) = self.pods.remove(key) else { return };
         if let Some(o) = &old.owner_uid {
             if let Some(set) = self.pods_by_owner.get_mut(o) {
@@ -309,7 +343,9 @@ impl CacheState {
             }
         }
         self.pending.remove(key);
-        self.dirty.service_namespaces.insert(old.namespace);
+        if mark {
+            self.mark_services_selecting(&old.namespace, &old.labels);
+        }
     }
 
     fn put_pod(&mut self, pod: &Value) {
@@ -329,7 +365,10 @@ impl CacheState {
         if !view.is_active() && self.pods.get(&key).is_some_and(|p| p.is_active()) {
             self.released_pods += 1;
         }
-        self.remove_pod(&key);
+        // Most pod writes (a restart count, a phase) change nothing an
+        // Endpoints shows: those wake no Service.
+        let seen_by_services = self.pods.get(&key).is_none_or(|old| endpoint_fields(old) != endpoint_fields(&view));
+        self.take_pod(&key, seen_by_services);
         if let Some(o) = &view.owner_uid {
             self.pods_by_owner.entry(o.clone()).or_default().insert(key.clone());
             let o = o.clone();
@@ -344,7 +383,9 @@ impl CacheState {
             }
             None => {}
         }
-        self.dirty.service_namespaces.insert(view.namespace.clone());
+        if seen_by_services {
+            self.mark_services_selecting(&view.namespace, &view.labels);
+        }
         self.pods.insert(key, view);
     }
 
@@ -354,7 +395,8 @@ impl CacheState {
         }
     }
 
-    fn apply(&mut self, kind: Kind, ev: &WatchEvent) {
+    /// Takes in one watched change.
+    pub fn apply(&mut self, kind: Kind, ev: &WatchEvent) {
         let key = key_of(&ev.object);
         let deleted = ev.kind == WatchEventKind::Deleted;
         match kind {
@@ -390,7 +432,7 @@ impl CacheState {
                 put_or_remove(&mut self.deployments, key, &ev.object, deleted);
             }
             Kind::Services | Kind::Endpoints => {
-                self.dirty.service_namespaces.insert(object::namespace(&ev.object).unwrap_or("default").to_string());
+                self.dirty.services.insert(key.clone());
                 let map = if kind == Kind::Services { &mut self.services } else { &mut self.endpoints };
                 put_or_remove(map, key, &ev.object, deleted);
             }
@@ -398,7 +440,7 @@ impl CacheState {
     }
 
     /// Replaces everything of `kind` with a fresh list.
-    fn replace_all(&mut self, kind: Kind, items: Vec<Value>, revision: u64) {
+    pub fn replace_all(&mut self, kind: Kind, items: Vec<Value>, revision: u64) {
         match kind {
             Kind::Pods => {
                 let keys: Vec<String> = self.pods.keys().cloned().collect();
@@ -456,6 +498,11 @@ impl ClusterCache {
         Arc::new(ClusterCache { state, generation, feeds })
     }
 
+    /// The state itself, for a pass that takes its dirty sets and decides.
+    pub fn state(&self) -> &RwLock<CacheState> {
+        &self.state
+    }
+
     pub fn read(&self) -> RwLockReadGuard<'_, CacheState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -505,7 +552,7 @@ async fn feed(registry: Registry, kind: Kind, state: Arc<RwLock<CacheState>>, ge
                     for ev in &events {
                         s.apply(kind, ev);
                     }
-                    s.revisions.insert(kind, revision);
+                    s.seen(kind, revision);
                 }
             }
         }

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::cache::{ClusterCache, Kind};
+use super::cache::{CacheState, ClusterCache};
+use super::command::{Command, Decision, Now, Outcome};
+use super::executor::{execute, ClusterWriter, ExecLimits, Executed};
 use super::settings::LeaderSettings;
-use crate::agent::control_plane::Heartbeats;
+use crate::model::heartbeats::Heartbeats;
+use crate::network::ipam::NetworkPlan;
 use crate::registry::{Registry, RegistryError};
 use crate::tasks::OwnedTask;
 
@@ -30,7 +33,7 @@ pub struct LeaderContext {
 /// Why a reconcile pass failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// A store or admission error the next pass may not hit.
+    /// A store or admission error the retry table says is not a race.
     #[error("{controller}: {source}")]
     Registry {
         controller: &'static str,
@@ -39,37 +42,62 @@ pub enum ControllerError {
     },
 }
 
-/// The result of a pass.
-#[derive(Debug, Default, Clone)]
-pub struct PassOutcome {
-    /// The latest revision the pass wrote, per kind, to wait for (a
-    /// kind's feed only moves when that kind changes).
-    pub wrote: Vec<(Kind, u64)>,
-    /// Work was left for another pass (a batch limit was reached).
-    pub more: bool,
+/// What a step decides from.
+pub struct StepInput<'a> {
+    pub cache: &'a mut CacheState,
+    pub settings: &'a LeaderSettings,
+    /// Look at everything, not only what the cache marked as changed.
+    pub resync: bool,
+    pub now: &'a Now,
+    /// The cluster's address plan (pod subnets come from it).
+    pub network: &'a NetworkPlan,
 }
 
-impl PassOutcome {
-    /// Remembers a write of the pass.
-    pub fn note_write(&mut self, kind: Kind, revision: u64) {
-        match self.wrote.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, r)) => *r = (*r).max(revision),
-            None => self.wrote.push((kind, revision)),
-        }
-    }
-}
-
-/// One controller's decision loop, without the actor plumbing.
-#[async_trait::async_trait]
+/// One controller's decisions, without the actor plumbing or the I/O:
+/// `step` reads the cache and returns the writes to make; the executor
+/// makes them and `feedback` hears how each went.
 pub trait Reconciler: Send + 'static {
     fn name(&self) -> &'static str;
-    /// One pass. `resync` asks to look at everything, not only what the
-    /// cache marked as changed.
-    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError>;
+    /// One pass.
+    fn step(&mut self, input: StepInput<'_>) -> Decision;
+    /// The outcome of each command of the last step, in order.
+    fn feedback(&mut self, _commands: &[Command], _outcomes: &[Outcome]) {}
 }
 
 /// Makes a reconciler; called again on every restart.
 pub type ReconcilerFactory = fn() -> Box<dyn Reconciler>;
+
+/// One pass of `reconciler` against `writer`: step, execute, feed back.
+/// What the server's controller actors and the simulation both run.
+pub async fn run_pass(
+    reconciler: &mut dyn Reconciler,
+    cache: &std::sync::RwLock<CacheState>,
+    writer: &dyn ClusterWriter,
+    settings: &LeaderSettings,
+    network: &NetworkPlan,
+    resync: bool,
+    now: &Now,
+) -> Result<Pass, ControllerError> {
+    let decision = {
+        let mut s = cache.write().unwrap_or_else(|p| p.into_inner());
+        reconciler.step(StepInput { cache: &mut s, settings, resync, now, network })
+    };
+    if decision.commands.is_empty() {
+        return Ok(Pass { commands: vec![], executed: Executed { more: decision.more, ..Executed::default() } });
+    }
+    let mut executed = execute(writer, &decision.commands, ExecLimits::from_settings(settings))
+        .await
+        .map_err(|source| ControllerError::Registry { controller: reconciler.name(), source })?;
+    reconciler.feedback(&decision.commands, &executed.outcomes);
+    executed.more |= decision.more;
+    Ok(Pass { commands: decision.commands, executed })
+}
+
+/// A pass: what it decided and what came of it.
+pub struct Pass {
+    pub commands: Vec<Command>,
+    pub executed: Executed,
+}
 
 pub struct ControllerActor;
 
@@ -134,7 +162,12 @@ impl Actor for ControllerActor {
         let name = state.reconciler.name();
         let span = tracing::debug_span!("reconcile", controller = name, resync);
         let _enter = span.enter();
-        let outcome = state.reconciler.reconcile(&state.ctx, resync).await?;
+        let now = Now::on(state.ctx.clock.as_ref());
+        let ctx = &state.ctx;
+        let outcome =
+            run_pass(state.reconciler.as_mut(), ctx.cache.state(), &ctx.registry, &ctx.settings, ctx.registry.network_plan(), resync, &now)
+                .await?
+                .executed;
         for &(kind, revision) in &outcome.wrote {
             if !state.ctx.cache.wait_for(kind, revision, state.ctx.settings.cache_catch_up()).await {
                 tracing::warn!(controller = name, revision, "the cache did not catch up with our own write in time");
@@ -149,17 +182,3 @@ impl Actor for ControllerActor {
 
 /// Restarting failed children waits by the shared back-off.
 pub type RestartBackoff = crate::backoff::Backoff;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_pass_remembers_its_latest_pod_write() {
-        let mut o = PassOutcome::default();
-        o.note_write(Kind::ReplicaSets, 10);
-        o.note_write(Kind::Pods, 12);
-        o.note_write(Kind::Pods, 11);
-        assert_eq!(o.wrote, vec![(Kind::ReplicaSets, 10), (Kind::Pods, 12)]);
-    }
-}

@@ -5,15 +5,14 @@
 //! orphaned on two resyncs in a row before it is deleted, so an owner the
 //! cache has not listed yet never costs its pods.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 
 use serde_json::Value;
 
 use super::cache::{CacheState, Kind};
-use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
+use super::command::{Command, Decision};
+use super::controller::{Reconciler, StepInput};
 use crate::model::object;
-use crate::model::resources::lookup;
-use crate::registry::{Propagation, RegistryError};
 
 #[derive(Default)]
 pub struct GarbageCollector {
@@ -52,28 +51,26 @@ pub fn orphans(s: &CacheState) -> HashSet<(Kind, String)> {
     out
 }
 
-#[async_trait::async_trait]
 impl Reconciler for GarbageCollector {
     fn name(&self) -> &'static str {
         "garbage-collector"
     }
 
-    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
-        if !resync {
-            return Ok(PassOutcome::default());
+    fn step(&mut self, input: StepInput<'_>) -> Decision {
+        if !input.resync {
+            return Decision::default();
         }
-        let found = orphans(&ctx.cache.read());
-        let confirmed: Vec<(Kind, String)> = found.intersection(&self.suspects).cloned().collect();
+        let found = orphans(input.cache);
+        let confirmed: BTreeSet<&(Kind, String)> = found.intersection(&self.suspects).collect();
+        let commands = confirmed
+            .into_iter()
+            .map(|(kind, key)| {
+                tracing::info!(kind = kind.plural(), object = %key, "deleting an object whose owner is gone");
+                let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
+                Command::Delete { kind: *kind, namespace: Some(ns.to_string()), name: name.to_string() }
+            })
+            .collect();
         self.suspects = found;
-        for (kind, key) in confirmed {
-            let res = lookup(kind.plural()).expect("cached kinds are served");
-            let (ns, name) = key.split_once('/').unwrap_or(("default", key.as_str()));
-            match ctx.registry.delete(res, Some(ns), name, None, Propagation::Background).await {
-                Ok(_) => tracing::info!(kind = kind.plural(), object = %key, "deleted an object whose owner is gone"),
-                Err(RegistryError::NotFound { .. } | RegistryError::Conflict { .. }) => {}
-                Err(e) => return Err(ControllerError::Registry { controller: "garbage-collector", source: e }),
-            }
-        }
-        Ok(PassOutcome::default())
+        Decision { commands, more: false }
     }
 }

@@ -17,7 +17,7 @@ use super::settings::LeaderSettings;
 use super::{
     deployment_controller, endpoints_controller, gc, namespace_controller, node_ipam_controller, replicaset_controller, scheduler,
 };
-use crate::agent::control_plane::Heartbeats;
+use crate::model::heartbeats::Heartbeats;
 use crate::registry::Registry;
 
 /// How often leadership is looked at (well under one election timeout).

@@ -5,9 +5,8 @@
 
 use serde_json::Value;
 
-use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
-use crate::model::resources::lookup;
-use crate::model::selector::Selector;
+use super::command::{Command, Decision};
+use super::controller::{Reconciler, StepInput};
 
 pub struct NamespaceController;
 
@@ -24,29 +23,14 @@ pub fn terminating(namespaces: &[Value]) -> Vec<String> {
         .collect()
 }
 
-#[async_trait::async_trait]
 impl Reconciler for NamespaceController {
     fn name(&self) -> &'static str {
         "namespace-controller"
     }
 
-    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
-        if !resync {
-            return Ok(PassOutcome::default());
-        }
-        let res = lookup("namespaces").expect("namespaces are served");
-        let (items, _, _) = ctx
-            .registry
-            .list(res, None, &Selector::default(), &Selector::default(), 0, None)
-            .await
-            .map_err(|source| ControllerError::Registry { controller: "namespace-controller", source })?;
-        for name in terminating(&items) {
-            match ctx.registry.finish_namespace_delete(&name).await {
-                Ok(()) => tracing::info!(namespace = %name, "finished deleting a namespace"),
-                Err(e) => tracing::warn!(namespace = %name, error = %e, "namespace still Terminating; trying again next resync"),
-            }
-        }
-        Ok(PassOutcome::default())
+    fn step(&mut self, input: StepInput<'_>) -> Decision {
+        // Namespaces are few and not cached: the executor lists them.
+        Decision { commands: if input.resync { vec![Command::FinishNamespaces] } else { vec![] }, more: false }
     }
 }
 

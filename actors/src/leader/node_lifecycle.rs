@@ -10,15 +10,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::task::JoinSet;
 
+use super::cache::{CacheState, Kind};
+use super::command::{Command, Now};
 use super::controller::LeaderContext;
+use super::executor::{run_one, ExecLimits};
 use super::node_health::{HealthSettings, NodeCommand, NodeHealth, NodeInput, NodeObservation};
 use crate::clock::SharedClock;
-use crate::model::object;
-use crate::model::resources::lookup;
-use crate::registry::{set_condition, RegistryError};
+use crate::model::heartbeats::Heartbeats;
 
 /// Whether the node's stored Ready condition is True.
 pub fn node_ready(node: &Value) -> bool {
@@ -27,53 +28,30 @@ pub fn node_ready(node: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-/// Writes the node's Ready condition.
-async fn set_ready(ctx: &LeaderContext, node: &str, ready: bool, message: &str) -> Result<(), RegistryError> {
-    let nodes = lookup("nodes").expect("nodes are served");
-    let (status, reason) = if ready { ("True", "AgentReady") } else { ("Unknown", "NodeStatusUnknown") };
-    let now = object::now();
-    ctx.registry
-        .read_modify_write(
-            nodes,
-            None,
-            node,
-            None,
-            |old| {
-                let mut new = old.clone();
-                let transition = node_ready(old) != ready;
-                let last = old
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"))
-                    .and_then(|c| c.get("lastTransitionTime").cloned());
-                set_condition(
-                    &mut new,
-                    json!({"type": "Ready", "status": status, "reason": reason, "message": message,
-                           "lastHeartbeatTime": now,
-                           "lastTransitionTime": if transition { json!(now) } else { last.unwrap_or(json!(now)) }}),
-                );
-                Ok(new)
-            },
-            Some("status"),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Deletes at once every pod bound to `node` (its agent is gone, so no one
-/// would finish a graceful deletion), in transactions of
-/// `bind_txn_pods_max` pods. Returns how many went.
-pub async fn evict(ctx: &LeaderContext, node: &str) -> usize {
-    let victims: Vec<(String, String)> = ctx.cache.read().pods_on(node).map(|p| (p.namespace.clone(), p.name.clone())).collect();
-    let pods = lookup("pods").expect("pods are served");
-    let mut evicted = 0;
-    for chunk in victims.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
-        match ctx.registry.delete_many_now(pods, chunk).await {
-            Ok(_) => evicted += chunk.len(),
-            Err(e) => tracing::warn!(node, error = %e, "eviction failed; the lost node's actor tries again"),
+/// The store writes one decision of the failure detector comes to, on
+/// the cache as it is now (an eviction takes the pods bound at the time).
+pub fn writes(c: &NodeCommand, cache: &CacheState, now: &Now) -> Vec<Command> {
+    match c {
+        NodeCommand::MarkNotReady { node, message } | NodeCommand::MarkReady { node, message } => {
+            let ready = matches!(c, NodeCommand::MarkReady { .. });
+            vec![Command::SetNodeReady { node: node.clone(), ready, message: message.clone(), at: now.wall.clone() }]
         }
+        NodeCommand::Evict { node } => {
+            let items: Vec<(String, String)> = cache.pods_on(node).map(|p| (p.namespace.clone(), p.name.clone())).collect();
+            if items.is_empty() {
+                vec![]
+            } else {
+                vec![Command::DeleteNow { kind: Kind::Pods, items }]
+            }
+        }
+        NodeCommand::Event { node, warning, reason, message } => match cache.nodes.get(node) {
+            Some(involved) => {
+                vec![Command::Event { involved: involved.clone(), warning: *warning, reason: reason.to_string(), message: message.clone() }]
+            }
+            None => vec![],
+        },
+        NodeCommand::MassSilence(_) => vec![],
     }
-    evicted
 }
 
 pub struct NodeLifecycle;
@@ -113,24 +91,25 @@ pub fn health_settings(s: &super::LeaderSettings) -> HealthSettings {
     }
 }
 
+/// What the failure detector is told of every node: the cache's view and
+/// the node's last heartbeat.
+pub fn observations(cache: &CacheState, heartbeats: &Heartbeats) -> Vec<NodeObservation> {
+    cache
+        .nodes
+        .iter()
+        .map(|(name, node)| NodeObservation {
+            name: name.clone(),
+            stored_ready: node_ready(node),
+            pods_bound: cache.pods_on(name).count(),
+            beat: heartbeats.last(name).map(|b| (b.at, b.interval)),
+        })
+        .collect()
+}
+
 impl NodeLifecycleState {
     fn observe(&self) -> Option<Vec<NodeObservation>> {
         let cache = self.ctx.cache.read();
-        if !cache.synced() {
-            return None;
-        }
-        Some(
-            cache
-                .nodes
-                .iter()
-                .map(|(name, node)| NodeObservation {
-                    name: name.clone(),
-                    stored_ready: node_ready(node),
-                    pods_bound: cache.pods_on(name).count(),
-                    beat: self.ctx.heartbeats.last(name).map(|b| (b.at, b.interval)),
-                })
-                .collect(),
-        )
+        cache.synced().then(|| observations(&cache, &self.ctx.heartbeats))
     }
 
     /// Starts the commands of one step: per node in order, in a task of
@@ -160,36 +139,27 @@ impl NodeLifecycleState {
     }
 }
 
+/// Runs one node's commands in order; a write that fails ends the run
+/// (the detector decides again at its next retry).
 async fn run_commands(ctx: &LeaderContext, node: &str, commands: Vec<NodeCommand>) {
+    let limits = ExecLimits::from_settings(&ctx.settings);
     for c in commands {
-        match c {
-            NodeCommand::MarkNotReady { message, .. } => {
-                tracing::warn!(node, reason = %message, "node lost");
-                if let Err(e) = set_ready(ctx, node, false, &message).await {
-                    tracing::warn!(node, error = %e, "could not mark the node NotReady; trying again");
-                    return;
-                }
+        let planned = writes(&c, &ctx.cache.read(), &Now::on(ctx.clock.as_ref()));
+        for w in &planned {
+            if let Err(e) = run_one(&ctx.registry, w, limits).await {
+                tracing::warn!(node, write = %w.describe(), error = %e, "a node lifecycle write failed; trying again");
+                return;
             }
-            NodeCommand::MarkReady { message, .. } => {
-                if let Err(e) = set_ready(ctx, node, true, &message).await {
-                    tracing::warn!(node, error = %e, "could not mark the node Ready; trying again");
-                    return;
-                }
-                tracing::info!(node, "node is Ready");
-            }
+        }
+        match &c {
+            NodeCommand::MarkNotReady { message, .. } => tracing::warn!(node, reason = %message, "node lost"),
+            NodeCommand::MarkReady { .. } => tracing::info!(node, "node is Ready"),
             NodeCommand::Evict { .. } => {
-                let n = evict(ctx, node).await;
-                if n > 0 {
-                    tracing::info!(node, pods = n, "evicted the pods of a lost node");
+                if let Some(Command::DeleteNow { items, .. }) = planned.first() {
+                    tracing::info!(node, pods = items.len(), "evicted the pods of a lost node");
                 }
             }
-            NodeCommand::Event { warning, reason, message, .. } => {
-                let involved = ctx.cache.read().nodes.get(node).cloned();
-                if let Some(involved) = involved {
-                    ctx.registry.record_event(&involved, if warning { "Warning" } else { "Normal" }, reason, &message).await;
-                }
-            }
-            NodeCommand::MassSilence(_) => {}
+            NodeCommand::Event { .. } | NodeCommand::MassSilence(_) => {}
         }
     }
 }

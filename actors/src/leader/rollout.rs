@@ -250,7 +250,11 @@ pub fn plan(deployment: &Value, sets: &[Value]) -> RolloutPlan {
 /// RollingUpdate: grow the new set within maxSurge, shrink old ones within maxUnavailable. Returns
 /// the replicas of a new set to create, if there is none yet.
 fn rolling(d: &Deployment, sets: &[Set], new: Option<usize>, old: &[usize], targets: &mut [i64]) -> Option<i64> {
-    let all: i64 = targets.iter().sum();
+    // A set counts with the pods it still has when its scale-down has not
+    // reached them yet (its controller is behind, its writes failing):
+    // counting specs alone let the new set grow past maxSurge meanwhile
+    // (found by `flotilla sim --seed 1 --nodes 50 --pods 1000`).
+    let all: i64 = (0..sets.len()).map(|i| targets[i].max(sets[i].replicas)).sum();
     let new_spec = new.map_or(0, |i| targets[i]);
     let max_total = d.replicas + d.max_surge;
     let new_target = if new_spec > d.replicas {

@@ -9,15 +9,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::cache::{CacheState, Kind, PodView};
-use super::controller::{ControllerError, LeaderContext, PassOutcome, Reconciler};
+use super::command::{Command, Decision, Outcome};
+use super::controller::{Reconciler, StepInput};
 use super::placement::{self, node_info, ClusterView, Placement};
 use crate::model::object;
-use crate::model::resources::lookup;
-use crate::registry::{set_condition, RegistryError};
 
 #[derive(Default)]
 pub struct Scheduler {
@@ -39,103 +37,99 @@ pub fn make() -> Box<dyn Reconciler> {
     Box::<Scheduler>::default()
 }
 
-fn err(source: RegistryError) -> ControllerError {
-    ControllerError::Registry { controller: "scheduler", source }
-}
-
-#[async_trait::async_trait]
 impl Reconciler for Scheduler {
     fn name(&self) -> &'static str {
         "scheduler"
     }
 
-    async fn reconcile(&mut self, ctx: &LeaderContext, resync: bool) -> Result<PassOutcome, ControllerError> {
-        let mut outcome = PassOutcome::default();
-        let (batch, mut view, epoch) = {
-            let mut s = ctx.cache.write();
-            if s.pending.is_empty() {
-                self.unschedulable.clear();
-                return Ok(outcome);
-            }
-            // The epoch moves when nodes change or bound pods go away: only
-            // then can a pod that fit nowhere fit somewhere.
-            let epoch = (s.revision(Kind::Nodes), s.released_pods);
-            if resync {
-                self.unschedulable.clear();
-            }
-            self.unschedulable.retain(|k, (_, e)| *e == epoch && s.pending.contains(k));
-            let batch: Vec<PodView> = s
-                .pending
-                .iter()
-                .filter(|k| !self.unschedulable.contains_key(*k))
-                .take(ctx.settings.schedule_batch_max)
-                .filter_map(|k| s.pods.get(k).cloned())
-                .collect();
-            if batch.is_empty() {
-                return Ok(outcome);
-            }
-            let view = self.sync_view(&mut s);
-            outcome.more = s.pending.len() > batch.len() + self.unschedulable.len();
-            (batch, view, epoch)
-        };
+    fn step(&mut self, input: StepInput<'_>) -> Decision {
+        let StepInput { cache: s, settings, resync, now, .. } = input;
+        let mut decision = Decision::default();
+        if s.pending.is_empty() {
+            self.unschedulable.clear();
+            return decision;
+        }
+        // The epoch moves when nodes change or bound pods go away: only
+        // then can a pod that fit nowhere fit somewhere.
+        let epoch = (s.revision(Kind::Nodes), s.released_pods);
+        if resync {
+            self.unschedulable.clear();
+        }
+        self.unschedulable.retain(|k, (_, e)| *e == epoch && s.pending.contains(k));
+        let batch: Vec<PodView> = s
+            .pending
+            .iter()
+            .filter(|k| !self.unschedulable.contains_key(*k))
+            .take(settings.schedule_batch_max)
+            .filter_map(|k| s.pods.get(k).cloned())
+            .collect();
+        if batch.is_empty() {
+            return decision;
+        }
+        let mut view = self.sync_view(s);
+        decision.more = s.pending.len() > batch.len() + self.unschedulable.len();
         let infos: Vec<_> = batch.iter().map(|p| p.info.as_ref().clone()).collect();
         let placements = view.place_batch(&infos);
         let mut binds: Vec<(Arc<Value>, String)> = Vec::new();
-        let mut failed: Vec<(&PodView, String)> = Vec::new();
         for (pod, placement) in batch.iter().zip(placements) {
             match (placement, &pod.object) {
                 (Placement::Bind { node }, Some(obj)) => {
                     self.bound_by_me.insert(pod.key(), node.clone());
                     binds.push((obj.clone(), node));
                 }
-                (Placement::Unschedulable { reason }, _) => failed.push((pod, reason)),
+                (Placement::Unschedulable { reason }, _) => {
+                    let previous = self.unschedulable.insert(pod.key(), (reason.clone(), epoch));
+                    if previous.is_some_and(|(r, _)| r == reason) || already_unschedulable(pod, &reason) {
+                        continue;
+                    }
+                    decision.commands.push(Command::MarkUnschedulable {
+                        namespace: pod.namespace.clone(),
+                        name: pod.name.clone(),
+                        reason,
+                        at: now.wall.clone(),
+                    });
+                }
                 (Placement::Bind { node }, None) => view.release(&pod.info, &node),
             }
         }
-        for chunk in binds.chunks(ctx.settings.bind_txn_pods_max.max(1)) {
-            let pairs: Vec<(&Value, &str)> = chunk.iter().map(|(p, n)| (p.as_ref(), n.as_str())).collect();
-            match ctx.registry.bind_pods(&pairs).await.map_err(err)? {
-                Some(revision) => outcome.note_write(Kind::Pods, revision),
-                None => {
-                    // Something in the chunk moved: bind one by one, and
-                    // leave the ones that changed to the next pass.
-                    let singles = futures::stream::iter(chunk.iter().cloned().map(|(pod, node)| {
-                        let registry = ctx.registry.clone();
-                        async move { registry.bind_pods(&[(pod.as_ref(), node.as_str())]).await }
-                    }))
-                    .buffered(ctx.settings.write_concurrency_max)
-                    .collect::<Vec<_>>()
-                    .await;
-                    for (r, (pod, node)) in singles.into_iter().zip(chunk) {
-                        match r.map_err(err)? {
-                            Some(revision) => outcome.note_write(Kind::Pods, revision),
-                            None => {
-                                // Not bound after all: take it off the view.
-                                let key =
-                                    format!("{}/{}", object::namespace(pod).unwrap_or("default"), object::name(pod).unwrap_or_default());
-                                if self.bound_by_me.remove(&key).is_some() {
-                                    view.release(&placement::pod_info(pod), node);
-                                }
-                            }
-                        }
+        self.view = Some(view);
+        if !binds.is_empty() {
+            decision.commands.insert(0, Command::Bind { pods: binds });
+        }
+        decision
+    }
+
+    fn feedback(&mut self, commands: &[Command], outcomes: &[Outcome]) {
+        for (c, o) in commands.iter().zip(outcomes) {
+            let Command::Bind { pods } = c else { continue };
+            // A bind that did not happen (the pod moved; the pass failed)
+            // comes off the view; the next pass sees the pod again.
+            let bound: &[bool] = match o {
+                Outcome::Bound(b) => b,
+                _ => &[],
+            };
+            for (i, (pod, node)) in pods.iter().enumerate() {
+                if bound.get(i) == Some(&true) {
+                    continue;
+                }
+                let key = format!("{}/{}", object::namespace(pod).unwrap_or("default"), object::name(pod).unwrap_or_default());
+                if self.bound_by_me.remove(&key).is_some() {
+                    if let Some(view) = self.view.as_mut() {
+                        view.release(&placement::pod_info(pod), node);
                     }
-                    outcome.more = true;
                 }
             }
         }
-        self.view = Some(view);
-        for (pod, reason) in failed {
-            let key = pod.key();
-            let previous = self.unschedulable.insert(key, (reason.clone(), epoch));
-            if previous.is_some_and(|(r, _)| r == reason) {
-                continue;
-            }
-            if let Some(revision) = self.mark_unschedulable(ctx, pod, &reason).await? {
-                outcome.note_write(Kind::Pods, revision);
-            }
-        }
-        Ok(outcome)
     }
+}
+
+/// Whether the pod already says it fits nowhere, for this reason.
+fn already_unschedulable(pod: &PodView, reason: &str) -> bool {
+    pod.object.as_ref().is_none_or(|obj| {
+        obj.pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == reason))
+    })
 }
 
 impl Scheduler {
@@ -186,51 +180,5 @@ impl Scheduler {
             }
         }
         view
-    }
-
-    /// Writes PodScheduled=False with the reason (if it says something
-    /// new) and records a FailedScheduling event.
-    async fn mark_unschedulable(&self, ctx: &LeaderContext, pod: &PodView, reason: &str) -> Result<Option<u64>, ControllerError> {
-        let Some(obj) = &pod.object else { return Ok(None) };
-        let already = obj
-            .pointer("/status/conditions")
-            .and_then(Value::as_array)
-            .is_some_and(|cs| cs.iter().any(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["message"] == reason));
-        if already {
-            return Ok(None);
-        }
-        let pods = lookup("pods").expect("pods are served");
-        let condition = json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": reason,
-                               "lastTransitionTime": object::now()});
-        let written = ctx
-            .registry
-            .read_modify_write(
-                pods,
-                Some(&pod.namespace),
-                &pod.name,
-                None,
-                |old| {
-                    let mut new = old.clone();
-                    if new.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                        return Ok(old.clone());
-                    }
-                    set_condition(&mut new, condition.clone());
-                    if new.pointer("/status/phase").is_none() {
-                        new["status"]["phase"] = json!("Pending");
-                    }
-                    Ok(new)
-                },
-                Some("status"),
-            )
-            .await;
-        match written {
-            Ok(new) => {
-                ctx.registry.record_event(&new, "Warning", "FailedScheduling", reason).await;
-                tracing::info!(pod = %pod.key(), reason, "pod fits on no node");
-                Ok(object::resource_version(&new))
-            }
-            Err(RegistryError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(err(e)),
-        }
     }
 }

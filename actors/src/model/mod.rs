@@ -3,6 +3,7 @@
 //! selectors and quantities as plain functions.
 
 pub mod admission;
+pub mod heartbeats;
 pub mod object;
 pub mod quantity;
 pub mod resources;
