@@ -38,6 +38,8 @@ pub const QUIET_PERIOD: Mono = Mono::from_secs(60);
 /// How much longer than the quiet period convergence may take (a rolling
 /// update of a large Deployment with a surge of one pod takes minutes).
 pub const LIVENESS_GRACE: Mono = Mono::from_secs(120);
+/// Attempts a workload client makes at a create the store refuses.
+const CREATE_TRIES_MAX: usize = 50;
 /// Namespaces the workloads are spread over.
 const NAMESPACES: [&str; 3] = ["default", "shop", "batch"];
 
@@ -395,9 +397,18 @@ impl World {
         let ns = NAMESPACES[self.made as usize % NAMESPACES.len()];
         let name = format!("app-{}", self.made);
         let d = self.deployment(ns, &name, replicas);
-        let created = self.store.create_object(Kind::Deployments, d);
-        let svc = self.store.create_object(Kind::Services, Self::service(ns, &name));
-        self.trace.push(format!("workload: create deployment {ns}/{name} replicas {replicas}: {}", ok(&created.and(svc))));
+        // A client retries a create the store refused for now (a failing
+        // store fails each write independently); a workload that never
+        // got made would otherwise be checked as if it had been.
+        let created = (0..CREATE_TRIES_MAX).map(|_| self.store.create_object(Kind::Deployments, d.clone())).find(Result::is_ok);
+        let svc = (0..CREATE_TRIES_MAX).map(|_| self.store.create_object(Kind::Services, Self::service(ns, &name))).find(Result::is_ok);
+        let made = created.is_some() && svc.is_some();
+        if !made {
+            self.workloads.remove(&format!("{ns}/{name}"));
+            let _ = self.store.delete_object(Kind::Deployments, Some(ns), &name);
+            let _ = self.store.delete_object(Kind::Services, Some(ns), &name);
+        }
+        self.trace.push(format!("workload: create deployment {ns}/{name} replicas {replicas}: {}", if made { "ok" } else { "refused" }));
     }
 
     fn maybe_workload(&mut self, now: Mono) {
