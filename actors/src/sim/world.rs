@@ -191,10 +191,6 @@ pub struct World {
     made: u32,
 }
 
-fn now_of(clock: &ManualClock) -> Now {
-    Now::on(clock)
-}
-
 impl World {
     pub fn new(cfg: SimConfig) -> World {
         let mut rng = SimRng::new(cfg.seed);
@@ -424,17 +420,7 @@ impl World {
         match self.rng.below(10) {
             0..=3 => {
                 let to = (w.replicas + self.rng.between(0, 10) as i64 - 5).clamp(0, (w.replicas + capacity - total).max(0));
-                let r = self.store.modify_object(
-                    Kind::Deployments,
-                    Some(&w.namespace),
-                    &w.name,
-                    &|d| {
-                        let mut d = d.clone();
-                        d["spec"]["replicas"] = json!(to);
-                        d
-                    },
-                    false,
-                );
+                let r = self.change_deployment(&w, |d| d["spec"]["replicas"] = json!(to));
                 if r.is_ok() {
                     let w = self.workloads.get_mut(&key).expect("picked from the map");
                     w.replicas = to;
@@ -444,17 +430,8 @@ impl World {
             }
             4..=7 => {
                 let image = w.image + 1;
-                let r = self.store.modify_object(
-                    Kind::Deployments,
-                    Some(&w.namespace),
-                    &w.name,
-                    &|d| {
-                        let mut d = d.clone();
-                        d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(format!("app:{image}"));
-                        d
-                    },
-                    false,
-                );
+                let r =
+                    self.change_deployment(&w, |d| d["spec"]["template"]["spec"]["containers"][0]["image"] = json!(format!("app:{image}")));
                 if r.is_ok() {
                     self.workloads.get_mut(&key).expect("picked from the map").image = image;
                 }
@@ -471,6 +448,16 @@ impl World {
                 }
             }
         }
+    }
+
+    /// A client's read-modify-write of a workload's Deployment.
+    fn change_deployment(&self, w: &Workload, edit: impl Fn(&mut Value)) -> Result<Value, crate::registry::RegistryError> {
+        let change = |d: &Value| {
+            let mut d = d.clone();
+            edit(&mut d);
+            d
+        };
+        self.store.modify_object(Kind::Deployments, Some(&w.namespace), &w.name, &change, false)
     }
 
     fn count(&mut self, kind: &'static str) {
@@ -637,7 +624,7 @@ impl World {
 
     fn leader_step(&mut self, now: Mono) -> Result<(), Violation> {
         let fed = self.leader.feed(&self.store, now, &mut self.rng);
-        let wall = now_of(&self.clock);
+        let wall = Now::on(self.clock.as_ref());
         let synced = self.leader.cache.read().unwrap_or_else(|p| p.into_inner()).synced();
         if !synced {
             return Ok(());
