@@ -49,6 +49,18 @@ fn heavy_faults_are_survived_too() {
     }
 }
 
+/// Seeds that found bugs at twenty nodes under heavy faults: a rolling
+/// update past maxSurge was seed 1 at fifty nodes; a workload's Service
+/// deleted while its Deployment stayed was seeds 101, 120 and 132.
+#[test]
+fn bigger_clusters_under_heavy_faults() {
+    for seed in [101, 120, 132] {
+        let r = sim::run(SimConfig { nodes: 20, pods: 300, duration: Duration::from_secs(240), ..config(seed, FaultProfile::Heavy) });
+        assert!(r.violation.is_none(), "{}", explain(&r));
+        assert!(r.pods_running >= 280, "seed {seed}: only {} pods running at the end", r.pods_running);
+    }
+}
+
 #[test]
 fn one_seed_is_one_trace_and_another_seed_another() {
     let a = sim::run(config(21, FaultProfile::Default));

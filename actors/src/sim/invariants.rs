@@ -205,6 +205,15 @@ pub fn liveness(w: &World) -> Result<(), Violation> {
     if let Some(p) = pods.iter().find(|p| p.pointer("/spec/nodeName").is_none()) {
         return fail("no pod is left Pending when there is room", format!("pod {}", key(p)));
     }
+    if let Some((kind, ns, name)) = w.leftovers.first() {
+        return fail("a client's deletes are taken once the store is calm", format!("{} {ns}/{name}", kind.plural()));
+    }
+    for ep in store.list(Kind::Endpoints) {
+        let (ns, name) = (object::namespace(&ep).unwrap_or("default"), object::name(&ep).unwrap_or(""));
+        if store.get(Kind::Services, Some(ns), name).is_none() {
+            return fail("the Endpoints of a deleted Service are removed", key(&ep));
+        }
+    }
     let by_deployment = pods_by_deployment(&pods, &sets);
     for (k, wl) in &w.workloads {
         let pods = by_deployment.get(k).map(Vec::as_slice).unwrap_or_default();

@@ -164,6 +164,9 @@ pub struct World {
     network: NetworkPlan,
     pub trace: Trace,
     pub workloads: BTreeMap<String, Workload>,
+    /// Objects a client means to delete and will retry until the store
+    /// takes the delete: (kind, namespace, name).
+    pub leftovers: Vec<(Kind, String, String)>,
     /// The end of the latest fault: the checks that need calm wait past it.
     pub faults_until: Mono,
     fault_counts: BTreeMap<&'static str, u64>,
@@ -213,6 +216,7 @@ impl World {
             network: NetworkPlan::default(),
             trace,
             workloads: BTreeMap::new(),
+            leftovers: Vec::new(),
             faults_until: Mono::ZERO,
             fault_counts: BTreeMap::new(),
             cursor: 1,
@@ -401,13 +405,25 @@ impl World {
         let made = created.is_some() && svc.is_some();
         if !made {
             self.workloads.remove(&format!("{ns}/{name}"));
-            let _ = self.store.delete_object(Kind::Deployments, Some(ns), &name);
-            let _ = self.store.delete_object(Kind::Services, Some(ns), &name);
+            self.leftovers.push((Kind::Deployments, ns.to_string(), name.clone()));
+            self.leftovers.push((Kind::Services, ns.to_string(), name.clone()));
+            self.delete_leftovers();
         }
         self.trace.push(format!("workload: create deployment {ns}/{name} replicas {replicas}: {}", if made { "ok" } else { "refused" }));
     }
 
+    /// Retries the deletes a client still owes; gone already counts as done.
+    fn delete_leftovers(&mut self) {
+        let store = &self.store;
+        self.leftovers.retain(|(kind, ns, name)| {
+            !matches!(store.delete_object(*kind, Some(ns), name), Ok(_) | Err(crate::registry::RegistryError::NotFound { .. }))
+        });
+    }
+
     fn maybe_workload(&mut self, now: Mono) {
+        if !self.leftovers.is_empty() {
+            self.delete_leftovers();
+        }
         if now < self.next_workload || self.workloads.is_empty() {
             return;
         }
@@ -438,12 +454,15 @@ impl World {
                 self.trace.push(format!("workload: roll {key} to app:{image}: {}", ok(&r)));
             }
             _ => {
+                // The Service goes once its Deployment has: a workload whose
+                // Deployment stayed keeps its Service, and a Service delete
+                // the store refuses is retried until it is taken.
                 let r = self.store.delete_object(Kind::Deployments, Some(&w.namespace), &w.name);
-                let s = self.store.delete_object(Kind::Services, Some(&w.namespace), &w.name);
-                let deleted = r.is_ok();
-                self.trace.push(format!("workload: delete {key}: {}", ok(&r.and(s))));
-                if deleted {
+                self.trace.push(format!("workload: delete {key}: {}", ok(&r)));
+                if r.is_ok() {
                     self.workloads.remove(&key);
+                    self.leftovers.push((Kind::Services, w.namespace.clone(), w.name.clone()));
+                    self.delete_leftovers();
                     self.create_workload(w.replicas);
                 }
             }
