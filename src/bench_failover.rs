@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::{NODES, PODS, REPLICASETS};
 use serde_json::{json, Value};
 
 use crate::sim_cluster::{NodeShape, SimCluster};
@@ -43,7 +43,7 @@ struct Tracker {
 
 impl Tracker {
     async fn start(registry: &flotilla_actors::Registry) -> Result<Tracker, String> {
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let (items, rv, _) =
             registry.list(pods, Some("default"), &Default::default(), &Default::default(), 0, None).await.map_err(|e| e.to_string())?;
         let watch = registry.watch(pods, Some("default"), rv).map_err(|e| e.to_string())?;
@@ -115,7 +115,7 @@ pub async fn run(args: FailoverBenchArgs) -> Result<i32, String> {
                               "spec": {"containers": [{"name": "main", "image": "flotilla/busybox:latest",
                                                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}});
     let mut tracker = Tracker::start(&registry).await?;
-    registry.create(lookup("replicasets").expect("served"), Some("default"), rs).await.map_err(|e| e.to_string())?;
+    registry.create(&REPLICASETS, Some("default"), rs).await.map_err(|e| e.to_string())?;
     tracker.wait_running(args.pods, None, Duration::from_secs(120)).await?;
     eprintln!("{} replicas running on {} sim nodes; {} trials", args.pods, args.nodes, args.trials);
 
@@ -138,7 +138,7 @@ pub async fn run(args: FailoverBenchArgs) -> Result<i32, String> {
         );
         // The machine comes back, empty, and is Ready again before the next trial.
         cluster.add_node(&victim, &shape, false).await?;
-        let nodes = lookup("nodes").expect("served");
+        let nodes = &NODES;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let node = registry.get(nodes, None, &victim).await.map_err(|e| e.to_string())?;

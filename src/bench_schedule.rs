@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::{NODES, PODS};
 use flotilla_actors::runtime::process::rss_bytes;
 use flotilla_actors::watcher::{Backoff, RegistrySource, Watched, Watcher};
 use serde_json::{json, Value};
@@ -59,7 +59,7 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     for i in 0..args.nodes {
         cluster.add_node(&format!("sim-{i:05}"), &shape, false).await?;
     }
-    let nodes_res = lookup("nodes").expect("nodes are served");
+    let nodes_res = &NODES;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let (items, _, _) =
@@ -79,7 +79,7 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
         args.pods
     );
 
-    let pods_res = lookup("pods").expect("pods are served");
+    let pods_res = &PODS;
     // The benchmark follows pods as any follower does: a busy store may end
     // a watch, and the watcher resumes it from where it was.
     let mut watch = Watcher::new(RegistrySource { registry: registry.clone(), res: pods_res }, Backoff::default());

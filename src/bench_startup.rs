@@ -15,7 +15,7 @@ use crate::stats::percentile_ms;
 use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
 use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
 use flotilla_actors::agent::pod_state::BackoffPolicy;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::PODS;
 use flotilla_actors::runtime::docker::DockerRuntime;
 use flotilla_actors::runtime::process::{rss_bytes, ProcessRuntime};
 use flotilla_actors::runtime::sim::SimRuntime;
@@ -80,7 +80,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
     let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| e.to_string())?;
     let rss_before = rss_bytes(std::process::id() as i32).unwrap_or(0);
 
-    let pods = lookup("pods").expect("pods are served");
+    let pods = &PODS;
     let (_, rv, _) =
         registry.list(pods, Some("default"), &Default::default(), &Default::default(), 0, None).await.map_err(|e| e.to_string())?;
     let mut watch = registry.watch(pods, Some("default"), rv).map_err(|e| e.to_string())?;
@@ -103,7 +103,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
                         "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
                             "name": "main", "image": "flotilla/busybox:latest", "imagePullPolicy": "IfNotPresent",
                             "command": ["sleep", "3600"]}]}});
-                    let sent = registry.create(lookup("pods").expect("pods"), Some("default"), pod).await.map(|_| (name, Instant::now()));
+                    let sent = registry.create(&PODS, Some("default"), pod).await.map(|_| (name, Instant::now()));
                     let _ = tx.send(sent.map_err(|e| e.to_string())).await;
                 });
             }

@@ -296,7 +296,7 @@ pub async fn describe(client: &ApiClient, kind: &str, name: &str, namespace: Opt
     }
     if res.kind == "Pod" {
         println!("Node:         {}", obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("<none>"));
-        println!("Status:       {}", flotilla_actors::model::table::pod_status(&obj));
+        println!("Status:       {}", flotilla_actors::model::kinds::pod_status(&obj));
         println!("IP:           {}", obj.pointer("/status/podIP").and_then(Value::as_str).unwrap_or("<none>"));
     }
     print!("{}", yaml_block("Spec", obj.get("spec")));

@@ -10,10 +10,11 @@ use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, EventKind, M
 use serde_json::{json, Value};
 
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
+use crate::model::kinds::{Allocation, Deletion};
+use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES};
 use crate::model::object::{self, decode, encode};
-use crate::model::resources::{lookup, Resource, RESOURCES};
+use crate::model::resources::{Resource, RESOURCES};
 use crate::model::selector::Selector;
-use crate::model::shapes;
 use crate::network::ipam::{assign_service, AllocError, NetworkPlan, Taken};
 
 /// Retries of a read-modify-write that lost a race, before giving up with 409.
@@ -222,7 +223,7 @@ impl Registry {
     }
 
     async fn namespace_ready(&self, namespace: &str) -> Result<(), RegistryError> {
-        let ns_res = lookup("namespaces").expect("namespaces are served");
+        let ns_res = &NAMESPACES;
         match self.get(ns_res, None, namespace).await {
             Ok(ns) if ns.pointer("/status/phase").and_then(Value::as_str) == Some("Terminating") => {
                 Err(RegistryError::NamespaceTerminating(namespace.into()))
@@ -237,13 +238,12 @@ impl Registry {
     pub async fn create(&self, res: &Resource, namespace: Option<&str>, mut obj: Value) -> Result<Value, RegistryError> {
         let ns = if res.namespaced { Some(namespace.unwrap_or("default")) } else { None };
         admit_create(res, &mut obj, &context(ns))?;
-        shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
         if let Some(ns) = ns {
             self.namespace_ready(ns).await?;
         }
         let name = object::name(&obj).unwrap_or_default().to_string();
         let key = res.key(ns, &name).into_bytes();
-        if res.plural == "services" {
+        if res.strategy.allocation() == Allocation::ServiceAddresses {
             return self.create_service(res, ns.unwrap_or("default"), &name, key, obj).await;
         }
         if self.put_if(key, CompareTarget::CreateRevision(0), &mut obj).await? {
@@ -259,7 +259,7 @@ impl Registry {
         let (guard, _) = self.member.get(SERVICE_ALLOCATION_GUARD_KEY, Consistency::Linearizable).await?;
         let target = guard.map_or(CompareTarget::CreateRevision(0), |kv| CompareTarget::ModRevision(kv.mod_revision));
         let compare = Compare { key: SERVICE_ALLOCATION_GUARD_KEY.to_vec(), op: CompareOp::Equal, target };
-        let services = lookup("services").expect("services are served");
+        let services = &SERVICES;
         let (items, _, _) = self.list(services, None, &Selector::default(), &Selector::default(), 0, None).await?;
         Ok((compare, Taken::of(&items, skip)))
     }
@@ -318,7 +318,6 @@ impl Registry {
         let mut puts = Vec::with_capacity(objects.len());
         for mut obj in objects {
             admit_create(res, &mut obj, &context(ns))?;
-            shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
             let key = res.key(ns, object::name(&obj).unwrap_or_default()).into_bytes();
             compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
             puts.push(TxnOp::Put { key, value: encode(&obj) });
@@ -378,8 +377,8 @@ impl Registry {
     /// revision of the write, or None when a comparison failed (bind the
     /// pods one by one to find out which).
     pub async fn bind_pods(&self, binds: &[(&Value, &str)]) -> Result<Option<u64>, RegistryError> {
-        let pods = lookup("pods").expect("pods are served");
-        let nodes = lookup("nodes").expect("nodes are served");
+        let pods = &PODS;
+        let nodes = &NODES;
         let mut compares = Vec::with_capacity(binds.len() * 2);
         let mut puts = Vec::with_capacity(binds.len());
         let mut seen_nodes = std::collections::HashSet::new();
@@ -484,13 +483,12 @@ impl Registry {
                 }
             }
             let mut new = change(&old)?;
-            if res.plural == "services" && subresource.is_none() {
+            if res.strategy.allocation() == Allocation::ServiceAddresses && subresource.is_none() {
                 crate::network::ipam::fit_to_type(&old, &mut new);
             }
             admit_update(res, &old, &mut new, &context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
-            shapes::check(res, &new).map_err(RegistryError::BadRequest)?;
             let (mut compares, mut also) = (vec![], vec![]);
-            if res.plural == "services" && subresource.is_none() {
+            if res.strategy.allocation() == Allocation::ServiceAddresses && subresource.is_none() {
                 let owner = format!("{}/{name}", ns.unwrap_or("default"));
                 let (guard, taken) = self.service_allocations(&owner).await?;
                 assign_service(&mut new, Some(&old), &taken, &self.plan, &owner).map_err(|e| Self::alloc_error(name, e))?;
@@ -551,14 +549,15 @@ impl Registry {
         grace_period_seconds: Option<i64>,
     ) -> Result<Value, RegistryError> {
         let ns = Self::ns(res, namespace);
-        if res.kind == "Namespace" {
-            return self.delete_namespace(name).await;
-        }
-        if res.kind == "Pod" && grace_period_seconds != Some(0) {
-            let current = self.get(res, ns, name).await?;
-            if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                return self.mark_terminating(res, ns, name, current, precondition, grace_period_seconds).await;
+        match res.strategy.deletion() {
+            Deletion::Finalized => return self.delete_namespace(name).await,
+            Deletion::GracefulOnNode if grace_period_seconds != Some(0) => {
+                let current = self.get(res, ns, name).await?;
+                if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                    return self.mark_terminating(res, ns, name, current, precondition, grace_period_seconds).await;
+                }
             }
+            Deletion::GracefulOnNode | Deletion::Immediate => {}
         }
         let old = self.delete_object(res, ns, name, precondition).await?;
         if propagation == Propagation::Background {
@@ -624,7 +623,7 @@ impl Registry {
     /// Gives `node` the pod subnet `cidr` unless it has one: Ok(the node),
     /// or Conflict when another node holds the subnet.
     pub async fn assign_pod_cidr(&self, node: &str, cidr: &str) -> Result<Value, RegistryError> {
-        let nodes = lookup("nodes").expect("nodes are served");
+        let nodes = &NODES;
         for _ in 0..UPDATE_RETRIES_MAX {
             let old = self.get(nodes, None, node).await?;
             if old.pointer("/spec/podCIDR").and_then(Value::as_str).is_some_and(|c| !c.is_empty()) {
@@ -666,7 +665,7 @@ impl Registry {
         }
         let mut ops = vec![TxnOp::Delete { key: key.clone(), prefix: false }];
         // A node's pod subnet is free again once the node is gone.
-        if res.plural == "nodes" {
+        if res.strategy.allocation() == Allocation::PodSubnet {
             if let Some(cidr) = old.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
                 ops.push(TxnOp::Delete { key: pod_cidr_key(cidr), prefix: false });
             }
@@ -713,7 +712,7 @@ impl Registry {
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<Value, RegistryError> {
-        let ns_res = lookup("namespaces").expect("namespaces are served");
+        let ns_res = &NAMESPACES;
         if matches!(name, "default" | "flotilla-system") {
             return Err(RegistryError::BadRequest(format!("namespace {name:?} is part of the cluster and cannot be deleted")));
         }
@@ -746,7 +745,7 @@ impl Registry {
             let prefix = res.namespace_prefix(Some(name));
             self.member.delete(prefix.into_bytes(), true).await?;
         }
-        let ns_res = lookup("namespaces").expect("namespaces are served");
+        let ns_res = &NAMESPACES;
         self.member.delete(ns_res.key(None, name).into_bytes(), false).await?;
         Ok(())
     }
@@ -767,7 +766,7 @@ impl Registry {
 
     /// Creates the namespaces every cluster has, if missing.
     pub async fn ensure_builtin_namespaces(&self) -> Result<(), RegistryError> {
-        let ns_res = lookup("namespaces").expect("namespaces are served");
+        let ns_res = &NAMESPACES;
         for ns in ["default", "flotilla-system"] {
             match self.create(ns_res, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
@@ -793,7 +792,7 @@ impl Registry {
             "source": {"component": "flotilla"},
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         });
-        let events = lookup("events").expect("events are served");
+        let events = &EVENTS;
         if let Err(e) = self.create(events, Some(&ns), event).await {
             tracing::debug!(error = %e, reason, "could not record an event");
         }

@@ -1,7 +1,7 @@
 //! Discovery documents, so kubectl and other clients can find the
 //! resources: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/GROUP/VERSION`.
 
-use flotilla_actors::model::resources::{Resource, GROUPS, RESOURCES};
+use flotilla_actors::model::resources::{groups, Resource, RESOURCES};
 use serde_json::{json, Value};
 
 pub fn version() -> Value {
@@ -21,8 +21,8 @@ pub fn api_versions(server_addr: &str) -> Value {
 }
 
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = GROUPS
-        .iter()
+    let groups: Vec<Value> = groups()
+        .into_iter()
         .map(|(g, v)| {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
             json!({"name": g, "versions": [gv.clone()], "preferredVersion": gv})
@@ -32,7 +32,7 @@ pub fn api_group_list() -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    GROUPS.iter().find(|(g, _)| *g == group).map(|(g, v)| {
+    groups().into_iter().find(|(g, _)| *g == group).map(|(g, v)| {
         let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
         json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv})
     })
@@ -55,7 +55,7 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
     for r in served {
         // kubectl's `get all` expands the "all" category.
-        let categories: &[&str] = if matches!(r.kind, "Pod" | "Service" | "Deployment" | "ReplicaSet") { &["all"] } else { &[] };
+        let categories = r.strategy.categories();
         resources.push(json!({
             "name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
             "kind": r.kind, "verbs": verbs(r), "shortNames": r.short_names, "categories": categories,

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::{NODES, PODS};
 use flotilla_actors::model::selector::Selector;
 use flotilla_actors::runtime::{ContainerRuntime, Usage};
 use serde_json::{json, Value};
@@ -101,7 +101,7 @@ async fn runtime_for(state: &ApiState, pod: &Value) -> Result<NodeRuntime, ApiEr
     }
     let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why);
     let token = state.kubelet_token.clone().ok_or_else(|| unavailable(format!("node {node:?} has no agent in this process")))?;
-    let nodes = lookup("nodes").expect("nodes are served");
+    let nodes = &NODES;
     let node_obj = state.registry.get(nodes, None, node).await?;
     let ip = node_obj
         .pointer("/status/addresses")
@@ -121,7 +121,7 @@ async fn runtime_for(state: &ApiState, pod: &Value) -> Result<NodeRuntime, ApiEr
 pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Result<Response, ApiError> {
     let params: std::collections::HashMap<String, String> =
         serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let pods = lookup("pods").expect("pods are served");
+    let pods = &PODS;
     let pod = state.registry.get(pods, Some(ns), name).await?;
     let containers: Vec<String> = pod
         .pointer("/spec/containers")
@@ -236,7 +236,7 @@ async fn running_usage(state: &ApiState, pods: &[Value]) -> Vec<(usize, (i64, i6
 
 /// `PodMetricsList` for running pods whose agents answer.
 pub async fn pod_metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let pods = lookup("pods").expect("pods are served");
+    let pods = &PODS;
     let items = match state.registry.list(pods, None, &Selector::default(), &Selector::default(), 0, None).await {
         Ok((items, _, _)) => items,
         Err(e) => return ApiError::from(e).into_response(),
@@ -255,7 +255,7 @@ pub async fn pod_metrics(State(state): State<Arc<ApiState>>) -> Response {
 
 /// `NodeMetricsList`: the sum of each node's running pods.
 pub async fn node_metrics(State(state): State<Arc<ApiState>>) -> Response {
-    let (pods, nodes) = (lookup("pods").expect("pods"), lookup("nodes").expect("nodes"));
+    let (pods, nodes) = (&PODS, &NODES);
     let (pod_items, node_items) = match (
         state.registry.list(pods, None, &Selector::default(), &Selector::default(), 0, None).await,
         state.registry.list(nodes, None, &Selector::default(), &Selector::default(), 0, None).await,

@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+use crate::model::kinds::NODES;
 use crate::model::object;
-use crate::model::resources::lookup;
 use crate::registry::Registry;
 use crate::watcher::{is_delete, Backoff, RegistrySource, Watched, Watcher};
 
@@ -95,7 +95,7 @@ impl ChaosOrders {
     }
 
     async fn run(self) {
-        let nodes = lookup("nodes").expect("nodes are served");
+        let nodes = &NODES;
         let mut watcher = Watcher::new(RegistrySource { registry: self.registry.clone(), res: nodes }, Backoff::default());
         loop {
             match watcher.next().await {

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::chaos_orders::ChaosOrders;
 use super::pod_fanout::PodFanout;
+use crate::model::kinds::{NODES, PODS};
 use crate::model::object;
 use crate::model::resources::lookup;
 use crate::model::selector::Selector;
@@ -186,7 +187,7 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn register_node(&self, node: Value) -> Result<(), AgentError> {
-        let nodes = lookup("nodes").expect("nodes are served");
+        let nodes = &NODES;
         let name = object::name(&node).unwrap_or_default().to_string();
         match self.registry.create(nodes, None, node.clone()).await {
             Ok(_) => Ok(()),
@@ -213,7 +214,7 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn update_node_status(&self, name: &str, status: Value) -> Result<(), AgentError> {
-        let nodes = lookup("nodes").expect("nodes are served");
+        let nodes = &NODES;
         self.registry.write_status(nodes, None, name, &status).await?;
         Ok(())
     }
@@ -226,7 +227,7 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn list_pods(&self, node: &str) -> Result<(Vec<Value>, u64), AgentError> {
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let (items, rv, _) = self.registry.list(pods, None, &Selector::default(), &node_selector(node), 0, None).await?;
         Ok((items, rv))
     }
@@ -235,7 +236,7 @@ impl ControlPlane for LocalControlPlane {
         if let Some(rx) = self.fanout.subscribe(node, after, POD_EVENT_QUEUE_MAX) {
             return Ok(rx);
         }
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let node = node.to_string();
         Ok(forward_watch(
             self.registry.watch(pods, None, after)?,
@@ -245,7 +246,7 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let uid = uid.to_string();
         self.registry
             .read_modify_write(
@@ -268,7 +269,7 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let current = self.registry.get(pods, Some(namespace), name).await?;
         if object::uid(&current) != Some(uid) {
             return Err(AgentError::Gone(format!("pod {namespace}/{name} was replaced")));

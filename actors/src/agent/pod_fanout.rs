@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::control_plane::AgentError;
+use crate::model::kinds::PODS;
 use crate::model::object;
-use crate::model::resources::lookup;
 use crate::registry::{Registry, WatchEvent};
 use crate::watcher::{Backoff, EventStream, RegistrySource, SourceError, WatchSource, Watched, Watcher};
 
@@ -107,7 +107,7 @@ impl PodFanout {
     }
 
     async fn run(self, position: u64) {
-        let pods = lookup("pods").expect("pods are served");
+        let pods = &PODS;
         let start = Mutex::new(Some(position));
         let source = FromRevision { inner: RegistrySource { registry: self.registry.clone(), res: pods }, start };
         let mut watcher = Watcher::new(source, Backoff { first: REWATCH_DELAY, ..Backoff::default() });

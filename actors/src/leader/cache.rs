@@ -21,8 +21,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::placement::{pod_info, PodInfo};
+use crate::model::kinds;
 use crate::model::object;
-use crate::model::resources::lookup;
+use crate::model::resources::Resource;
 use crate::registry::{Registry, WatchEvent, WatchEventKind};
 use crate::watcher::{Backoff, RegistrySource, Watched, Watcher};
 
@@ -43,15 +44,20 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 6] = [Kind::Pods, Kind::Nodes, Kind::ReplicaSets, Kind::Deployments, Kind::Services, Kind::Endpoints];
 
-    pub fn plural(self) -> &'static str {
+    /// The served resource of this kind.
+    pub fn resource(self) -> &'static Resource {
         match self {
-            Kind::Pods => "pods",
-            Kind::Nodes => "nodes",
-            Kind::ReplicaSets => "replicasets",
-            Kind::Deployments => "deployments",
-            Kind::Services => "services",
-            Kind::Endpoints => "endpoints",
+            Kind::Pods => &kinds::PODS,
+            Kind::Nodes => &kinds::NODES,
+            Kind::ReplicaSets => &kinds::REPLICASETS,
+            Kind::Deployments => &kinds::DEPLOYMENTS,
+            Kind::Services => &kinds::SERVICES,
+            Kind::Endpoints => &kinds::ENDPOINTS,
         }
+    }
+
+    pub fn plural(self) -> &'static str {
+        self.resource().plural
     }
 }
 
@@ -540,7 +546,7 @@ impl ClusterCache {
 }
 
 async fn feed(registry: Registry, kind: Kind, state: Arc<RwLock<CacheState>>, generation: watch::Sender<u64>) {
-    let res = lookup(kind.plural()).expect("cached kinds are served");
+    let res = kind.resource();
     let mut watcher = Watcher::new(RegistrySource { registry, res }, Backoff { first: RELIST_DELAY, ..Backoff::default() });
     loop {
         let watched = watcher.next().await;

@@ -11,8 +11,8 @@ use serde_json::{json, Value};
 
 use super::cache::Kind;
 use super::command::{retry, Command, Outcome, Retry};
+use crate::model::kinds::NAMESPACES;
 use crate::model::object;
-use crate::model::resources::lookup;
 use crate::registry::{merge_patch, set_condition, Propagation, Registry, RegistryError};
 
 /// The store operations commands are made of.
@@ -255,18 +255,14 @@ async fn bind(
     Ok((Outcome::Bound(bound), writes))
 }
 
-fn resource(kind: Kind) -> &'static crate::model::resources::Resource {
-    lookup(kind.plural()).expect("every cached kind is served")
-}
-
 #[async_trait::async_trait]
 impl ClusterWriter for Registry {
     async fn create(&self, kind: Kind, object: Value) -> Result<Value, RegistryError> {
         let ns = object::namespace(&object).map(String::from);
-        Registry::create(self, resource(kind), ns.as_deref(), object).await
+        Registry::create(self, kind.resource(), ns.as_deref(), object).await
     }
     async fn create_many(&self, kind: Kind, namespace: &str, objects: Vec<Value>) -> Result<Vec<Value>, RegistryError> {
-        Registry::create_many(self, resource(kind), Some(namespace), objects).await
+        Registry::create_many(self, kind.resource(), Some(namespace), objects).await
     }
     async fn modify(
         &self,
@@ -276,13 +272,13 @@ impl ClusterWriter for Registry {
         change: &(dyn for<'v> Fn(&'v Value) -> Value + Send + Sync),
         status: bool,
     ) -> Result<Value, RegistryError> {
-        self.read_modify_write(resource(kind), namespace, name, None, |old| Ok(change(old)), status.then_some("status")).await
+        self.read_modify_write(kind.resource(), namespace, name, None, |old| Ok(change(old)), status.then_some("status")).await
     }
     async fn delete(&self, kind: Kind, namespace: Option<&str>, name: &str) -> Result<Value, RegistryError> {
-        Registry::delete(self, resource(kind), namespace, name, None, Propagation::Background).await
+        Registry::delete(self, kind.resource(), namespace, name, None, Propagation::Background).await
     }
     async fn delete_now(&self, kind: Kind, items: &[(String, String)]) -> Result<u64, RegistryError> {
-        self.delete_many_now(resource(kind), items).await
+        self.delete_many_now(kind.resource(), items).await
     }
     async fn bind(&self, binds: &[(&Value, &str)]) -> Result<Option<u64>, RegistryError> {
         self.bind_pods(binds).await
@@ -291,7 +287,7 @@ impl ClusterWriter for Registry {
         Registry::assign_pod_cidr(self, node, cidr).await
     }
     async fn finish_namespaces(&self) -> Result<(), RegistryError> {
-        let res = lookup("namespaces").expect("namespaces are served");
+        let res = &NAMESPACES;
         let sel = crate::model::selector::Selector::default();
         let (items, _, _) = self.list(res, None, &sel, &sel, 0, None).await?;
         for name in super::namespace_controller::terminating(&items) {

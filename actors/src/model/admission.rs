@@ -1,15 +1,15 @@
 //! Admission: defaults filled in and validation of every object written
 //! through the API, as plain functions of (resource, old object, new object).
-//! Each refusal names the field and says what is allowed.
-
-use std::collections::BTreeSet;
+//! What is the same for every kind (identity, metadata, names, labels) is
+//! here; each kind's own rules are its strategy's (`model::kinds`). Each
+//! refusal names the field and says what is allowed.
 
 use serde_json::{json, Map, Value};
 
+use super::kinds::NameRule;
 use super::object::{metadata_mut, name};
 use super::quantity::Quantity;
 use super::resources::Resource;
-use super::selector::Selector;
 
 /// One invalid field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +40,12 @@ pub struct AdmissionContext<'a> {
     pub name_suffix: String,
 }
 
-struct Errors(Vec<FieldError>);
+/// The invalid fields found so far.
+#[derive(Debug, Default)]
+pub struct Errors(Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError { field: field.into(), message: message.into() });
     }
 }
@@ -66,7 +68,7 @@ pub fn is_dns1123_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= DNS1123_SUBDOMAIN_MAX && s.split('.').all(is_dns1123_label)
 }
 
-fn label_value_ok(v: &str) -> bool {
+pub(crate) fn label_value_ok(v: &str) -> bool {
     v.len() <= 63
         && (v.is_empty()
             || (v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -74,17 +76,12 @@ fn label_value_ok(v: &str) -> bool {
                 && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric()))
 }
 
-fn label_key_ok(k: &str) -> bool {
+pub(crate) fn label_key_ok(k: &str) -> bool {
     let (prefix, name) = match k.rsplit_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, k),
     };
     prefix.is_none_or(is_dns1123_subdomain) && !name.is_empty() && label_value_ok(name)
-}
-
-/// Names of these kinds must be DNS-1123 labels (they become DNS names).
-fn needs_label_name(kind: &str) -> bool {
-    matches!(kind, "Namespace" | "Service")
 }
 
 /// Fills in defaults for a new object and validates it.
@@ -113,8 +110,9 @@ pub fn admit_create(res: &Resource, object: &mut Value, ctx: &AdmissionContext) 
     if object.get("spec").is_some() {
         metadata_mut(object).insert("generation".into(), json!(1));
     }
-    apply_defaults(res, object);
-    validate(res, object)
+    res.strategy.defaults(object);
+    validate(res, object)?;
+    check_typed(res, object)
 }
 
 /// Validates a replacement of `old` by `new`, carrying over what clients
@@ -172,15 +170,22 @@ pub fn admit_update(
         let generation = if new.get("spec") != old.get("spec") { old_gen + 1 } else { old_gen.max(1) };
         metadata_mut(new).insert("generation".into(), json!(generation));
     }
-    apply_defaults(res, new);
-    if matches!(res.kind, "Deployment" | "ReplicaSet") && new.pointer("/spec/selector") != old.pointer("/spec/selector") {
-        return Err(AdmissionError::Invalid {
-            kind: res.kind.into(),
-            name: name(new).unwrap_or("").into(),
-            errors: vec![FieldError { field: "spec.selector".into(), message: "field is immutable".into() }],
-        });
+    res.strategy.defaults(new);
+    let mut errors = Errors::default();
+    res.strategy.validate_update(old, new, &mut errors);
+    if !errors.0.is_empty() {
+        return Err(AdmissionError::Invalid { kind: res.kind.into(), name: name(new).unwrap_or("").into(), errors: errors.0 });
     }
-    validate(res, new)
+    validate(res, new)?;
+    check_typed(res, new)
+}
+
+/// The object must decode as its kind's k8s-openapi type, after the field
+/// checks (which name more than the first wrong field).
+fn check_typed(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
+    res.strategy
+        .check_typed(object)
+        .map_err(|e| AdmissionError::BadRequest(format!("{} is not a valid {}: {e}", name(object).unwrap_or("object"), res.kind)))
 }
 
 fn check_shape(res: &Resource, object: &mut Value, path_ns: Option<&str>) -> Result<(), AdmissionError> {
@@ -228,100 +233,17 @@ fn check_shape(res: &Resource, object: &mut Value, path_ns: Option<&str>) -> Res
     Ok(())
 }
 
-fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
+pub(crate) fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     if map.get(key).is_none_or(Value::is_null) {
         map.insert(key.into(), value);
     }
 }
 
-fn pod_spec_defaults(spec: &mut Value) {
-    let Some(spec) = spec.as_object_mut() else {
-        return;
-    };
-    set_default(spec, "restartPolicy", json!("Always"));
-    set_default(spec, "terminationGracePeriodSeconds", json!(30));
-    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
-    set_default(spec, "schedulerName", json!("default-scheduler"));
-    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-        for c in containers.iter_mut().filter_map(Value::as_object_mut) {
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            let latest = !image.rsplit('/').next().unwrap_or("").contains(':') || image.ends_with(":latest");
-            set_default(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
-            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                    set_default(p, "protocol", json!("TCP"));
-                }
-            }
-        }
-    }
-}
-
-fn apply_defaults(res: &Resource, object: &mut Value) {
-    match res.kind {
-        "Pod" => {
-            if let Some(spec) = object.get_mut("spec") {
-                pod_spec_defaults(spec);
-            }
-            if let Some(o) = object.as_object_mut() {
-                set_default(o, "status", json!({}));
-            }
-            if let Some(status) = object.get_mut("status").and_then(Value::as_object_mut) {
-                set_default(status, "phase", json!("Pending"));
-            }
-        }
-        "Deployment" | "ReplicaSet" => {
-            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                set_default(spec, "replicas", json!(1));
-                set_default(spec, "revisionHistoryLimit", json!(10));
-                if res.kind == "Deployment" {
-                    set_default(spec, "progressDeadlineSeconds", json!(600));
-                    set_default(spec, "strategy", json!({"type": "RollingUpdate"}));
-                    if let Some(strategy) = spec.get_mut("strategy").and_then(Value::as_object_mut) {
-                        if strategy.get("type").and_then(Value::as_str) == Some("RollingUpdate") {
-                            set_default(strategy, "rollingUpdate", json!({"maxSurge": "25%", "maxUnavailable": "25%"}));
-                        }
-                    }
-                }
-                if let Some(tspec) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
-                    pod_spec_defaults(tspec);
-                }
-            }
-        }
-        "Service" => {
-            if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
-                set_default(spec, "type", json!("ClusterIP"));
-                set_default(spec, "sessionAffinity", json!("None"));
-                if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-                    for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                        set_default(p, "protocol", json!("TCP"));
-                        if let Some(port) = p.get("port").cloned() {
-                            set_default(p, "targetPort", port);
-                        }
-                    }
-                }
-            }
-        }
-        "Namespace" => {
-            let ns_name = name(object).unwrap_or("").to_string();
-            let meta = metadata_mut(object);
-            set_default(meta, "labels", json!({}));
-            if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
-                labels.insert("kubernetes.io/metadata.name".into(), Value::String(ns_name));
-            }
-            if let Some(o) = object.as_object_mut() {
-                set_default(o, "spec", json!({"finalizers": ["kubernetes"]}));
-                set_default(o, "status", json!({"phase": "Active"}));
-            }
-        }
-        _ => {}
-    }
-}
-
 /// Validates an object after defaults.
 pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
-    let mut errors = Errors(Vec::new());
+    let mut errors = Errors::default();
     let obj_name = name(object).unwrap_or("").to_string();
-    if needs_label_name(res.kind) {
+    if res.strategy.name_rule() == NameRule::Label {
         if !is_dns1123_label(&obj_name) {
             errors.add("metadata.name", format!("{obj_name:?} must be a DNS-1123 label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"));
         }
@@ -347,17 +269,7 @@ pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
             }
         }
     }
-    match res.kind {
-        "Pod" => match object.get("spec") {
-            Some(spec) => validate_pod_spec(spec, "spec", &mut errors),
-            None => errors.add("spec", "is required"),
-        },
-        "Deployment" | "ReplicaSet" => validate_workload(object, &mut errors),
-        "Service" => validate_service(object, &mut errors),
-        "NetworkPolicy" => validate_network_policy(object, &mut errors),
-        "Node" => validate_node(object, &mut errors),
-        _ => {}
-    }
+    res.strategy.validate(object, &mut errors);
     if errors.0.is_empty() {
         Ok(())
     } else {
@@ -365,7 +277,7 @@ pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
     }
 }
 
-fn validate_port(v: Option<&Value>, field: &str, errors: &mut Errors, required: bool) {
+pub(crate) fn validate_port(v: Option<&Value>, field: &str, errors: &mut Errors, required: bool) {
     match v {
         None if required => errors.add(field, "is required"),
         None => {}
@@ -376,7 +288,7 @@ fn validate_port(v: Option<&Value>, field: &str, errors: &mut Errors, required: 
     }
 }
 
-fn validate_quantities(map: Option<&Value>, field: &str, errors: &mut Errors) {
+pub(crate) fn validate_quantities(map: Option<&Value>, field: &str, errors: &mut Errors) {
     let Some(map) = map else { return };
     let Some(m) = map.as_object() else {
         errors.add(field, "must be a map of resource names to quantities");
@@ -399,187 +311,7 @@ fn validate_quantities(map: Option<&Value>, field: &str, errors: &mut Errors) {
     }
 }
 
-fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
-    let containers = spec.get("containers").and_then(Value::as_array);
-    match containers {
-        None => errors.add(format!("{path}.containers"), "at least one container is required"),
-        Some(cs) if cs.is_empty() => errors.add(format!("{path}.containers"), "at least one container is required"),
-        Some(cs) => {
-            let mut names = BTreeSet::new();
-            for (i, c) in cs.iter().enumerate() {
-                let cp = format!("{path}.containers[{i}]");
-                let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
-                if !is_dns1123_label(cname) {
-                    errors.add(format!("{cp}.name"), format!("{cname:?} must be a DNS-1123 label (lower-case letters, digits and '-')"));
-                } else if !names.insert(cname.to_string()) {
-                    errors.add(format!("{cp}.name"), format!("duplicate container name {cname:?}"));
-                }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errors.add(format!("{cp}.image"), "is required");
-                }
-                if let Some(ports) = c.get("ports").and_then(Value::as_array) {
-                    for (j, p) in ports.iter().enumerate() {
-                        validate_port(p.get("containerPort"), &format!("{cp}.ports[{j}].containerPort"), errors, true);
-                        validate_port(p.get("hostPort"), &format!("{cp}.ports[{j}].hostPort"), errors, false);
-                        if let Some(proto) = p.get("protocol").and_then(Value::as_str) {
-                            if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                                errors.add(format!("{cp}.ports[{j}].protocol"), format!("{proto:?} must be TCP, UDP or SCTP"));
-                            }
-                        }
-                    }
-                }
-                validate_quantities(c.pointer("/resources/requests"), &format!("{cp}.resources.requests"), errors);
-                validate_quantities(c.pointer("/resources/limits"), &format!("{cp}.resources.limits"), errors);
-            }
-        }
-    }
-    if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
-        if !matches!(rp, "Always" | "OnFailure" | "Never") {
-            errors.add(format!("{path}.restartPolicy"), format!("{rp:?} must be Always, OnFailure or Never"));
-        }
-    }
-    if let Some(sel) = spec.get("nodeSelector") {
-        if !sel.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
-            errors.add(format!("{path}.nodeSelector"), "must be a map of strings");
-        }
-    }
-}
-
-fn validate_workload(object: &Value, errors: &mut Errors) {
-    let Some(spec) = object.get("spec") else {
-        errors.add("spec", "is required");
-        return;
-    };
-    match spec.get("replicas") {
-        Some(r) if r.as_i64().is_none_or(|n| n < 0) => errors.add("spec.replicas", format!("{r} must be a whole number >= 0")),
-        _ => {}
-    }
-    let template_labels = spec.pointer("/template/metadata/labels").cloned().unwrap_or(json!({}));
-    match spec.get("selector") {
-        None => errors.add("spec.selector", "is required"),
-        Some(sel) => match Selector::from_label_selector(sel) {
-            Err(e) => errors.add("spec.selector", e.reason),
-            Ok(s) if s.is_empty() => errors.add("spec.selector", "must not be empty: select the pods by their labels"),
-            Ok(s) => {
-                let labels = serde_json::from_value(template_labels).unwrap_or_default();
-                if !s.matches_labels(&labels) {
-                    errors.add("spec.template.metadata.labels", "`selector` does not match template `labels`");
-                }
-            }
-        },
-    }
-    match spec.pointer("/template/spec") {
-        Some(tspec) => validate_pod_spec(tspec, "spec.template.spec", errors),
-        None => errors.add("spec.template.spec", "is required"),
-    }
-    if let Some(t) = spec.pointer("/strategy/type").and_then(Value::as_str) {
-        if !matches!(t, "RollingUpdate" | "Recreate") {
-            errors.add("spec.strategy.type", format!("{t:?} must be RollingUpdate or Recreate"));
-        }
-    }
-}
-
-fn validate_service(object: &Value, errors: &mut Errors) {
-    let spec = object.get("spec").cloned().unwrap_or(json!({}));
-    let svc_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP");
-    if !matches!(svc_type, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
-        errors.add("spec.type", format!("{svc_type:?} must be ClusterIP, NodePort, LoadBalancer or ExternalName"));
-    }
-    let ports = spec.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
-    if ports.is_empty() && svc_type != "ExternalName" {
-        errors.add("spec.ports", "at least one port is required");
-    }
-    let mut seen_ports = BTreeSet::new();
-    let mut seen_names = BTreeSet::new();
-    for (i, p) in ports.iter().enumerate() {
-        validate_port(p.get("port"), &format!("spec.ports[{i}].port"), errors, true);
-        let proto = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
-        if let Some(port) = p.get("port").and_then(Value::as_i64) {
-            if !seen_ports.insert((port, proto.clone())) {
-                errors.add(format!("spec.ports[{i}]"), format!("duplicate port {port}/{proto}"));
-            }
-        }
-        if let Some(n) = p.get("name").and_then(Value::as_str) {
-            if !seen_names.insert(n.to_string()) {
-                errors.add(format!("spec.ports[{i}].name"), format!("duplicate port name {n:?}"));
-            }
-        } else if ports.len() > 1 {
-            errors.add(format!("spec.ports[{i}].name"), "is required when a service has more than one port");
-        }
-        match p.get("targetPort") {
-            Some(Value::Number(_)) => validate_port(p.get("targetPort"), &format!("spec.ports[{i}].targetPort"), errors, false),
-            Some(Value::String(s)) if is_dns1123_label(s) => {}
-            Some(other) => errors.add(format!("spec.ports[{i}].targetPort"), format!("{other} must be a port number or a port name")),
-            None => {}
-        }
-        if let Some(np) = p.get("nodePort") {
-            if !np.as_i64().is_some_and(|n| (30000..=32767).contains(&n)) {
-                errors.add(format!("spec.ports[{i}].nodePort"), format!("{np} must be in the node port range 30000-32767"));
-            } else if matches!(svc_type, "ClusterIP" | "ExternalName") {
-                errors.add(format!("spec.ports[{i}].nodePort"), "may only be set on NodePort or LoadBalancer services");
-            }
-        }
-    }
-    if svc_type == "ExternalName" && spec.get("clusterIP").and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()) {
-        errors.add("spec.clusterIP", "may not be set for ExternalName services");
-    }
-    if let Some(sel) = spec.get("selector") {
-        if !sel.as_object().is_some_and(|m| m.iter().all(|(k, v)| label_key_ok(k) && v.as_str().is_some_and(label_value_ok))) {
-            errors.add("spec.selector", "must be a map of label keys to label values");
-        }
-    }
-}
-
-fn validate_network_policy(object: &Value, errors: &mut Errors) {
-    let Some(spec) = object.get("spec") else {
-        errors.add("spec", "is required");
-        return;
-    };
-    match spec.get("podSelector") {
-        None => errors.add("spec.podSelector", "is required ({} selects every pod in the namespace)"),
-        Some(sel) => {
-            if let Err(e) = Selector::from_label_selector(sel) {
-                errors.add("spec.podSelector", e.reason);
-            }
-        }
-    }
-    if let Some(types) = spec.get("policyTypes").and_then(Value::as_array) {
-        for (i, t) in types.iter().enumerate() {
-            if !matches!(t.as_str(), Some("Ingress") | Some("Egress")) {
-                errors.add(format!("spec.policyTypes[{i}]"), format!("{t} must be Ingress or Egress"));
-            }
-        }
-    }
-    if let Some(rules) = spec.get("ingress").and_then(Value::as_array) {
-        for (i, rule) in rules.iter().enumerate() {
-            for (j, peer) in rule.get("from").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                for key in ["podSelector", "namespaceSelector"] {
-                    if let Some(sel) = peer.get(key) {
-                        if let Err(e) = Selector::from_label_selector(sel) {
-                            errors.add(format!("spec.ingress[{i}].from[{j}].{key}"), e.reason);
-                        }
-                    }
-                }
-                if let Some(block) = peer.get("ipBlock") {
-                    let cidr = block.get("cidr").and_then(Value::as_str).unwrap_or("");
-                    if !valid_cidr(cidr) {
-                        errors.add(
-                            format!("spec.ingress[{i}].from[{j}].ipBlock.cidr"),
-                            format!("{cidr:?} must be a CIDR such as 10.0.0.0/8"),
-                        );
-                    }
-                }
-            }
-            for (j, port) in rule.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                if let Some(Value::Number(_)) = port.get("port") {
-                    validate_port(port.get("port"), &format!("spec.ingress[{i}].ports[{j}].port"), errors, false);
-                }
-            }
-        }
-    }
-}
-
-fn valid_cidr(s: &str) -> bool {
+pub(crate) fn valid_cidr(s: &str) -> bool {
     let Some((ip, bits)) = s.split_once('/') else {
         return false;
     };
@@ -587,12 +319,6 @@ fn valid_cidr(s: &str) -> bool {
         (Ok(std::net::IpAddr::V4(_)), Ok(b)) => b <= 32,
         (Ok(std::net::IpAddr::V6(_)), Ok(b)) => b <= 128,
         _ => false,
-    }
-}
-
-fn validate_node(object: &Value, errors: &mut Errors) {
-    for field in ["capacity", "allocatable"] {
-        validate_quantities(object.pointer(&format!("/status/{field}")), &format!("status.{field}"), errors);
     }
 }
 

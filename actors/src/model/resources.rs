@@ -1,9 +1,13 @@
-//! The kinds flotilla serves, with their API group, version, plural name,
-//! scope and short names: one table that routing, discovery, storage keys
-//! and the CLI all read.
+//! A served resource's names, with its API group, version, plural name,
+//! scope and short names, and the lookups that routing, discovery, storage
+//! keys and the CLI share. Each kind's `Resource` and behaviour live in its
+//! file under `model::kinds`.
+
+use super::kinds::Strategy;
+pub use super::kinds::RESOURCES;
 
 /// One served resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Resource {
     /// API group; "" for the core group.
     pub group: &'static str,
@@ -16,9 +20,31 @@ pub struct Resource {
     pub short_names: &'static [&'static str],
     /// Subresources served under `.../{name}/{sub}`.
     pub subresources: &'static [&'static str],
+    /// What the kind does beyond being stored: defaults, validation,
+    /// columns, deletion.
+    pub strategy: &'static dyn Strategy,
 }
 
+impl std::fmt::Debug for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Resource({})", self.api_version_kind())
+    }
+}
+
+/// Two resources are the same when they are served at the same place.
+impl PartialEq for Resource {
+    fn eq(&self, other: &Self) -> bool {
+        self.group == other.group && self.version == other.version && self.plural == other.plural
+    }
+}
+
+impl Eq for Resource {}
+
 impl Resource {
+    fn api_version_kind(&self) -> String {
+        format!("{} {}", self.api_version(), self.kind)
+    }
+
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
@@ -61,60 +87,30 @@ impl Resource {
     }
 }
 
-const fn core(
+/// A core-group (`v1`) resource.
+pub(super) const fn core(
     kind: &'static str,
     plural: &'static str,
     singular: &'static str,
     namespaced: bool,
     short_names: &'static [&'static str],
     subresources: &'static [&'static str],
+    strategy: &'static dyn Strategy,
 ) -> Resource {
-    Resource { group: "", version: "v1", kind, plural, singular, namespaced, short_names, subresources }
+    Resource { group: "", version: "v1", kind, plural, singular, namespaced, short_names, subresources, strategy }
 }
 
-/// Every resource flotilla serves.
-pub const RESOURCES: &[Resource] = &[
-    core("Namespace", "namespaces", "namespace", false, &["ns"], &["status"]),
-    core("Node", "nodes", "node", false, &["no"], &["status"]),
-    core("Pod", "pods", "pod", true, &["po"], &["status", "log"]),
-    core("Service", "services", "service", true, &["svc"], &["status"]),
-    core("Endpoints", "endpoints", "endpoints", true, &["ep"], &[]),
-    core("ConfigMap", "configmaps", "configmap", true, &["cm"], &[]),
-    core("Event", "events", "event", true, &["ev"], &[]),
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "Deployment",
-        plural: "deployments",
-        singular: "deployment",
-        namespaced: true,
-        short_names: &["deploy"],
-        subresources: &["status", "scale"],
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "ReplicaSet",
-        plural: "replicasets",
-        singular: "replicaset",
-        namespaced: true,
-        short_names: &["rs"],
-        subresources: &["status", "scale"],
-    },
-    Resource {
-        group: "networking.k8s.io",
-        version: "v1",
-        kind: "NetworkPolicy",
-        plural: "networkpolicies",
-        singular: "networkpolicy",
-        namespaced: true,
-        short_names: &["netpol"],
-        subresources: &[],
-    },
-];
-
-/// The API groups other than core, with their one version each.
-pub const GROUPS: &[(&str, &str)] = &[("apps", "v1"), ("networking.k8s.io", "v1")];
+/// The API groups other than core, with their one version each, in the
+/// order their first kind is served.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut groups: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !groups.iter().any(|(g, _)| *g == r.group) {
+            groups.push((r.group, r.version));
+        }
+    }
+    groups
+}
 
 /// Finds a resource by what a user types: plural, singular, kind or short
 /// name, case-insensitively, optionally with `.group`.
@@ -154,6 +150,7 @@ mod tests {
         assert_eq!(lookup("widgets"), None);
         assert_eq!(by_kind("apps/v1", "ReplicaSet").map(|r| r.plural), Some("replicasets"));
         assert_eq!(by_kind("v1", "Deployment"), None);
+        assert_eq!(groups(), vec![("apps", "v1"), ("networking.k8s.io", "v1")]);
     }
 
     #[test]

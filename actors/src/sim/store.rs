@@ -18,8 +18,6 @@ use crate::leader::cache::Kind;
 use crate::leader::executor::ClusterWriter;
 use crate::model::admission::{admit_create, admit_update, AdmissionContext};
 use crate::model::object;
-use crate::model::resources::{lookup, Resource};
-use crate::model::shapes;
 use crate::registry::{set_condition, RegistryError, WatchEvent, WatchEventKind};
 
 /// One change, in revision order.
@@ -69,12 +67,8 @@ pub struct MemStore {
     clock: Arc<ManualClock>,
 }
 
-fn resource(kind: Kind) -> &'static Resource {
-    lookup(kind.plural()).expect("every cached kind is served")
-}
-
 fn key(kind: Kind, namespace: Option<&str>, name: &str) -> (Kind, String) {
-    match (resource(kind).namespaced, namespace) {
+    match (kind.resource().namespaced, namespace) {
         (true, ns) => (kind, format!("{}/{name}", ns.unwrap_or("default"))),
         (false, _) => (kind, name.to_string()),
     }
@@ -214,11 +208,10 @@ impl MemStore {
     }
 
     fn admitted(&self, s: &mut Inner, kind: Kind, mut obj: Value) -> Result<Value, RegistryError> {
-        let res = resource(kind);
+        let res = kind.resource();
         let ns = res.namespaced.then(|| object::namespace(&obj).unwrap_or("default").to_string());
         let ctx = AdmissionContext { namespace: ns.as_deref(), now: self.now_wall(), uid: s.rng.uid(), name_suffix: s.rng.name_suffix() };
         admit_create(res, &mut obj, &ctx)?;
-        shapes::check(res, &obj).map_err(RegistryError::BadRequest)?;
         if let Some(ns) = &ns {
             object::metadata_mut(&mut obj).insert("namespace".into(), json!(ns));
         }
@@ -266,7 +259,7 @@ impl MemStore {
         let k = key(kind, namespace, name);
         let old = s.objects.get(&k).cloned().ok_or_else(|| not_found(kind, name))?;
         let mut new = change(&old);
-        let res = resource(kind);
+        let res = kind.resource();
         let ns = res.namespaced.then(|| namespace.unwrap_or("default"));
         let ctx = AdmissionContext { namespace: ns, now: self.now_wall(), uid: String::new(), name_suffix: String::new() };
         admit_update(res, &old, &mut new, &ctx, status.then_some("status"))?;

@@ -1,0 +1,212 @@
+//! Pods: the pod spec's defaults and validation (which workloads' templates
+//! share), the STATUS column as kubectl computes it, and graceful deletion
+//! once a pod is bound to a node.
+
+use std::collections::BTreeSet;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1 as core;
+use serde_json::{json, Value};
+
+use super::{typed, Deletion, Strategy};
+use crate::model::admission::{is_dns1123_label, set_default, validate_port, validate_quantities, Errors};
+use crate::model::resources::{core, Resource};
+use crate::model::table::{age, col, or_none, Column};
+
+pub const PODS: Resource = core("Pod", "pods", "pod", true, &["po"], &["status", "log"], &Pod);
+
+pub struct Pod;
+
+impl Strategy for Pod {
+    fn check_typed(&self, object: &Value) -> Result<(), String> {
+        typed::<core::Pod>(object).map(drop)
+    }
+
+    fn defaults(&self, object: &mut Value) {
+        if let Some(spec) = object.get_mut("spec") {
+            pod_spec_defaults(spec);
+        }
+        if let Some(o) = object.as_object_mut() {
+            set_default(o, "status", json!({}));
+        }
+        if let Some(status) = object.get_mut("status").and_then(Value::as_object_mut) {
+            set_default(status, "phase", json!("Pending"));
+        }
+    }
+
+    fn validate(&self, object: &Value, errors: &mut Errors) {
+        match object.get("spec") {
+            Some(spec) => validate_pod_spec(spec, "spec", errors),
+            None => errors.add("spec", "is required"),
+        }
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            col("Name", "string", 0),
+            col("Ready", "string", 0),
+            col("Status", "string", 0),
+            col("Restarts", "string", 0),
+            col("Age", "string", 0),
+            col("IP", "string", 1),
+            col("Node", "string", 1),
+        ]
+    }
+
+    fn cells(&self, object: &Value, now: SystemTime) -> Vec<Value> {
+        let pod: core::Pod = typed(object).unwrap_or_default();
+        let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
+        let total = pod.spec.as_ref().map_or(0, |s| s.containers.len());
+        let ready = statuses.iter().filter(|c| c.ready).count();
+        let restarts: i64 = statuses.iter().map(|c| i64::from(c.restart_count)).sum();
+        vec![
+            json!(pod.metadata.name.clone().unwrap_or_default()),
+            json!(format!("{ready}/{total}")),
+            json!(status_of(&pod)),
+            json!(restarts.to_string()),
+            json!(age(object, now)),
+            json!(or_none(pod.status.as_ref().and_then(|s| s.pod_ip.clone()).unwrap_or_default())),
+            json!(or_none(pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default())),
+        ]
+    }
+
+    fn deletion(&self) -> Deletion {
+        Deletion::GracefulOnNode
+    }
+
+    fn categories(&self) -> &'static [&'static str] {
+        &["all"]
+    }
+}
+
+/// The STATUS column of `kubectl get pods`.
+pub fn pod_status(pod: &Value) -> String {
+    status_of(&typed(pod).unwrap_or_default())
+}
+
+fn status_of(pod: &core::Pod) -> String {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return "Terminating".into();
+    }
+    let status = pod.status.clone().unwrap_or_default();
+    let mut reason = status.reason.filter(|r| !r.is_empty()).or(status.phase).unwrap_or_default();
+    for cs in status.container_statuses.iter().flatten() {
+        let Some(state) = &cs.state else { continue };
+        if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.as_deref()).filter(|r| !r.is_empty()) {
+            return w.into();
+        }
+        if let Some(t) = &state.terminated {
+            match t.reason.as_deref().filter(|r| !r.is_empty()) {
+                Some(r) => reason = r.into(),
+                None if t.exit_code != 0 => reason = format!("ExitCode:{}", t.exit_code),
+                None => {}
+            }
+        }
+    }
+    if reason.is_empty() {
+        "Pending".into()
+    } else {
+        reason
+    }
+}
+
+/// Defaults of a pod spec, in a pod or a workload's template.
+pub(super) fn pod_spec_defaults(spec: &mut Value) {
+    let Some(spec) = spec.as_object_mut() else {
+        return;
+    };
+    set_default(spec, "restartPolicy", json!("Always"));
+    set_default(spec, "terminationGracePeriodSeconds", json!(30));
+    set_default(spec, "dnsPolicy", json!("ClusterFirst"));
+    set_default(spec, "schedulerName", json!("default-scheduler"));
+    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_array_mut) {
+        for c in containers.iter_mut().filter_map(Value::as_object_mut) {
+            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
+            let latest = !image.rsplit('/').next().unwrap_or("").contains(':') || image.ends_with(":latest");
+            set_default(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+            if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
+                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
+                    set_default(p, "protocol", json!("TCP"));
+                }
+            }
+        }
+    }
+}
+
+/// Validation of a pod spec at `path` (`spec` or `spec.template.spec`).
+pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
+    let containers = spec.get("containers").and_then(Value::as_array);
+    match containers {
+        None => errors.add(format!("{path}.containers"), "at least one container is required"),
+        Some(cs) if cs.is_empty() => errors.add(format!("{path}.containers"), "at least one container is required"),
+        Some(cs) => {
+            let mut names = BTreeSet::new();
+            for (i, c) in cs.iter().enumerate() {
+                let cp = format!("{path}.containers[{i}]");
+                let cname = c.get("name").and_then(Value::as_str).unwrap_or("");
+                if !is_dns1123_label(cname) {
+                    errors.add(format!("{cp}.name"), format!("{cname:?} must be a DNS-1123 label (lower-case letters, digits and '-')"));
+                } else if !names.insert(cname.to_string()) {
+                    errors.add(format!("{cp}.name"), format!("duplicate container name {cname:?}"));
+                }
+                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errors.add(format!("{cp}.image"), "is required");
+                }
+                if let Some(ports) = c.get("ports").and_then(Value::as_array) {
+                    for (j, p) in ports.iter().enumerate() {
+                        validate_port(p.get("containerPort"), &format!("{cp}.ports[{j}].containerPort"), errors, true);
+                        validate_port(p.get("hostPort"), &format!("{cp}.ports[{j}].hostPort"), errors, false);
+                        if let Some(proto) = p.get("protocol").and_then(Value::as_str) {
+                            if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+                                errors.add(format!("{cp}.ports[{j}].protocol"), format!("{proto:?} must be TCP, UDP or SCTP"));
+                            }
+                        }
+                    }
+                }
+                validate_quantities(c.pointer("/resources/requests"), &format!("{cp}.resources.requests"), errors);
+                validate_quantities(c.pointer("/resources/limits"), &format!("{cp}.resources.limits"), errors);
+            }
+        }
+    }
+    if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
+        if !matches!(rp, "Always" | "OnFailure" | "Never") {
+            errors.add(format!("{path}.restartPolicy"), format!("{rp:?} must be Always, OnFailure or Never"));
+        }
+    }
+    if let Some(sel) = spec.get("nodeSelector") {
+        if !sel.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
+            errors.add(format!("{path}.nodeSelector"), "must be a map of strings");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_rows_read_like_kubectl() {
+        let pod = json!({"metadata": {"name": "web-1", "creationTimestamp": "1970-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [
+                {"name": "a", "ready": true, "restartCount": 2, "state": {"running": {}}},
+                {"name": "b", "ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(300);
+        assert_eq!(
+            Pod.cells(&pod, now),
+            vec![json!("web-1"), json!("1/2"), json!("CrashLoopBackOff"), json!("3"), json!("5m"), json!("10.0.0.5"), json!("n1")]
+        );
+    }
+
+    #[test]
+    fn status_follows_kubectl() {
+        let exited = json!({"metadata": {"name": "p"}, "status": {"phase": "Failed", "containerStatuses": [
+            {"name": "a", "state": {"terminated": {"exitCode": 3}}}]}});
+        assert_eq!(pod_status(&exited), "ExitCode:3");
+        let evicted = json!({"metadata": {"name": "p"}, "status": {"phase": "Failed", "reason": "Evicted"}});
+        assert_eq!(pod_status(&evicted), "Evicted");
+        let going = json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}});
+        assert_eq!(pod_status(&going), "Terminating");
+        assert_eq!(pod_status(&json!({"metadata": {"name": "p"}})), "Pending");
+    }
+}
