@@ -273,21 +273,44 @@ async fn deleting_an_owner_or_a_namespace_deletes_what_it_holds() {
     )
     .await;
     let uid = owner["metadata"]["uid"].as_str().expect("uid");
+    let (_, keeper) = call(
+        reqwest::Method::POST,
+        &format!("{b}{CM}"),
+        "application/json",
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"keeper"}}"#,
+    )
+    .await;
+    let keeper_uid = keeper["metadata"]["uid"].as_str().expect("uid");
+    let owner_ref = |name: &str, uid: &str| json!({"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": uid});
     for i in 0..3 {
-        let dep = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("dep{i}"), "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}});
+        let dep = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("dep{i}"), "ownerReferences": [owner_ref("owner", uid)]}});
         call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &dep.to_string()).await;
     }
-    call(reqwest::Method::DELETE, &format!("{b}{CM}/owner"), "", "").await;
-    let start = tokio::time::Instant::now();
-    loop {
-        let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
-        let names: Vec<&str> = list["items"].as_array().expect("items").iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
-        if !names.iter().any(|n| n.starts_with("dep")) {
-            break;
-        }
-        assert!(start.elapsed() < DEADLINE, "dependents left: {names:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Owned by dep0 in turn, so the cascade goes two levels down.
+    let (_, dep0) = call(reqwest::Method::GET, &format!("{b}{CM}/dep0"), "", "").await;
+    let grandchild = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "dep-grandchild",
+        "ownerReferences": [owner_ref("dep0", dep0["metadata"]["uid"].as_str().expect("uid"))]}});
+    call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &grandchild.to_string()).await;
+    // Co-owned: it stays, with only the owner that stays.
+    let shared = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared",
+        "ownerReferences": [owner_ref("owner", uid), owner_ref("keeper", keeper_uid)]}});
+    call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &shared.to_string()).await;
+    let (code, _) = call(reqwest::Method::DELETE, &format!("{b}{CM}/owner"), "", "").await;
+    assert_eq!(code, 200);
+    // The cascade is part of the request: nothing is left when it answers.
+    let (_, list) = call(reqwest::Method::GET, &format!("{b}{CM}"), "", "").await;
+    let names: Vec<&str> = list["items"].as_array().expect("items").iter().filter_map(|o| o["metadata"]["name"].as_str()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("dep")), "dependents left: {names:?}");
+    let (_, shared) = call(reqwest::Method::GET, &format!("{b}{CM}/shared"), "", "").await;
+    assert_eq!(shared["metadata"]["ownerReferences"], json!([owner_ref("keeper", keeper_uid)]));
+
+    // Orphaning leaves the dependent without its reference to the owner, so
+    // the garbage collector does not take it later.
+    let (code, _) = call(reqwest::Method::DELETE, &format!("{b}{CM}/keeper?propagationPolicy=Orphan"), "", "").await;
+    assert_eq!(code, 200);
+    let (code, shared) = call(reqwest::Method::GET, &format!("{b}{CM}/shared"), "", "").await;
+    assert_eq!(code, 200, "an orphaned dependent stays");
+    assert!(shared["metadata"].get("ownerReferences").is_none(), "{shared}");
 
     let (code, _) = call(
         reqwest::Method::POST,

@@ -3,6 +3,7 @@
 //! store's revisions (resourceVersion is the key's mod revision). It is what
 //! the API server calls, and what controllers use in-process.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,7 +105,7 @@ impl std::fmt::Display for WatchEventKind {
 pub enum Propagation {
     /// Delete the owner now, its dependents after (the default).
     Background,
-    /// Leave the dependents.
+    /// Leave the dependents, without their reference to the owner.
     Orphan,
 }
 
@@ -522,8 +523,8 @@ impl Registry {
         })
     }
 
-    /// Deletes an object, then (by default, in the background) what it owns;
-    /// a namespace takes everything in it along.
+    /// Deletes an object, then (unless orphaning) what it owns, before it
+    /// answers; a namespace takes everything in it along.
     ///
     /// A pod bound to a node is deleted gracefully: it is marked with a
     /// deletionTimestamp, its node's agent stops its containers and then
@@ -549,25 +550,136 @@ impl Registry {
         grace_period_seconds: Option<i64>,
     ) -> Result<Value, RegistryError> {
         let ns = Self::ns(res, namespace);
-        match res.strategy.deletion() {
-            Deletion::Finalized => return self.delete_namespace(name).await,
-            Deletion::GracefulOnNode if grace_period_seconds != Some(0) => {
-                let current = self.get(res, ns, name).await?;
-                if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
-                    return self.mark_terminating(res, ns, name, current, precondition, grace_period_seconds).await;
-                }
-            }
-            Deletion::GracefulOnNode | Deletion::Immediate => {}
+        if res.strategy.deletion() == Deletion::Finalized {
+            return self.delete_namespace(name).await;
         }
-        let old = self.delete_object(res, ns, name, precondition).await?;
-        if propagation == Propagation::Background {
-            if let Some(uid) = object::uid(&old).map(String::from) {
-                let registry = self.clone();
-                let ns = ns.map(String::from);
-                tokio::spawn(async move { registry.delete_dependents(uid, ns).await });
+        if propagation == Propagation::Orphan {
+            // The references go first: a dependent that still named a
+            // deleted owner would be collected as an orphan.
+            let current = self.get(res, ns, name).await?;
+            if let Some(uid) = object::uid(&current) {
+                self.orphan_dependents(uid, ns).await?;
+            }
+        }
+        let old = self.delete_one(res, ns, name, precondition, grace_period_seconds).await?;
+        let removed = object::meta_str(&old, "deletionTimestamp").is_none();
+        if propagation == Propagation::Background && removed {
+            if let Some(uid) = object::uid(&old) {
+                self.delete_dependents(uid, ns).await;
             }
         }
         Ok(old)
+    }
+
+    /// Deletes one object as its kind deletes: a pod bound to a node is
+    /// marked for its agent to stop (unless the grace period is 0), anything
+    /// else is removed.
+    async fn delete_one(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<u64>,
+        grace_period_seconds: Option<i64>,
+    ) -> Result<Value, RegistryError> {
+        if res.strategy.deletion() == Deletion::GracefulOnNode && grace_period_seconds != Some(0) {
+            let current = self.get(res, ns, name).await?;
+            if current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+                return self.mark_terminating(res, ns, name, current, precondition, grace_period_seconds).await;
+            }
+        }
+        self.delete_object(res, ns, name, precondition).await
+    }
+
+    /// The namespaced objects (in `namespace`, or everywhere for a
+    /// cluster-scoped owner) that name an owner: each kind listed once.
+    async fn owned_objects(&self, namespace: Option<&str>) -> Vec<(&'static Resource, Value)> {
+        let mut owned = Vec::new();
+        for res in RESOURCES.iter().filter(|r| r.namespaced) {
+            match self.list(res, namespace, &Selector::default(), &Selector::default(), 0, None).await {
+                Ok((items, _, _)) => owned.extend(items.into_iter().filter(|o| !object::owner_uids(o).is_empty()).map(|o| (res, o))),
+                Err(e) => tracing::warn!(kind = res.kind, error = %e, "garbage collection could not list possible dependents"),
+            }
+        }
+        owned
+    }
+
+    /// Deletes what the deleted owner `uid` owned, and what that owned in
+    /// turn, within the request: no task outlives it. A dependent that
+    /// also names an owner that stays only loses the deleted owners'
+    /// references, as in Kubernetes. What fails here is logged and left to
+    /// the leader's garbage collector, which finds what an interrupted
+    /// cascade left behind.
+    async fn delete_dependents(&self, uid: &str, namespace: Option<&str>) {
+        let owned = self.owned_objects(namespace).await;
+        let mut gone: HashSet<String> = HashSet::from([uid.to_string()]);
+        let mut handled = vec![false; owned.len()];
+        // Each round handles the dependents of what the last round deleted.
+        loop {
+            let mut progressed = false;
+            for (i, (res, item)) in owned.iter().enumerate() {
+                let owners = object::owner_uids(item);
+                if handled[i] || !owners.iter().any(|u| gone.contains(u)) {
+                    continue;
+                }
+                handled[i] = true;
+                progressed = true;
+                let (ns, name) = (object::namespace(item), object::name(item).unwrap_or_default());
+                let result = if owners.iter().all(|u| gone.contains(u)) {
+                    match self.delete_one(res, ns, name, None, None).await {
+                        Ok(_) | Err(RegistryError::NotFound { .. }) => {
+                            gone.extend(object::uid(item).map(String::from));
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.drop_owner_references(res, ns, name, &gone).await
+                };
+                if let Err(e) = result {
+                    tracing::warn!(kind = res.kind, name, error = %e, "garbage collection could not handle a dependent");
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// Takes the owner reference to `uid` off everything that names it.
+    async fn orphan_dependents(&self, uid: &str, namespace: Option<&str>) -> Result<(), RegistryError> {
+        let owners = HashSet::from([uid.to_string()]);
+        for (res, item) in self.owned_objects(namespace).await {
+            if object::owner_uids(&item).iter().any(|u| u == uid) {
+                let (ns, name) = (object::namespace(&item), object::name(&item).unwrap_or_default());
+                match self.drop_owner_references(res, ns, name, &owners).await {
+                    Ok(()) | Err(RegistryError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_owner_references(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        owners: &HashSet<String>,
+    ) -> Result<(), RegistryError> {
+        let change = |old: &Value| {
+            let mut new = old.clone();
+            if let Some(refs) = new.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
+                refs.retain(|r| !r.get("uid").and_then(Value::as_str).is_some_and(|u| owners.contains(u)));
+                if refs.is_empty() {
+                    // As Kubernetes serialises it: no owners, no field.
+                    object::metadata_mut(&mut new).remove("ownerReferences");
+                }
+            }
+            Ok(new)
+        };
+        self.read_modify_write(res, ns, name, None, change, None).await.map(drop)
     }
 
     /// Removes an object now, without a grace period (the agent's last step
@@ -683,32 +795,6 @@ impl Registry {
             }
         }
         Ok(old)
-    }
-
-    /// Deletes every object in `namespace` whose ownerReferences name `uid`,
-    /// and theirs in turn.
-    pub async fn delete_dependents(&self, uid: String, namespace: Option<String>) {
-        let mut pending = vec![(uid, namespace)];
-        while let Some((owner, ns)) = pending.pop() {
-            for res in RESOURCES.iter().filter(|r| r.namespaced) {
-                let Ok((items, _, _)) = self.list(res, ns.as_deref(), &Selector::default(), &Selector::default(), 0, None).await else {
-                    continue;
-                };
-                for item in items.iter().filter(|o| object::owner_uids(o).contains(&owner)) {
-                    let name = object::name(item).unwrap_or_default();
-                    match self.delete_object(res, object::namespace(item), name, None).await {
-                        Ok(_) | Err(RegistryError::NotFound { .. }) => {
-                            if let Some(u) = object::uid(item) {
-                                pending.push((u.to_string(), object::namespace(item).map(String::from)));
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(kind = res.kind, name, error = %e, "garbage collection could not delete a dependent")
-                        }
-                    }
-                }
-            }
-        }
     }
 
     async fn delete_namespace(&self, name: &str) -> Result<Value, RegistryError> {
