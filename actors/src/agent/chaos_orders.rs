@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
 
 use crate::model::kinds::NODES;
 use crate::model::object;
 use crate::registry::Registry;
+use crate::tasks::OwnedTask;
 use crate::watcher::{is_delete, Backoff, RegistrySource, Watched, Watcher};
 
 /// The Node annotation: `ACTION UNIX_MS`, e.g. `partition 1764170000000`.
@@ -59,12 +60,14 @@ impl ChaosOrder {
     }
 }
 
-/// The orders on every node, kept current from a watch.
+/// The orders on every node, kept current from a watch. The watch is a
+/// task of the clones handed out: it ends when the last of them is dropped.
 #[derive(Clone)]
 pub struct ChaosOrders {
     registry: Registry,
     orders: Arc<RwLock<HashMap<String, String>>>,
     started: Arc<AtomicBool>,
+    watch: Arc<Mutex<Option<OwnedTask>>>,
 }
 
 fn order_of(node: &Value) -> Option<String> {
@@ -73,14 +76,16 @@ fn order_of(node: &Value) -> Option<String> {
 
 impl ChaosOrders {
     pub fn new(registry: Registry) -> Self {
-        ChaosOrders { registry, orders: Default::default(), started: Default::default() }
+        ChaosOrders { registry, orders: Default::default(), started: Default::default(), watch: Default::default() }
     }
 
     /// The order on `node`, if any (starts the watch on first use).
     pub fn get(&self, node: &str) -> Option<String> {
         if !self.started.swap(true, Ordering::AcqRel) {
-            let me = self.clone();
-            tokio::spawn(async move { me.run().await });
+            // The task's copy has no hold on the task, so dropping every
+            // outside clone drops (and aborts) it.
+            let me = ChaosOrders { watch: Arc::default(), ..self.clone() };
+            *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(OwnedTask::spawn(me.run()));
         }
         self.orders.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }

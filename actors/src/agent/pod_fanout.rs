@@ -17,6 +17,7 @@ use super::control_plane::AgentError;
 use crate::model::kinds::PODS;
 use crate::model::object;
 use crate::registry::{Registry, WatchEvent};
+use crate::tasks::OwnedTask;
 use crate::watcher::{Backoff, EventStream, RegistrySource, SourceError, WatchSource, Watched, Watcher};
 
 /// Events kept for replay to late subscribers.
@@ -61,11 +62,13 @@ impl WatchSource for FromRevision {
     }
 }
 
-/// Shares one pod watch among node agents.
+/// Shares one pod watch among node agents. The watch is a task of the
+/// clones handed out: it ends when the last of them is dropped.
 #[derive(Clone)]
 pub struct PodFanout {
     registry: Registry,
     state: Arc<Mutex<FanoutState>>,
+    watch: Arc<Mutex<Option<OwnedTask>>>,
 }
 
 fn node_of(pod: &Value) -> Option<&str> {
@@ -74,7 +77,7 @@ fn node_of(pod: &Value) -> Option<&str> {
 
 impl PodFanout {
     pub fn new(registry: Registry) -> Self {
-        PodFanout { registry, state: Arc::new(Mutex::new(FanoutState::default())) }
+        PodFanout { registry, state: Arc::new(Mutex::new(FanoutState::default())), watch: Arc::default() }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FanoutState> {
@@ -89,8 +92,10 @@ impl PodFanout {
         if !st.started {
             st.started = true;
             st.position = after;
-            let me = self.clone();
-            tokio::spawn(async move { me.run(after).await });
+            // The task's copy has no hold on the task, so dropping every
+            // outside clone drops (and aborts) it.
+            let me = PodFanout { watch: Arc::default(), ..self.clone() };
+            *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(OwnedTask::spawn(me.run(after)));
         }
         let oldest_covered = st.ring.front().map_or(st.position, |(rev, _, _)| rev.saturating_sub(1));
         if after < oldest_covered {
