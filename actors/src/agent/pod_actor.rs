@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 
 use super::container_actor::{ContainerActor, ContainerArgs, ContainerMsg, ContainerState as ContainerActorState};
 use super::control_plane::{AgentError, ControlPlane};
-use super::pod_state::{pod_phase, pod_ready, BackoffPolicy, ContainerState, ContainerView, RestartPolicy};
+use super::pod_state::{
+    after_exit, pod_phase, pod_ready, AfterExit, BackoffPolicy, ContainerState, ContainerView, RestartPolicy, Stopping,
+};
 use super::probe::Probe;
 use crate::model::object;
 use crate::model::quantity::Quantity;
@@ -490,34 +492,44 @@ impl Actor for PodActor {
         slot.view.ready = false;
         slot.view.ever_started = true;
         slot.previous_id = slot.id.take().or(slot.previous_id.take());
-        if state.terminating || state.killed {
-            slot.view.state = terminated;
-            if state.all_stopped() {
-                if state.killed {
-                    cleanup(state).await;
-                    myself.stop(Some("pod deleted".into()));
-                } else {
-                    myself.send_message(PodMsg::Finalize)?;
-                }
-            }
-            return Ok(());
-        }
         let code = exit.as_ref().map_or(0, |e| e.code);
-        if state.policy.restarts(code) {
-            let delay = state.backoff.next_delay(slot.last_delay, ran_for);
-            slot.last_delay = Some(delay);
-            slot.restarts += 1;
-            slot.last_state = Some(terminated);
-            slot.view.state = ContainerState::Waiting {
-                reason: "CrashLoopBackOff".into(),
-                message: format!("back-off {}s restarting failed container {}", delay.as_secs_f64(), slot.spec.name),
-            };
-            tracing::info!(pod = %state.name, container = %slot.spec.name, code, "container exited; restarting in {delay:?}");
-            let message = format!("container {} exited with code {code}; restarting in {:.1}s", slot.spec.name, delay.as_secs_f64());
-            state.control.record_event(&state.pod, "Warning", "BackOff", &message).await;
-            myself.send_after(delay, move || PodMsg::StartContainer { index });
-        } else {
-            slot.view.state = terminated;
+        let stopping = match (state.killed, state.terminating) {
+            (true, _) => Stopping::Killed,
+            (false, true) => Stopping::Terminating,
+            (false, false) => Stopping::No,
+        };
+        let (last_delay, all_stopped) = (slot.last_delay, state.all_stopped());
+        match after_exit(state.policy, &state.backoff, last_delay, ran_for, code, stopping, all_stopped) {
+            AfterExit::AwaitOthers => {
+                state.slots[index].view.state = terminated;
+                return Ok(());
+            }
+            AfterExit::Finalize => {
+                state.slots[index].view.state = terminated;
+                myself.send_message(PodMsg::Finalize)?;
+                return Ok(());
+            }
+            AfterExit::CleanUpAndStop => {
+                state.slots[index].view.state = terminated;
+                cleanup(state).await;
+                myself.stop(Some("pod deleted".into()));
+                return Ok(());
+            }
+            AfterExit::Restart { delay } => {
+                let slot = &mut state.slots[index];
+                slot.last_delay = Some(delay);
+                slot.restarts += 1;
+                slot.last_state = Some(terminated);
+                slot.view.state = ContainerState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: format!("back-off {}s restarting failed container {}", delay.as_secs_f64(), slot.spec.name),
+                };
+                tracing::info!(pod = %state.name, container = %slot.spec.name, code, "container exited; restarting in {delay:?}");
+                let message = format!("container {} exited with code {code}; restarting in {:.1}s", slot.spec.name, delay.as_secs_f64());
+                state.control.record_event(&state.pod, "Warning", "BackOff", &message).await;
+                myself.send_after(delay, move || PodMsg::StartContainer { index });
+            }
+            AfterExit::StayTerminated => state.slots[index].view.state = terminated,
         }
         myself.send_message(PodMsg::WriteStatus)?;
         Ok(())

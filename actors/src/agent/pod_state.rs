@@ -1,6 +1,8 @@
-//! The pod state machine as plain functions: whether and when a container
-//! that exited is restarted (restart policy, exponential backoff), and what
-//! the pod's phase and conditions are, given its containers' states.
+//! The pod state machine as plain functions: what the pod does when a
+//! container exits ([`after_exit`]: restart after a backoff, stay
+//! terminated, or finish stopping the pod), and what the pod's phase and
+//! conditions are, given its containers' states. The pod actor does the
+//! I/O these decide.
 
 use std::time::Duration;
 
@@ -56,6 +58,57 @@ impl BackoffPolicy {
             Some(prev) if ran_for < self.reset_after => (prev * 2).min(self.max),
             _ => self.initial,
         }
+    }
+}
+
+/// Why the pod is stopping its containers, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopping {
+    No,
+    /// Deleted gracefully: once every container is down, the agent
+    /// removes the pod from the store.
+    Terminating,
+    /// The pod is gone from the store (or its node's agent was told to
+    /// drop it): once every container is down, its containers are
+    /// removed and the pod actor stops.
+    Killed,
+}
+
+/// What the pod does after one of its containers exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Start it again after `delay`, waiting in CrashLoopBackOff.
+    Restart { delay: Duration },
+    /// Leave it terminated: its restart policy says so.
+    StayTerminated,
+    /// The pod is stopping and other containers are still up.
+    AwaitOthers,
+    /// The pod was terminating and this was its last container: remove
+    /// the pod from the store.
+    Finalize,
+    /// The pod was killed and this was its last container: remove the
+    /// containers and stop.
+    CleanUpAndStop,
+}
+
+/// The decision when a container exits with `exit_code` after running for
+/// `ran_for`, its previous backoff having been `last_delay`.
+/// `all_stopped` says whether every container of the pod is now down.
+pub fn after_exit(
+    policy: RestartPolicy,
+    backoff: &BackoffPolicy,
+    last_delay: Option<Duration>,
+    ran_for: Duration,
+    exit_code: i64,
+    stopping: Stopping,
+    all_stopped: bool,
+) -> AfterExit {
+    match stopping {
+        Stopping::Terminating if all_stopped => AfterExit::Finalize,
+        Stopping::Killed if all_stopped => AfterExit::CleanUpAndStop,
+        Stopping::Terminating | Stopping::Killed => AfterExit::AwaitOthers,
+        Stopping::No if policy.restarts(exit_code) => AfterExit::Restart { delay: backoff.next_delay(last_delay, ran_for) },
+        Stopping::No => AfterExit::StayTerminated,
     }
 }
 
@@ -155,6 +208,26 @@ pub fn pod_ready(containers: &[ContainerView]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exit_restarts_with_a_growing_backoff_or_ends_the_pod() {
+        let b = BackoffPolicy::default();
+        let s = Duration::from_secs;
+        let exit = |policy, last, ran, code, stopping, all| after_exit(policy, &b, last, s(ran), code, stopping, all);
+        assert_eq!(exit(RestartPolicy::Always, None, 1, 0, Stopping::No, true), AfterExit::Restart { delay: s(1) });
+        assert_eq!(exit(RestartPolicy::Always, Some(s(8)), 1, 1, Stopping::No, true), AfterExit::Restart { delay: s(16) });
+        assert_eq!(exit(RestartPolicy::Always, Some(s(60)), 1, 1, Stopping::No, true), AfterExit::Restart { delay: s(60) });
+        // A container that ran long enough starts over at the first delay.
+        assert_eq!(exit(RestartPolicy::Always, Some(s(32)), 61, 1, Stopping::No, true), AfterExit::Restart { delay: s(1) });
+        assert_eq!(exit(RestartPolicy::OnFailure, None, 1, 0, Stopping::No, true), AfterExit::StayTerminated);
+        assert_eq!(exit(RestartPolicy::OnFailure, None, 1, 2, Stopping::No, false), AfterExit::Restart { delay: s(1) });
+        assert_eq!(exit(RestartPolicy::Never, None, 1, 2, Stopping::No, true), AfterExit::StayTerminated);
+        // A stopping pod never restarts; its last exit ends it.
+        assert_eq!(exit(RestartPolicy::Always, None, 1, 137, Stopping::Terminating, false), AfterExit::AwaitOthers);
+        assert_eq!(exit(RestartPolicy::Always, None, 1, 137, Stopping::Terminating, true), AfterExit::Finalize);
+        assert_eq!(exit(RestartPolicy::Always, None, 1, 137, Stopping::Killed, false), AfterExit::AwaitOthers);
+        assert_eq!(exit(RestartPolicy::Always, None, 1, 137, Stopping::Killed, true), AfterExit::CleanUpAndStop);
+    }
 
     fn view(state: ContainerState, ever_started: bool, ready: bool) -> ContainerView {
         ContainerView { name: "c".into(), state, ever_started, ready }
