@@ -23,22 +23,47 @@ pub fn selector(service: &Value) -> Option<BTreeMap<String, String>> {
 /// A Service port resolved for a pod: (name, port, protocol).
 type ResolvedPort = (String, i64, String);
 
-/// Resolves the Service's ports for one pod: (name, port, protocol); None
-/// when a named targetPort is not among the pod's container ports.
-fn resolve_ports(service: &Value, pod: &PodView) -> Option<Vec<ResolvedPort>> {
+/// Where a Service port sends traffic on a pod.
+enum Target {
+    Number(i64),
+    /// A container port's name, looked up on each pod.
+    Named(String),
+}
+
+/// One Service port, read once per Service rather than once per pod.
+struct ServicePort {
+    name: String,
+    protocol: String,
+    target: Option<Target>,
+}
+
+fn service_ports(service: &Value) -> Vec<ServicePort> {
     let mut out = Vec::new();
     for p in service.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-        let name = p.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
-        let protocol = p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string();
-        let port = match p.get("targetPort") {
-            Some(Value::Number(n)) => n.as_i64()?,
-            Some(Value::String(s)) => match s.parse::<i64>() {
-                Ok(n) => n,
-                Err(_) => pod.ports.iter().find(|(n, _, proto)| n.as_deref() == Some(s.as_str()) && *proto == protocol)?.1,
-            },
-            _ => p.get("port").and_then(Value::as_i64)?,
+        let target = match p.get("targetPort") {
+            Some(Value::Number(n)) => n.as_i64().map(Target::Number),
+            Some(Value::String(s)) => Some(s.parse::<i64>().map_or_else(|_| Target::Named(s.clone()), Target::Number)),
+            _ => p.get("port").and_then(Value::as_i64).map(Target::Number),
         };
-        out.push((name, port, protocol));
+        out.push(ServicePort {
+            name: p.get("name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            protocol: p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_string(),
+            target,
+        });
+    }
+    out
+}
+
+/// Resolves the Service's ports for one pod: (name, port, protocol); None
+/// when a named targetPort is not among the pod's container ports.
+fn resolve_ports(ports: &[ServicePort], pod: &PodView) -> Option<Vec<ResolvedPort>> {
+    let mut out = Vec::with_capacity(ports.len());
+    for p in ports {
+        let port = match p.target.as_ref()? {
+            Target::Number(n) => *n,
+            Target::Named(s) => pod.ports.iter().find(|(n, _, proto)| n.as_deref() == Some(s.as_str()) && *proto == p.protocol)?.1,
+        };
+        out.push((p.name.clone(), port, p.protocol.clone()));
     }
     Some(out)
 }
@@ -55,8 +80,9 @@ pub fn endpoints_for<'a>(service: &Value, pods: impl IntoIterator<Item = &'a Pod
         .filter(|p| sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
         .collect();
     selected.sort_by(|a, b| a.name.cmp(&b.name));
+    let service_ports = service_ports(service);
     for pod in selected {
-        let Some(ports) = resolve_ports(service, pod) else { continue };
+        let Some(ports) = resolve_ports(&service_ports, pod) else { continue };
         let address = json!({
             "ip": pod.pod_ip, "nodeName": pod.node,
             "targetRef": {"kind": "Pod", "name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
@@ -102,7 +128,10 @@ pub fn endpoints_for<'a>(service: &Value, pods: impl IntoIterator<Item = &'a Pod
 /// Whether two Endpoints objects say the same thing (ignoring metadata the
 /// server fills in).
 pub fn same_endpoints(current: &Value, desired: &Value) -> bool {
-    let subsets = |v: &Value| v.get("subsets").cloned().filter(|s| s.as_array().is_some_and(|a| !a.is_empty())).unwrap_or(json!([]));
+    // No subsets and an empty list say the same.
+    fn subsets(v: &Value) -> &[Value] {
+        v.get("subsets").and_then(Value::as_array).map_or(&[], Vec::as_slice)
+    }
     subsets(current) == subsets(desired) && current.pointer("/metadata/labels") == desired.pointer("/metadata/labels")
 }
 
