@@ -52,7 +52,7 @@ pub struct ContainerState {
     pod: ActorRef<PodMsg>,
     stopping: bool,
     liveness_failed: bool,
-    /// The waiter and the probes: they end with the actor.
+    /// The waiter, the probes and any stop in flight: they end with the actor.
     tasks: Vec<OwnedTask>,
     /// How the container ended, once it has: what the supervisor reads
     /// from the actor's final state.
@@ -159,12 +159,15 @@ impl Actor for ContainerActor {
             ContainerMsg::Stop { grace } => {
                 state.stopping = true;
                 let (runtime, id) = (state.runtime.clone(), state.id.clone());
-                // Stopping can take the whole grace period; do not block the mailbox.
-                tokio::spawn(async move {
+                // Stopping can take the whole grace period; do not block the
+                // mailbox. The task ends with this actor: if the actor goes
+                // first, the pod actor stops the container itself.
+                state.tasks.retain(|t| !t.is_finished());
+                state.tasks.push(OwnedTask::spawn(async move {
                     if let Err(e) = runtime.stop(&id, grace).await {
                         tracing::warn!(container = %id, error = %e, "stop failed");
                     }
-                });
+                }));
                 Ok(())
             }
             ContainerMsg::Probe { kind: ProbeKind::Readiness, healthy } => {
@@ -176,9 +179,10 @@ impl Actor for ContainerActor {
                     state.liveness_failed = true;
                     tracing::info!(container = %state.name, "liveness probe failed; restarting the container");
                     let (runtime, id) = (state.runtime.clone(), state.id.clone());
-                    tokio::spawn(async move {
+                    state.tasks.retain(|t| !t.is_finished());
+                    state.tasks.push(OwnedTask::spawn(async move {
                         let _ = runtime.stop(&id, LIVENESS_KILL_GRACE).await;
-                    });
+                    }));
                 }
                 Ok(())
             }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::cgroup::{self, Cgroup, Hierarchy, Limits};
 use super::{tail_lines, ContainerRuntime, ContainerSpec, Exit, OwnedContainer, RuntimeError, Usage};
+use crate::tasks::OwnedTask;
 
 /// A container's log file is rotated (one previous file kept) past this.
 pub const LOG_FILE_MAX_BYTES: u64 = 8 * 1024 * 1024;
@@ -46,6 +47,9 @@ struct Entry {
     record: Record,
     exit: watch::Sender<Option<Exit>>,
     cgroup: Option<Arc<Cgroup>>,
+    /// The exit waiter and log copiers: they end with the entry (removed,
+    /// or the runtime dropped; a later agent adopts the process).
+    _tasks: Vec<OwnedTask>,
 }
 
 /// Runs containers as local processes.
@@ -156,11 +160,12 @@ impl ProcessRuntime {
             let Ok(record) = serde_json::from_str::<Record>(&text) else { continue };
             let cgroup = record.cgroup.clone().and_then(Cgroup::open).map(Arc::new);
             let (exit, _) = watch::channel(if pid_alive(record.pid) { None } else { Some(Exit::from_code(0)) });
+            let mut tasks = Vec::new();
             if exit.borrow().is_none() {
                 let tx = exit.clone();
                 let pid = record.pid;
                 let watched = cgroup.clone();
-                tokio::spawn(async move {
+                tasks.push(OwnedTask::spawn(async move {
                     while pid_alive(pid) {
                         tokio::time::sleep(ADOPTED_POLL).await;
                     }
@@ -172,10 +177,10 @@ impl ProcessRuntime {
                         Exit { code: 0, reason: "Completed".into(), message: "adopted process exited".into() }
                     };
                     tx.send_replace(Some(exit));
-                });
+                }));
             }
             self.next.fetch_max(record.id.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0) + 1, Ordering::Relaxed);
-            self.lock().insert(record.id.clone(), Entry { record, exit, cgroup });
+            self.lock().insert(record.id.clone(), Entry { record, exit, cgroup, _tasks: tasks });
         }
     }
 }
@@ -271,11 +276,12 @@ impl ContainerRuntime for ProcessRuntime {
             return Err(RuntimeError::Create("process exited before it could be tracked".into()));
         };
         let file = Arc::new(tokio::sync::Mutex::new(file));
+        let mut tasks = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(copy_capped(out, log_path.clone(), file.clone()));
+            tasks.push(OwnedTask::spawn(copy_capped(out, log_path.clone(), file.clone())));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(copy_capped(err, log_path.clone(), file.clone()));
+            tasks.push(OwnedTask::spawn(copy_capped(err, log_path.clone(), file.clone())));
         }
         let record = Record {
             id: id.clone(),
@@ -291,7 +297,7 @@ impl ContainerRuntime for ProcessRuntime {
         let (exit, _) = watch::channel(None);
         let tx = exit.clone();
         let watched = cgroup.clone();
-        tokio::spawn(async move {
+        tasks.push(OwnedTask::spawn(async move {
             use std::os::unix::process::ExitStatusExt;
             let status = child.wait().await;
             let killed = matches!(&status, Ok(s) if s.signal() == Some(libc::SIGKILL));
@@ -308,8 +314,8 @@ impl ContainerRuntime for ProcessRuntime {
                 Err(e) => Exit { code: 1, reason: "Error".into(), message: e.to_string() },
             };
             tx.send_replace(Some(exit));
-        });
-        self.lock().insert(id.clone(), Entry { record, exit, cgroup });
+        }));
+        self.lock().insert(id.clone(), Entry { record, exit, cgroup, _tasks: tasks });
         Ok(id)
     }
 
