@@ -18,6 +18,8 @@ use super::service_table::{Protocol, ServiceTable};
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections carried at once per node port; more wait in the backlog.
 const CONNECTIONS_PER_PORT_MAX: usize = 4096;
+/// The pause after a failed accept before the next.
+const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct PortListener {
     backends: Arc<RwLock<Vec<SocketAddr>>>,
@@ -81,16 +83,24 @@ async fn carry(mut client: TcpStream, backends: Arc<RwLock<Vec<SocketAddr>>>) {
     }
 }
 
+/// Accepts on one node port; its connections are tasks of this one, so
+/// they end when the port is no longer served.
 async fn serve(listener: TcpListener, backends: Arc<RwLock<Vec<SocketAddr>>>) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_PER_PORT_MAX));
+    let mut connections = tokio::task::JoinSet::new();
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let Ok((client, _)) = listener.accept().await else { continue };
-        let backends = backends.clone();
-        tokio::spawn(async move {
-            carry(client, backends).await;
-            drop(permit);
-        });
+        // Reap finished connections; at the limit, wait for one to end.
+        while connections.try_join_next().is_some() {}
+        if connections.len() >= CONNECTIONS_PER_PORT_MAX {
+            connections.join_next().await;
+            continue;
+        }
+        match listener.accept().await {
+            Ok((client, _)) => {
+                connections.spawn(carry(client, backends.clone()));
+            }
+            // Out of descriptors, say: do not spin on it.
+            Err(_) => tokio::time::sleep(ACCEPT_RETRY).await,
+        }
     }
 }
 
