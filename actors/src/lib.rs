@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod backoff;
 pub mod clock;
+pub mod identities;
 pub mod leader;
 pub mod model;
 pub mod network;

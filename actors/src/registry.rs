@@ -10,6 +10,8 @@ use std::time::Duration;
 use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, EventKind, Member, Outcome, StoreError, TxnOp, TxnOpResult, Watcher};
 use serde_json::{json, Value};
 
+use crate::clock::SharedClock;
+use crate::identities::{RandomIdentities, SharedIdentities};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::{Allocation, Deletion};
 use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES};
@@ -114,6 +116,8 @@ pub enum Propagation {
 pub struct Registry {
     member: Arc<Member>,
     plan: NetworkPlan,
+    clock: SharedClock,
+    ids: SharedIdentities,
 }
 
 /// Bumped by every write that gives out or changes a Service's addresses,
@@ -131,17 +135,34 @@ fn pod_cidr_key(cidr: &str) -> Vec<u8> {
     format!("/registry/flotilla.io/podcidrs/{}", cidr.replace('/', "_")).into_bytes()
 }
 
-fn context<'a>(namespace: Option<&'a str>) -> AdmissionContext<'a> {
-    use rand::Rng;
-    let alphabet = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut rng = rand::thread_rng();
-    let name_suffix = (0..5).map(|_| alphabet[rng.gen_range(0..alphabet.len())] as char).collect();
-    AdmissionContext { namespace, now: object::now(), uid: uuid::Uuid::new_v4().to_string(), name_suffix }
-}
-
 impl Registry {
     pub fn new(member: Arc<Member>) -> Self {
-        Registry { member, plan: NetworkPlan::default() }
+        Registry { member, plan: NetworkPlan::default(), clock: crate::clock::system(), ids: RandomIdentities::from_entropy() }
+    }
+
+    /// The clock timestamps (creation, deletion deadlines, events) are
+    /// read from.
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where uids and generated names come from.
+    pub fn with_identities(mut self, ids: SharedIdentities) -> Self {
+        self.ids = ids;
+        self
+    }
+
+    fn wall(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(self.clock.wall_unix_ms())
+    }
+
+    fn now(&self) -> String {
+        object::timestamp(self.wall())
+    }
+
+    fn context<'a>(&self, namespace: Option<&'a str>) -> AdmissionContext<'a> {
+        AdmissionContext { namespace, now: self.now(), uid: self.ids.uid(), name_suffix: self.ids.name_suffix() }
     }
 
     /// The address plan Services and nodes are given addresses from.
@@ -238,7 +259,7 @@ impl Registry {
     /// Creates an object after admission; 409 if it exists.
     pub async fn create(&self, res: &Resource, namespace: Option<&str>, mut obj: Value) -> Result<Value, RegistryError> {
         let ns = if res.namespaced { Some(namespace.unwrap_or("default")) } else { None };
-        admit_create(res, &mut obj, &context(ns))?;
+        admit_create(res, &mut obj, &self.context(ns))?;
         if let Some(ns) = ns {
             self.namespace_ready(ns).await?;
         }
@@ -318,7 +339,7 @@ impl Registry {
         let mut compares = Vec::with_capacity(objects.len());
         let mut puts = Vec::with_capacity(objects.len());
         for mut obj in objects {
-            admit_create(res, &mut obj, &context(ns))?;
+            admit_create(res, &mut obj, &self.context(ns))?;
             let key = res.key(ns, object::name(&obj).unwrap_or_default()).into_bytes();
             compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
             puts.push(TxnOp::Put { key, value: encode(&obj) });
@@ -383,7 +404,7 @@ impl Registry {
         let mut compares = Vec::with_capacity(binds.len() * 2);
         let mut puts = Vec::with_capacity(binds.len());
         let mut seen_nodes = std::collections::HashSet::new();
-        let now = object::now();
+        let now = self.now();
         for (pod, node) in binds {
             let key = pods.key(object::namespace(pod), object::name(pod).unwrap_or_default()).into_bytes();
             let rv = object::resource_version(pod).unwrap_or(0);
@@ -487,7 +508,7 @@ impl Registry {
             if res.strategy.allocation() == Allocation::ServiceAddresses && subresource.is_none() {
                 crate::network::ipam::fit_to_type(&old, &mut new);
             }
-            admit_update(res, &old, &mut new, &context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
+            admit_update(res, &old, &mut new, &self.context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
             let (mut compares, mut also) = (vec![], vec![]);
             if res.strategy.allocation() == Allocation::ServiceAddresses && subresource.is_none() {
                 let owner = format!("{}/{name}", ns.unwrap_or("default"));
@@ -717,7 +738,7 @@ impl Registry {
         }
         let grace = grace.or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30).max(0);
         let mut new = current.clone();
-        let deadline = std::time::SystemTime::now() + Duration::from_secs(grace as u64);
+        let deadline = self.wall() + Duration::from_secs(grace as u64);
         let meta = object::metadata_mut(&mut new);
         meta.insert("deletionTimestamp".into(), json!(object::timestamp(deadline)));
         meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
@@ -865,8 +886,8 @@ impl Registry {
     /// Records an Event about `involved` (best effort: failures are logged).
     pub async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
         let ns = object::namespace(involved).unwrap_or("default").to_string();
-        let name = format!("{}.{:x}", object::name(involved).unwrap_or("object"), rand::random::<u64>());
-        let now = object::now();
+        let name = format!("{}.{:x}", object::name(involved).unwrap_or("object"), self.ids.event_suffix());
+        let now = self.now();
         let event = json!({
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": name, "namespace": ns},

@@ -304,3 +304,27 @@ async fn a_container_actor_that_dies_is_replaced_without_touching_the_container(
     assert_eq!(failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 3, "{}", failed["status"]);
     assert_eq!(restarts(&failed), 0);
 }
+
+/// The registry takes time and identities from its seams: on a manual
+/// clock with seeded identities, what it makes up is reproducible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_reads_time_and_identities_from_its_seams() {
+    use flotilla_actors::clock::ManualClock;
+    use flotilla_actors::identities::RandomIdentities;
+    let dir = tempfile::tempdir().unwrap();
+    let base = registry(dir.path()).await;
+    let make = |seed: u64, ns: &str| {
+        let registry = base.clone().with_clock(ManualClock::new(1_780_000_000_000)).with_identities(RandomIdentities::seeded(seed));
+        let cms = lookup("configmaps").unwrap();
+        let ns = ns.to_string();
+        async move {
+            let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "settings-"}});
+            registry.create(cms, Some(&ns), cm).await.expect("created")
+        }
+    };
+    let (a, b, c) = (make(5, "default").await, make(5, "flotilla-system").await, make(6, "default").await);
+    let identity = |o: &Value| (o["metadata"]["name"].clone(), o["metadata"]["uid"].clone(), o["metadata"]["creationTimestamp"].clone());
+    assert_eq!(identity(&a), identity(&b), "one seed and one clock make the same name, uid and timestamp");
+    assert_eq!(a["metadata"]["creationTimestamp"], "2026-05-28T20:26:40Z");
+    assert_ne!(identity(&a).1, identity(&c).1, "another seed, another uid");
+}

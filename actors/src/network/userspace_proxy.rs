@@ -19,7 +19,7 @@ const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections carried at once per node port; more wait in the backlog.
 const CONNECTIONS_PER_PORT_MAX: usize = 4096;
 /// The pause after a failed accept before the next.
-const ACCEPT_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+const ACCEPT_RETRY: Duration = Duration::from_millis(20);
 
 struct PortListener {
     backends: Arc<RwLock<Vec<SocketAddr>>>,
