@@ -42,8 +42,8 @@ pub struct PlanFlags {
 }
 
 impl PlanFlags {
-    pub fn plan(&self) -> Result<flotilla_actors::network::ipam::NetworkPlan, String> {
-        flotilla_actors::network::ipam::NetworkPlan::new(&self.service_cidr, &self.cluster_cidr, self.node_cidr_mask)
+    pub fn plan(&self) -> Result<flotilla_actors::model::addresses::NetworkPlan, String> {
+        flotilla_actors::model::addresses::NetworkPlan::new(&self.service_cidr, &self.cluster_cidr, self.node_cidr_mask)
     }
 }
 
@@ -134,7 +134,7 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
                 .find(|n| n.pointer("/metadata/name").and_then(|v| v.as_str()) == Some(node.as_str()))
                 .and_then(|n| n.pointer("/spec/podCIDR").and_then(|v| v.as_str()).filter(|s| !s.is_empty()).map(String::from))
         });
-        if let Some(cidr) = cidr.and_then(|c| flotilla_actors::network::ipam::Cidr::parse(&c).ok()) {
+        if let Some(cidr) = cidr.and_then(|c| flotilla_actors::model::addresses::Cidr::parse(&c).ok()) {
             break PodNetwork {
                 node: node.clone(),
                 subnet: cidr.to_string(),

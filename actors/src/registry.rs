@@ -12,13 +12,13 @@ use serde_json::{json, Value};
 
 use crate::clock::SharedClock;
 use crate::identities::{RandomIdentities, SharedIdentities};
+use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::{Allocation, Deletion};
 use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES};
 use crate::model::object::{self, decode, encode};
 use crate::model::resources::{Resource, RESOURCES};
 use crate::model::selector::Selector;
-use crate::network::ipam::{assign_service, AllocError, NetworkPlan, Taken};
 
 /// Retries of a read-modify-write that lost a race, before giving up with 409.
 const UPDATE_RETRIES_MAX: usize = 8;
@@ -506,7 +506,7 @@ impl Registry {
             }
             let mut new = change(&old)?;
             if res.strategy.allocation() == Allocation::ServiceAddresses && subresource.is_none() {
-                crate::network::ipam::fit_to_type(&old, &mut new);
+                crate::model::addresses::fit_to_type(&old, &mut new);
             }
             admit_update(res, &old, &mut new, &self.context(ns.or(if res.namespaced { Some("default") } else { None })), subresource)?;
             let (mut compares, mut also) = (vec![], vec![]);

@@ -15,8 +15,8 @@ use super::cache::{CacheState, ClusterCache};
 use super::command::{Command, Decision, Now, Outcome};
 use super::executor::{execute, ClusterWriter, ExecLimits, Executed};
 use super::settings::LeaderSettings;
+use crate::model::addresses::NetworkPlan;
 use crate::model::heartbeats::Heartbeats;
-use crate::network::ipam::NetworkPlan;
 use crate::registry::{Registry, RegistryError};
 use crate::tasks::OwnedTask;
 

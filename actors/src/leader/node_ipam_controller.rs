@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::command::{Command, Decision, Outcome};
 use super::controller::{Reconciler, StepInput};
-use crate::network::ipam::free_pod_cidr;
+use crate::model::addresses::free_pod_cidr;
 
 /// Nodes given a subnet per pass; the rest wait for the next.
 const NODES_PER_PASS_MAX: usize = 200;

@@ -11,7 +11,7 @@ use super::command::{Command, Decision, Now, Outcome};
 use super::controller::{Reconciler, StepInput};
 use super::settings::LeaderSettings;
 use crate::clock::Mono;
-use crate::network::ipam::NetworkPlan;
+use crate::model::addresses::NetworkPlan;
 
 fn cache(objects: &[(Kind, Value)]) -> CacheState {
     let mut s = CacheState::default();

@@ -2,6 +2,7 @@
 //! JSON in Kubernetes' shapes, each kind's behaviour in its file under
 //! `kinds`, with admission, selectors and quantities as plain functions.
 
+pub mod addresses;
 pub mod admission;
 pub mod heartbeats;
 pub mod kinds;

@@ -25,9 +25,9 @@ use crate::leader::executor::{run_one, ExecLimits};
 use crate::leader::node_health::{NodeCommand, NodeHealth, NodeInput};
 use crate::leader::node_lifecycle::{health_settings, observations, writes};
 use crate::leader::LeaderSettings;
+use crate::model::addresses::NetworkPlan;
 use crate::model::heartbeats::{Heartbeats, NodeUsage};
 use crate::model::object;
-use crate::network::ipam::NetworkPlan;
 
 /// The length of one simulation step.
 pub const STEP: Mono = Mono::from_millis(100);

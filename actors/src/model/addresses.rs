@@ -1,6 +1,8 @@
-//! Address plans as plain functions: CIDRs, the service virtual IPs and
-//! node ports a Service is given at creation (never two alike, kept for
-//! the Service's life), and the pod subnet each node is given.
+//! The cluster's address plan as plain functions: CIDRs, the service
+//! virtual IPs and node ports a Service is given at creation (never two
+//! alike, kept for the Service's life), and the pod subnet each node is
+//! given. The registry allocates from it in the transaction of a write
+//! (the Service and Node strategies' `Allocation`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
