@@ -3,7 +3,8 @@
 //! `kubectl.kubernetes.io/last-applied-configuration` annotation so fields
 //! removed from a manifest are removed from the object (a three-way merge).
 
-use flotilla_actors::model::resources::{by_kind, Resource};
+use flotilla_actors::model::kinds::by_kind;
+use flotilla_actors::model::resources::Resource;
 use flotilla_actors::registry::merge_patch;
 use serde_json::{json, Map, Value};
 

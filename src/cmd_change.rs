@@ -1,6 +1,6 @@
 //! `flotilla delete` and `flotilla scale`.
 
-use flotilla_actors::model::resources::by_kind;
+use flotilla_actors::model::kinds::by_kind;
 use serde_json::{json, Value};
 
 use crate::client::{resource_path, ApiClient};

@@ -2,7 +2,8 @@
 //! kubectl prints them (from the server's Table), YAML/JSON output, and
 //! watching with `-w`.
 
-use flotilla_actors::model::resources::{lookup, Resource};
+use flotilla_actors::model::kinds::lookup;
+use flotilla_actors::model::resources::Resource;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
@@ -27,7 +28,7 @@ pub struct GetOptions {
 
 pub fn resolve(kind: &str) -> Result<&'static Resource, String> {
     lookup(kind).ok_or_else(|| {
-        let known: Vec<&str> = flotilla_actors::model::resources::RESOURCES.iter().map(|r| r.plural).collect();
+        let known: Vec<&str> = flotilla_actors::model::kinds::RESOURCES.iter().map(|r| r.plural).collect();
         format!("the server doesn't have a resource type {kind:?} (known: {})", known.join(", "))
     })
 }

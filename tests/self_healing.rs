@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use flotilla::sim_cluster::{NodeShape, SimCluster};
 use flotilla_actors::leader::LeaderSettings;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::lookup;
 use flotilla_actors::{Propagation, Registry};
 use serde_json::{json, Value};
 

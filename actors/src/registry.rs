@@ -14,11 +14,12 @@ use crate::clock::SharedClock;
 use crate::identities::{RandomIdentities, SharedIdentities};
 use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
-use crate::model::kinds::{Allocation, Deletion};
+use crate::model::kinds::RESOURCES;
 use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES};
 use crate::model::object::{self, decode, encode};
-use crate::model::resources::{Resource, RESOURCES};
+use crate::model::resources::Resource;
 use crate::model::selector::Selector;
+use crate::model::strategy::{Allocation, Deletion};
 
 /// Retries of a read-modify-write that lost a race, before giving up with 409.
 const UPDATE_RETRIES_MAX: usize = 8;

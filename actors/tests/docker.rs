@@ -8,7 +8,7 @@ use std::time::Duration;
 use flotilla_actors::agent::control_plane::{Heartbeats, LocalControlPlane};
 use flotilla_actors::agent::node_agent::{NodeAgent, NodeAgentArgs};
 use flotilla_actors::agent::pod_state::BackoffPolicy;
-use flotilla_actors::model::resources::lookup;
+use flotilla_actors::model::kinds::lookup;
 use flotilla_actors::runtime::docker::DockerRuntime;
 use flotilla_actors::runtime::ContainerRuntime;
 use flotilla_actors::Registry;

@@ -1,7 +1,8 @@
 //! Discovery documents, so kubectl and other clients can find the
 //! resources: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/GROUP/VERSION`.
 
-use flotilla_actors::model::resources::{groups, Resource, RESOURCES};
+use flotilla_actors::model::kinds::{groups, RESOURCES};
+use flotilla_actors::model::resources::Resource;
 use serde_json::{json, Value};
 
 pub fn version() -> Value {

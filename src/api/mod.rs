@@ -80,7 +80,7 @@ pub fn parse_path(path: &str) -> Option<ResourcePath> {
         _ => return None,
     };
     let mut p = ResourcePath { group: group.into(), version: version.into(), namespace: None, plural: None, name: None, subresource: None };
-    let is_namespaced_plural = |s: &str| flotilla_actors::model::resources::by_path(group, version, s).is_some_and(|r| r.namespaced);
+    let is_namespaced_plural = |s: &str| flotilla_actors::model::kinds::by_path(group, version, s).is_some_and(|r| r.namespaced);
     match rest {
         [] => {}
         // Under a namespace, anything but the namespace's own subresources

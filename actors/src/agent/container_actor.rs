@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::pod_actor::PodMsg;
 use super::probe::{check_network, Probe, ProbeAction, ProbeState};
 use crate::runtime::{ContainerRuntime, ContainerSpec, Exit};
 use crate::tasks::OwnedTask;
@@ -21,11 +20,23 @@ const LIVENESS_KILL_GRACE: Duration = Duration::from_secs(2);
 
 pub struct ContainerActor;
 
+/// What a container actor tells its pod while it runs (how it ended is
+/// in its final state).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerReport {
+    Started { index: usize, id: String, has_readiness: bool },
+    Readiness { index: usize, ready: bool },
+}
+
+/// Where reports go: the pod actor turns them into its own messages, so
+/// this actor does not depend on the pod actor's.
+pub type ReportTo = Arc<dyn Fn(ContainerReport) + Send + Sync>;
+
 pub struct ContainerArgs {
     pub index: usize,
     pub runtime: Arc<dyn ContainerRuntime>,
     pub spec: ContainerSpec,
-    pub pod: ActorRef<PodMsg>,
+    pub pod: ReportTo,
     /// A container of this pod found running at agent start-up.
     pub adopt: Option<String>,
     pub liveness: Option<Probe>,
@@ -49,7 +60,7 @@ pub struct ContainerState {
     name: String,
     id: String,
     index: usize,
-    pod: ActorRef<PodMsg>,
+    pod: ReportTo,
     stopping: bool,
     liveness_failed: bool,
     /// The waiter, the probes and any stop in flight: they end with the actor.
@@ -108,7 +119,7 @@ impl Actor for ContainerActor {
         };
         tracing::debug!(pod = %args.spec.pod_name, container = %args.spec.name, %id, "container running");
         let has_readiness = args.readiness.is_some();
-        let _ = args.pod.send_message(PodMsg::ContainerStarted { index: args.index, id: id.clone(), has_readiness });
+        (args.pod)(ContainerReport::Started { index: args.index, id: id.clone(), has_readiness });
         let runtime = args.runtime.clone();
         let waiter_id = id.clone();
         let me = myself.clone();
@@ -171,7 +182,7 @@ impl Actor for ContainerActor {
                 Ok(())
             }
             ContainerMsg::Probe { kind: ProbeKind::Readiness, healthy } => {
-                let _ = state.pod.send_message(PodMsg::Readiness { index: state.index, ready: healthy });
+                (state.pod)(ContainerReport::Readiness { index: state.index, ready: healthy });
                 Ok(())
             }
             ContainerMsg::Probe { kind: ProbeKind::Liveness, healthy } => {

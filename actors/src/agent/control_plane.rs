@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use super::chaos_orders::ChaosOrders;
 use super::pod_fanout::PodFanout;
+use crate::model::kinds::lookup;
 use crate::model::kinds::{NODES, PODS};
 use crate::model::object;
-use crate::model::resources::lookup;
 use crate::model::selector::Selector;
 use crate::registry::{Registry, RegistryError, WatchEvent};
 use crate::watcher::{ChannelStream, EventStream, SourceError, WatchSource};
@@ -21,38 +21,7 @@ use crate::watcher::{ChannelStream, EventStream, SourceError, WatchSource};
 /// Events queued from a pod watch to its agent before the watch pauses.
 pub const POD_EVENT_QUEUE_MAX: usize = 1024;
 
-/// Why a control-plane call failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum AgentError {
-    /// The control plane did not answer or refused for now. Retryable.
-    #[error("control plane unavailable: {0}")]
-    Unavailable(String),
-    /// The watch fell behind compaction; list again.
-    #[error("pod watch expired: {0}")]
-    Expired(String),
-    /// The object is gone or was replaced (uid changed).
-    #[error("{0}")]
-    Gone(String),
-    /// Refused for good.
-    #[error("{0}")]
-    Refused(String),
-}
-
-impl From<RegistryError> for AgentError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::NotFound { .. } => AgentError::Gone(e.to_string()),
-            RegistryError::Expired { .. } => AgentError::Expired(e.to_string()),
-            // An indeterminate write is safe to send again: the agent's
-            // writes replace whole statuses or are guarded by uid.
-            RegistryError::Store(ref s) if s.is_retryable() || matches!(s, flotilla_raft::StoreError::Indeterminate(_)) => {
-                AgentError::Unavailable(e.to_string())
-            }
-            RegistryError::Conflict { .. } => AgentError::Unavailable(e.to_string()),
-            other => AgentError::Refused(other.to_string()),
-        }
-    }
-}
+pub use super::agent_error::AgentError;
 
 pub use crate::model::heartbeats::{BeatRecord, Heartbeats, NodeUsage, BEAT_INTERVAL_SAMPLE_MAX};
 

@@ -2,6 +2,7 @@
 //! supervising a PodActor per pod, each supervising a ContainerActor per
 //! container, over a container runtime and a control plane.
 
+pub mod agent_error;
 pub mod chaos_orders;
 pub mod container_actor;
 pub mod control_plane;

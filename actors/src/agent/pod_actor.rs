@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use serde_json::{json, Value};
 
-use super::container_actor::{ContainerActor, ContainerArgs, ContainerMsg, ContainerState as ContainerActorState};
+use super::container_actor::{
+    ContainerActor, ContainerArgs, ContainerMsg, ContainerReport, ContainerState as ContainerActorState, ReportTo,
+};
 use super::control_plane::{AgentError, ControlPlane};
 use super::pod_state::{
     after_exit, pod_phase, pod_ready, AfterExit, BackoffPolicy, ContainerState, ContainerView, RestartPolicy, Stopping,
@@ -57,6 +59,18 @@ pub enum PodMsg {
     Kill,
     WriteStatus,
     Finalize,
+}
+
+/// A container actor's reports as this actor's messages.
+fn report_to(pod: ActorRef<PodMsg>) -> ReportTo {
+    Arc::new(move |report| {
+        let msg = match report {
+            ContainerReport::Started { index, id, has_readiness } => PodMsg::ContainerStarted { index, id, has_readiness },
+            ContainerReport::Readiness { index, ready } => PodMsg::Readiness { index, ready },
+        };
+        // A pod actor that is gone has no use for the report.
+        let _ = pod.send_message(msg);
+    })
 }
 
 struct Slot {
@@ -274,7 +288,7 @@ impl Actor for PodActor {
                     index,
                     runtime: state.runtime.clone(),
                     spec: slot.spec.clone(),
-                    pod: myself.clone(),
+                    pod: report_to(myself.clone()),
                     adopt,
                     liveness: slot.liveness.clone(),
                     readiness: slot.readiness.clone(),

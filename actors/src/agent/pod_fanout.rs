@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::control_plane::AgentError;
+use super::agent_error::AgentError;
 use crate::model::kinds::PODS;
 use crate::model::object;
 use crate::registry::{Registry, WatchEvent};

@@ -179,6 +179,3 @@ impl Actor for ControllerActor {
         Ok(())
     }
 }
-
-/// Restarting failed children waits by the shared back-off.
-pub type RestartBackoff = crate::backoff::Backoff;

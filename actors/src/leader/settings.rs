@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::controller::RestartBackoff;
+use crate::backoff::Backoff;
 
 #[derive(Debug, Clone)]
 pub struct LeaderSettings {
@@ -86,7 +86,7 @@ impl LeaderSettings {
     pub fn takeover_grace(&self) -> Duration {
         Duration::from_millis(self.takeover_grace_ms)
     }
-    pub fn restart_backoff(&self) -> RestartBackoff {
-        RestartBackoff { first: Duration::from_millis(self.restart_first_ms), max: Duration::from_millis(self.restart_max_ms) }
+    pub fn restart_backoff(&self) -> Backoff {
+        Backoff { first: Duration::from_millis(self.restart_first_ms), max: Duration::from_millis(self.restart_max_ms) }
     }
 }

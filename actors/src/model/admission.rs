@@ -6,18 +6,11 @@
 
 use serde_json::{json, Map, Value};
 
-use super::kinds::NameRule;
+pub use super::field_errors::{Errors, FieldError};
 use super::object::{metadata_mut, name};
 use super::quantity::Quantity;
 use super::resources::Resource;
-
-/// One invalid field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path as Kubernetes writes it: `spec.containers[0].image`.
-    pub field: String,
-    pub message: String,
-}
+use super::strategy::NameRule;
 
 /// Why an object was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,16 +31,6 @@ pub struct AdmissionContext<'a> {
     pub uid: String,
     /// Five random lower-case alphanumerics for `generateName`.
     pub name_suffix: String,
-}
-
-/// The invalid fields found so far.
-#[derive(Debug, Default)]
-pub struct Errors(Vec<FieldError>);
-
-impl Errors {
-    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError { field: field.into(), message: message.into() });
-    }
 }
 
 const DNS1123_LABEL_MAX: usize = 63;
@@ -173,8 +156,8 @@ pub fn admit_update(
     res.strategy.defaults(new);
     let mut errors = Errors::default();
     res.strategy.validate_update(old, new, &mut errors);
-    if !errors.0.is_empty() {
-        return Err(AdmissionError::Invalid { kind: res.kind.into(), name: name(new).unwrap_or("").into(), errors: errors.0 });
+    if !errors.is_empty() {
+        return Err(AdmissionError::Invalid { kind: res.kind.into(), name: name(new).unwrap_or("").into(), errors: errors.into_vec() });
     }
     validate(res, new)?;
     check_typed(res, new)
@@ -270,10 +253,10 @@ pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
         }
     }
     res.strategy.validate(object, &mut errors);
-    if errors.0.is_empty() {
+    if errors.is_empty() {
         Ok(())
     } else {
-        Err(AdmissionError::Invalid { kind: res.kind.into(), name: obj_name, errors: errors.0 })
+        Err(AdmissionError::Invalid { kind: res.kind.into(), name: obj_name, errors: errors.into_vec() })
     }
 }
 
@@ -325,7 +308,7 @@ pub(crate) fn valid_cidr(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::resources::lookup;
+    use crate::model::kinds::lookup;
 
     fn ctx() -> AdmissionContext<'static> {
         AdmissionContext { namespace: Some("default"), now: "2026-01-01T00:00:00Z".into(), uid: "u-1".into(), name_suffix: "abcde".into() }

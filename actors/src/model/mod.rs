@@ -4,10 +4,13 @@
 
 pub mod addresses;
 pub mod admission;
+pub mod columns;
+pub mod field_errors;
 pub mod heartbeats;
 pub mod kinds;
 pub mod object;
 pub mod quantity;
 pub mod resources;
 pub mod selector;
+pub mod strategy;
 pub mod table;

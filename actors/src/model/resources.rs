@@ -1,10 +1,9 @@
-//! A served resource's names, with its API group, version, plural name,
-//! scope and short names, and the lookups that routing, discovery, storage
-//! keys and the CLI share. Each kind's `Resource` and behaviour live in its
-//! file under `model::kinds`.
+//! A served resource: its API group, version, plural name, scope, short
+//! names and subresources, its storage keys, and its strategy. Each kind's
+//! `Resource` lives in its file under `model::kinds`, with the list and the
+//! lookups routing, discovery and the CLI share.
 
-use super::kinds::Strategy;
-pub use super::kinds::RESOURCES;
+use super::strategy::Strategy;
 
 /// One served resource.
 #[derive(Clone, Copy)]
@@ -100,67 +99,15 @@ pub(super) const fn core(
     Resource { group: "", version: "v1", kind, plural, singular, namespaced, short_names, subresources, strategy }
 }
 
-/// The API groups other than core, with their one version each, in the
-/// order their first kind is served.
-pub fn groups() -> Vec<(&'static str, &'static str)> {
-    let mut groups: Vec<(&'static str, &'static str)> = Vec::new();
-    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
-        if !groups.iter().any(|(g, _)| *g == r.group) {
-            groups.push((r.group, r.version));
-        }
-    }
-    groups
-}
-
-/// Finds a resource by what a user types: plural, singular, kind or short
-/// name, case-insensitively, optionally with `.group`.
-pub fn lookup(name: &str) -> Option<&'static Resource> {
-    let lower = name.to_ascii_lowercase();
-    let (base, group) = match lower.split_once('.') {
-        Some((b, g)) => (b.to_string(), Some(g.to_string())),
-        None => (lower, None),
-    };
-    RESOURCES.iter().find(|r| {
-        (r.plural == base || r.singular == base || r.kind.eq_ignore_ascii_case(&base) || r.short_names.contains(&base.as_str()))
-            && group.as_deref().is_none_or(|g| g == r.group || r.group.starts_with(g))
-    })
-}
-
-/// Finds the resource for an object's `apiVersion` and `kind`.
-pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
-}
-
-/// Finds the resource served at `group/version` under `plural`.
-pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn lookups_accept_what_kubectl_users_type() {
-        assert_eq!(lookup("po").map(|r| r.kind), Some("Pod"));
-        assert_eq!(lookup("Deployments").map(|r| r.kind), Some("Deployment"));
-        assert_eq!(lookup("deploy").map(|r| r.kind), Some("Deployment"));
-        assert_eq!(lookup("deployments.apps").map(|r| r.kind), Some("Deployment"));
-        assert_eq!(lookup("netpol").map(|r| r.kind), Some("NetworkPolicy"));
-        assert_eq!(lookup("widgets"), None);
-        assert_eq!(by_kind("apps/v1", "ReplicaSet").map(|r| r.plural), Some("replicasets"));
-        assert_eq!(by_kind("v1", "Deployment"), None);
-        assert_eq!(groups(), vec![("apps", "v1"), ("networking.k8s.io", "v1")]);
-    }
+    use crate::model::kinds::{DEPLOYMENTS, NODES, PODS};
 
     #[test]
     fn keys_are_scoped() {
-        let pods = lookup("pods").unwrap();
-        assert_eq!(pods.key(Some("default"), "web-1"), "/registry/pods/default/web-1");
-        assert_eq!(pods.namespace_prefix(Some("default")), "/registry/pods/default/");
-        let nodes = lookup("nodes").unwrap();
-        assert_eq!(nodes.key(None, "n1"), "/registry/nodes/n1");
-        let deploy = lookup("deploy").unwrap();
-        assert_eq!(deploy.key(Some("a"), "b"), "/registry/deployments.apps/a/b");
+        assert_eq!(PODS.key(Some("default"), "web-1"), "/registry/pods/default/web-1");
+        assert_eq!(PODS.namespace_prefix(Some("default")), "/registry/pods/default/");
+        assert_eq!(NODES.key(None, "n1"), "/registry/nodes/n1");
+        assert_eq!(DEPLOYMENTS.key(Some("a"), "b"), "/registry/deployments.apps/a/b");
     }
 }

@@ -6,39 +6,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::object::{human_age, meta_str, parse_timestamp};
 use super::resources::Resource;
-
-/// One column: its name, JSON type, and priority (1 = only with `-o wide`).
-pub struct Column {
-    pub name: &'static str,
-    pub kind: &'static str,
-    pub priority: u8,
-}
-
-pub(crate) const fn col(name: &'static str, kind: &'static str, priority: u8) -> Column {
-    Column { name, kind, priority }
-}
-
-pub(crate) fn s(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => String::new(),
-        Some(other) => other.to_string(),
-    }
-}
-
-pub(crate) fn age(object: &Value, now: SystemTime) -> String {
-    meta_str(object, "creationTimestamp").and_then(parse_timestamp).map_or_else(|| "<unknown>".into(), |t| human_age(t, now))
-}
-
-pub(crate) fn or_none(s: String) -> String {
-    if s.is_empty() {
-        "<none>".into()
-    } else {
-        s
-    }
-}
 
 /// A `meta.k8s.io/v1` Table of `objects`. `full_objects` embeds each
 /// object (includeObject=Object); otherwise its metadata only.
@@ -72,7 +40,7 @@ pub fn table(res: &Resource, objects: &[Value], resource_version: u64, full_obje
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::resources::lookup;
+    use crate::model::kinds::lookup;
 
     #[test]
     fn table_shape() {

@@ -5,9 +5,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Strategy};
+use crate::model::columns::{age, col, Column};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, Column};
+use crate::model::strategy::{typed, Strategy};
 
 pub const CONFIGMAPS: Resource = core("ConfigMap", "configmaps", "configmap", true, &["cm"], &[], &ConfigMap);
 

@@ -7,10 +7,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::apps::v1 as apps;
 use serde_json::{json, Value};
 
-use super::{typed, workload, Strategy};
+use super::workload;
 use crate::model::admission::{set_default, Errors};
+use crate::model::columns::{age, col, Column};
 use crate::model::resources::Resource;
-use crate::model::table::{age, col, Column};
+use crate::model::strategy::{typed, Strategy};
 
 pub const DEPLOYMENTS: Resource = Resource {
     group: "apps",

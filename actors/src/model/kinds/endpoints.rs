@@ -6,9 +6,9 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Strategy};
+use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, or_none, Column};
+use crate::model::strategy::{typed, Strategy};
 
 pub const ENDPOINTS: Resource = core("Endpoints", "endpoints", "endpoints", true, &["ep"], &[], &Endpoints);
 

@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Strategy};
+use crate::model::columns::{age, col, s, Column};
 use crate::model::object::{human_age, parse_timestamp};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, s, Column};
+use crate::model::strategy::{typed, Strategy};
 
 pub const EVENTS: Resource = core("Event", "events", "event", true, &["ev"], &[], &Event);
 

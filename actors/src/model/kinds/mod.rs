@@ -1,5 +1,6 @@
 //! One file per kind: everything flotilla knows about a kind that is not
-//! generic lives in that kind's file as its [`Strategy`]: its typed
+//! generic lives in that kind's file as its `Resource` and its
+//! [`Strategy`](crate::model::strategy::Strategy): its typed
 //! Kubernetes schema, defaults, validation, update rules, `kubectl get`
 //! columns, and what deleting one means. The generic machinery (admission,
 //! the registry, tables, discovery) asks the strategy instead of matching
@@ -18,14 +19,7 @@ mod replicaset;
 mod service;
 mod workload;
 
-use std::time::SystemTime;
-
-use serde::de::DeserializeOwned;
-use serde_json::Value;
-
-use super::admission::Errors;
 use super::resources::Resource;
-use super::table::{age, col, s, Column};
 
 pub use configmap::CONFIGMAPS;
 pub use deployment::DEPLOYMENTS;
@@ -42,99 +36,61 @@ pub use service::SERVICES;
 pub const RESOURCES: &[Resource] =
     &[NAMESPACES, NODES, PODS, SERVICES, ENDPOINTS, CONFIGMAPS, EVENTS, DEPLOYMENTS, REPLICASETS, NETWORK_POLICIES];
 
-/// What names of a kind must look like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameRule {
-    /// A DNS-1123 subdomain (most kinds).
-    Subdomain,
-    /// A DNS-1123 label, because the name becomes one DNS label
-    /// (Namespaces, Services).
-    Label,
+/// The API groups other than core, with their one version each, in the
+/// order their first kind is served.
+pub fn groups() -> Vec<(&'static str, &'static str)> {
+    let mut groups: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+        if !groups.iter().any(|(g, _)| *g == r.group) {
+            groups.push((r.group, r.version));
+        }
+    }
+    groups
 }
 
-/// What a delete request does to an object of a kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Deletion {
-    /// The object is removed at once, then (by default) what it owns.
-    Immediate,
-    /// Once bound to a node, the object is marked with a
-    /// deletionTimestamp and its node's agent removes it after stopping
-    /// it (pods); a zero grace period removes it at once.
-    GracefulOnNode,
-    /// The object is marked Terminating and removed when everything in it
-    /// is gone (namespaces).
-    Finalized,
+/// Finds a resource by what a user types: plural, singular, kind or short
+/// name, case-insensitively, optionally with `.group`.
+pub fn lookup(name: &str) -> Option<&'static Resource> {
+    let lower = name.to_ascii_lowercase();
+    let (base, group) = match lower.split_once('.') {
+        Some((b, g)) => (b.to_string(), Some(g.to_string())),
+        None => (lower, None),
+    };
+    RESOURCES.iter().find(|r| {
+        (r.plural == base || r.singular == base || r.kind.eq_ignore_ascii_case(&base) || r.short_names.contains(&base.as_str()))
+            && group.as_deref().is_none_or(|g| g == r.group || r.group.starts_with(g))
+    })
 }
 
-/// What a kind's writes must do beside storing the object, in the same
-/// transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allocation {
-    None,
-    /// The object holds cluster addresses (a ClusterIP, node ports) that
-    /// no other object of the kind may hold.
-    ServiceAddresses,
-    /// The object holds a pod subnet (`spec.podCIDR`), freed with it.
-    PodSubnet,
+/// Finds the resource for an object's `apiVersion` and `kind`.
+pub fn by_kind(api_version: &str, kind: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.kind == kind && r.api_version() == api_version)
 }
 
-/// A kind's behaviour. Implementations are unit structs named after the
-/// kind; `Resource::strategy` points at one.
-pub trait Strategy: Sync {
-    /// Decodes the object into its k8s-openapi type: a field of the wrong
-    /// type is refused with the field named.
-    fn check_typed(&self, object: &Value) -> Result<(), String>;
-
-    fn name_rule(&self) -> NameRule {
-        NameRule::Subdomain
-    }
-
-    /// Fills in what a client left out, as Kubernetes does.
-    fn defaults(&self, _object: &mut Value) {}
-
-    /// The kind's own field checks, after the generic metadata checks.
-    fn validate(&self, _object: &Value, _errors: &mut Errors) {}
-
-    /// Checks an update of `old` to `new` beyond `validate` (immutable
-    /// fields).
-    fn validate_update(&self, _old: &Value, _new: &Value, _errors: &mut Errors) {}
-
-    /// The columns of `kubectl get`; priority 1 columns show with `-o wide`.
-    fn columns(&self) -> Vec<Column> {
-        vec![col("Name", "string", 0), col("Age", "string", 0)]
-    }
-
-    /// One row's cells, in `columns` order.
-    fn cells(&self, object: &Value, now: SystemTime) -> Vec<Value> {
-        vec![Value::String(s(object.pointer("/metadata/name"))), Value::String(age(object, now))]
-    }
-
-    fn deletion(&self) -> Deletion {
-        Deletion::Immediate
-    }
-
-    /// The discovery categories the kind is in (`kubectl get all` reads
-    /// `all`).
-    fn categories(&self) -> &'static [&'static str] {
-        &[]
-    }
-
-    fn allocation(&self) -> Allocation {
-        Allocation::None
-    }
-}
-
-/// Decodes `object` as `T` without copying it, for `check_typed` and for
-/// the typed table cells.
-pub(super) fn typed<T: DeserializeOwned>(object: &Value) -> Result<T, String> {
-    T::deserialize(object).map_err(|e| e.to_string())
+/// Finds the resource served at `group/version` under `plural`.
+pub fn by_path(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
+    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::resources::lookup;
+    use crate::model::strategy::{Allocation, Deletion, NameRule};
     use serde_json::json;
+    use std::time::SystemTime;
+
+    #[test]
+    fn lookups_accept_what_kubectl_users_type() {
+        assert_eq!(lookup("po").map(|r| r.kind), Some("Pod"));
+        assert_eq!(lookup("Deployments").map(|r| r.kind), Some("Deployment"));
+        assert_eq!(lookup("deploy").map(|r| r.kind), Some("Deployment"));
+        assert_eq!(lookup("deployments.apps").map(|r| r.kind), Some("Deployment"));
+        assert_eq!(lookup("netpol").map(|r| r.kind), Some("NetworkPolicy"));
+        assert_eq!(lookup("widgets"), None);
+        assert_eq!(by_kind("apps/v1", "ReplicaSet").map(|r| r.plural), Some("replicasets"));
+        assert_eq!(by_kind("v1", "Deployment"), None);
+        assert_eq!(groups(), vec![("apps", "v1"), ("networking.k8s.io", "v1")]);
+    }
 
     #[test]
     fn every_kind_has_its_own_file_and_columns() {

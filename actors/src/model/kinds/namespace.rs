@@ -7,11 +7,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Deletion, NameRule, Strategy};
 use crate::model::admission::set_default;
+use crate::model::columns::{age, col, Column};
 use crate::model::object::{metadata_mut, name};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, Column};
+use crate::model::strategy::{typed, Deletion, NameRule, Strategy};
 
 pub const NAMESPACES: Resource = core("Namespace", "namespaces", "namespace", false, &["ns"], &["status"], &Namespace);
 

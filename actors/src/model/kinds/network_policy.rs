@@ -6,11 +6,11 @@ use std::time::SystemTime;
 use k8s_openapi::api::networking::v1 as net;
 use serde_json::{json, Value};
 
-use super::{typed, Strategy};
 use crate::model::admission::{valid_cidr, validate_port, Errors};
+use crate::model::columns::{age, col, Column};
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
-use crate::model::table::{age, col, Column};
+use crate::model::strategy::{typed, Strategy};
 
 pub const NETWORK_POLICIES: Resource = Resource {
     group: "networking.k8s.io",

@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Allocation, Strategy};
 use crate::model::admission::{validate_quantities, Errors};
+use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, or_none, Column};
+use crate::model::strategy::{typed, Allocation, Strategy};
 
 pub const NODES: Resource = core("Node", "nodes", "node", false, &["no"], &["status"], &Node);
 

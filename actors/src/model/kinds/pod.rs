@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Deletion, Strategy};
 use crate::model::admission::{is_dns1123_label, set_default, validate_port, validate_quantities, Errors};
+use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, or_none, Column};
+use crate::model::strategy::{typed, Deletion, Strategy};
 
 pub const PODS: Resource = core("Pod", "pods", "pod", true, &["po"], &["status", "log"], &Pod);
 

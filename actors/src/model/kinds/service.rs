@@ -8,10 +8,10 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use super::{typed, Allocation, NameRule, Strategy};
 use crate::model::admission::{is_dns1123_label, label_key_ok, label_value_ok, set_default, validate_port, Errors};
+use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
-use crate::model::table::{age, col, or_none, Column};
+use crate::model::strategy::{typed, Allocation, NameRule, Strategy};
 
 pub const SERVICES: Resource = core("Service", "services", "service", true, &["svc"], &["status"], &Service);
 

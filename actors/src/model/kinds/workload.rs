@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 
 use super::pod::{pod_spec_defaults, validate_pod_spec};
 use crate::model::admission::{set_default, Errors};
+use crate::model::columns::{col, Column};
 use crate::model::selector::Selector;
-use crate::model::table::{col, Column};
 
 /// Defaults both kinds share; the template's pod spec gets a pod's.
 pub(super) fn defaults(object: &mut Value) {
