@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 
-use super::world::World;
+use super::agent::SimAgent;
+use super::store::MemStore;
+use super::workload::Workload;
 use crate::clock::Mono;
 use crate::leader::cache::Kind;
 use crate::leader::node_lifecycle::node_ready;
@@ -112,19 +114,34 @@ impl PodSummary {
 }
 
 /// Checked after every step.
-pub fn safety(w: &World) -> Result<(), Violation> {
+/// What the checks read of the world, lent for one check.
+pub struct Observed<'a> {
+    pub now: Mono,
+    /// The end of the latest fault.
+    pub faults_until: Mono,
+    pub store: &'a MemStore,
+    pub agents: &'a [SimAgent],
+    /// Pods seen bound to a second node: (uid, first, second).
+    pub rebinds: &'a [(String, String, String)],
+    pub node_allocatable: &'a BTreeMap<String, (i64, i64, i64)>,
+    pub tallies: std::rc::Rc<Tallies>,
+    pub workloads: &'a BTreeMap<String, Workload>,
+    pub leftovers: &'a [(Kind, String, String)],
+}
+
+pub fn safety(w: &Observed) -> Result<(), Violation> {
     if let Some((uid, first, then)) = w.rebinds.first() {
         return Err(Violation::new("a pod is bound to one node for life", format!("pod uid {uid} was bound to {first}, then to {then}")));
     }
     let mut runner: BTreeMap<&str, &str> = BTreeMap::new();
-    for a in &w.agents {
+    for a in w.agents {
         for uid in a.containers.keys() {
             if let Some(other) = runner.insert(uid, &a.name) {
                 return Err(Violation::new("a pod is run by at most one agent", format!("pod uid {uid} runs on {other} and {}", a.name)));
             }
         }
     }
-    let (load, by_deployment) = &*w.tallies();
+    let (load, by_deployment) = &*w.tallies;
     for (node, (cpu, mem, count)) in load {
         let Some(&(acpu, amem, apods)) = w.node_allocatable.get(node) else { continue };
         if *cpu > acpu || *mem > amem || *count > apods {
@@ -134,9 +151,9 @@ pub fn safety(w: &World) -> Result<(), Violation> {
             ));
         }
     }
-    let now = w.now();
+    let now = w.now;
     let calm = now >= w.faults_until + FAULT_SETTLE;
-    for (k, wl) in &w.workloads {
+    for (k, wl) in w.workloads {
         if now < wl.resized_at + RESIZE_SETTLE {
             continue;
         }
@@ -187,8 +204,8 @@ pub fn allocatable(node: &Value) -> (i64, i64, i64) {
 }
 
 /// Checked once the cluster has been left alone for the quiet period.
-pub fn liveness(w: &World) -> Result<(), Violation> {
-    let store = w.store();
+pub fn liveness(w: &Observed) -> Result<(), Violation> {
+    let store = w.store;
     let fail = |what: &'static str, detail: String| Err(Violation::new(what, detail));
     for n in store.list(Kind::Nodes) {
         if !node_ready(&n) {
@@ -215,7 +232,7 @@ pub fn liveness(w: &World) -> Result<(), Violation> {
         }
     }
     let by_deployment = pods_by_deployment(&pods, &sets);
-    for (k, wl) in &w.workloads {
+    for (k, wl) in w.workloads {
         let pods = by_deployment.get(k).map(Vec::as_slice).unwrap_or_default();
         let image = format!("app:{}", wl.image);
         let current = pods
@@ -245,7 +262,7 @@ pub fn liveness(w: &World) -> Result<(), Violation> {
         .iter()
         .filter_map(|p| Some((object::uid(p)?.to_string(), p.pointer("/spec/nodeName").and_then(Value::as_str)?.to_string())))
         .collect();
-    for a in &w.agents {
+    for a in w.agents {
         for (uid, c) in &a.containers {
             if stored.get(uid) != Some(&a.name) {
                 return fail(

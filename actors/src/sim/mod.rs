@@ -11,6 +11,7 @@ pub mod invariants;
 pub mod rng;
 pub mod store;
 pub mod trace;
+pub mod workload;
 pub mod world;
 
 pub use world::{FaultProfile, SimConfig, SimReport, World};

@@ -17,6 +17,7 @@ use super::invariants::{self, Violation};
 use super::rng::SimRng;
 use super::store::MemStore;
 use super::trace::Trace;
+pub use super::workload::Workload;
 use crate::clock::{Clock, ManualClock, Mono};
 use crate::leader::cache::{CacheState, Kind};
 use crate::leader::command::{Command, Now, Outcome};
@@ -109,19 +110,6 @@ pub struct SimReport {
     /// How long after the last fault and workload change it converged.
     pub converged_after: Option<Mono>,
     pub violation: Option<Violation>,
-}
-
-/// A Deployment the workload made, and what the checks need to know.
-#[derive(Debug, Clone)]
-pub struct Workload {
-    pub namespace: String,
-    pub name: String,
-    pub replicas: i64,
-    pub surge: i64,
-    pub unavailable: i64,
-    pub image: u32,
-    /// When its replica count last changed (or it was made).
-    pub resized_at: Mono,
 }
 
 struct Slot {
@@ -254,6 +242,21 @@ impl World {
         t.1.clone()
     }
 
+    /// What the invariants look at.
+    fn observed(&self) -> invariants::Observed<'_> {
+        invariants::Observed {
+            now: self.now(),
+            faults_until: self.faults_until,
+            store: self.store(),
+            agents: &self.agents,
+            rebinds: &self.rebinds,
+            node_allocatable: &self.node_allocatable,
+            tallies: self.tallies(),
+            workloads: &self.workloads,
+            leftovers: &self.leftovers,
+        }
+    }
+
     pub fn store(&self) -> &MemStore {
         &self.store
     }
@@ -284,7 +287,11 @@ impl World {
                 break;
             }
             // Once calm, see each second whether it has converged yet.
-            if self.now() >= calm_from && converged_after.is_none() && self.step.is_multiple_of(10) && invariants::liveness(&self).is_ok() {
+            if self.now() >= calm_from
+                && converged_after.is_none()
+                && self.step.is_multiple_of(10)
+                && invariants::liveness(&self.observed()).is_ok()
+            {
                 converged_after = Some(self.now() - calm_from);
             }
         }
@@ -293,7 +300,7 @@ impl World {
         // as soon as it holds.
         if violation.is_none() {
             loop {
-                let last = invariants::liveness(&self);
+                let last = invariants::liveness(&self.observed());
                 if last.is_ok() {
                     converged_after.get_or_insert(self.now().saturating_sub(calm_from));
                     break;
@@ -356,7 +363,7 @@ impl World {
         self.feed_world(now);
         self.leader_step(now)?;
         self.agents_step(now);
-        invariants::safety(self)
+        invariants::safety(&self.observed())
     }
 
     fn deployment(&mut self, namespace: &str, name: &str, replicas: i64) -> Value {
