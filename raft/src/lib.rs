@@ -31,6 +31,7 @@ pub mod tls;
 pub mod transport;
 pub mod types;
 pub mod watch;
+pub mod watch_hub;
 pub mod wire;
 
 pub use client::{ResumingWatch, StoreClient};

@@ -27,7 +27,8 @@ use crate::transport::{Fault, Faults, Transport};
 use crate::types::{
     Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, Proposal, RangePage, Revisions, Txn, TxnOp,
 };
-use crate::watch::{WatchHub, Watcher};
+use crate::watch::Watcher;
+use crate::watch_hub::WatchHub;
 use crate::wire::{JoinGrant, MemberInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
 /// How a member comes up when its data directory is new. A directory that

@@ -19,21 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::types::CommandResult;
 
-/// A client's id: random, chosen by the client when it starts.
-pub type ClientId = u128;
-
-/// What a write says about who sent it.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Session {
-    pub client: ClientId,
-    /// This request's number; every new request of the client gets a new one,
-    /// every retry of a request keeps it.
-    pub seq: u64,
-    /// Every request below this has been answered to the client or given up
-    /// by it: the state machine may forget their results, and must never
-    /// apply them.
-    pub ack_below: u64,
-}
+pub use crate::types::{ClientId, Session};
 
 /// The store's session limits. Part of the replicated state's rules, so every
 /// member must run with the same values.

@@ -18,7 +18,7 @@ use crate::kv_apply::{apply_command, auto_compact, KvFault, KvState};
 use crate::session::{ClientId, ClientRecord, Decision, SessionChange, SessionLimits, SessionTable};
 use crate::snapshot_file::{seal, unseal};
 use crate::types::{CommandResult, Event, KeyValue, Member, NodeId, Outcome, RangePage, Revisions, TypeConfig};
-use crate::watch::{WatchBatch, WatchHub};
+use crate::watch_hub::{WatchBatch, WatchHub};
 use crate::wire::{decode, encode};
 
 const KEY_REVS: &[u8] = b"revs";

@@ -58,7 +58,7 @@ pub struct Event {
 /// machine's only clock.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Proposal {
-    pub session: crate::session::Session,
+    pub session: Session,
     /// Wall-clock milliseconds at the member that first received the write.
     pub stamp_ms: u64,
     pub command: Command,
@@ -180,4 +180,20 @@ pub struct Revisions {
     pub revision: u64,
     /// History before this revision is gone.
     pub compact_revision: u64,
+}
+
+/// A client's id: random, chosen by the client when it starts.
+pub type ClientId = u128;
+
+/// What a write says about who sent it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub client: ClientId,
+    /// This request's number; every new request of the client gets a new one,
+    /// every retry of a request keeps it.
+    pub seq: u64,
+    /// Every request below this has been answered to the client or given up
+    /// by it: the state machine may forget their results, and must never
+    /// apply them.
+    pub ack_below: u64,
 }

@@ -4,83 +4,22 @@
 //! `watch_queue_max` revisions behind is cut off instead of holding writers
 //! back; it resumes from the last revision it saw.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 
 use crate::error::StoreError;
 use crate::freshness::Freshness;
 use crate::state_machine::StoreReader;
-use crate::types::{Event, Revisions};
+use crate::types::Event;
+use crate::watch_hub::{HubMessage, WatchHub};
 
 /// Events replayed from history per step, so replay does not hold a whole
 /// history in memory.
 const REPLAY_CHUNK_EVENTS: usize = 1_000;
 /// How often a live watcher checks that its member is still current.
 const FRESHNESS_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// All events of one revision.
-#[derive(Clone, Debug)]
-pub struct WatchBatch {
-    pub revision: u64,
-    pub events: Vec<Event>,
-}
-
-#[derive(Clone, Debug)]
-enum HubMessage {
-    Batch(Arc<WatchBatch>),
-    /// The state was replaced by a snapshot: re-read history.
-    Resync,
-}
-
-/// The member's fan-out point for applied changes.
-pub struct WatchHub {
-    tx: broadcast::Sender<HubMessage>,
-    revs: watch::Sender<Revisions>,
-    active: AtomicUsize,
-    watches_max: usize,
-    queue_max: usize,
-}
-
-impl WatchHub {
-    pub fn new(queue_max: usize, watches_max: usize) -> Self {
-        let (tx, _) = broadcast::channel(queue_max.max(1));
-        let (revs, _) = watch::channel(Revisions::default());
-        WatchHub { tx, revs, active: AtomicUsize::new(0), watches_max, queue_max }
-    }
-
-    /// Called by the state machine after each applied batch is written.
-    pub fn publish(&self, revs: Revisions, batches: Vec<WatchBatch>) {
-        for b in batches {
-            // No receivers is fine: nobody is watching.
-            let _ = self.tx.send(HubMessage::Batch(Arc::new(b)));
-        }
-        self.revs.send_replace(revs);
-    }
-
-    pub fn resync(&self, revs: Revisions) {
-        let _ = self.tx.send(HubMessage::Resync);
-        self.revs.send_replace(revs);
-    }
-
-    pub fn set_revisions(&self, revs: Revisions) {
-        self.revs.send_replace(revs);
-    }
-
-    pub fn revisions(&self) -> Revisions {
-        *self.revs.borrow()
-    }
-
-    /// Notified whenever the applied revision changes.
-    pub fn subscribe_revisions(&self) -> watch::Receiver<Revisions> {
-        self.revs.subscribe()
-    }
-
-    pub fn active_watches(&self) -> usize {
-        self.active.load(Ordering::Relaxed)
-    }
-}
 
 /// What a watcher yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
