@@ -6,7 +6,6 @@
 //! only asking) so that it can hear `heal`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::Value;
@@ -66,7 +65,6 @@ impl ChaosOrder {
 pub struct ChaosOrders {
     registry: Registry,
     orders: Arc<RwLock<HashMap<String, String>>>,
-    started: Arc<AtomicBool>,
     watch: Arc<Mutex<Option<OwnedTask>>>,
 }
 
@@ -76,17 +74,19 @@ fn order_of(node: &Value) -> Option<String> {
 
 impl ChaosOrders {
     pub fn new(registry: Registry) -> Self {
-        ChaosOrders { registry, orders: Default::default(), started: Default::default(), watch: Default::default() }
+        ChaosOrders { registry, orders: Default::default(), watch: Default::default() }
     }
 
     /// The order on `node`, if any (starts the watch on first use).
     pub fn get(&self, node: &str) -> Option<String> {
-        if !self.started.swap(true, Ordering::AcqRel) {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if watch.is_none() {
             // The task's copy has no hold on the task, so dropping every
             // outside clone drops (and aborts) it.
             let me = ChaosOrders { watch: Arc::default(), ..self.clone() };
-            *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = Some(OwnedTask::spawn(me.run()));
+            *watch = Some(OwnedTask::spawn(me.run()));
         }
+        drop(watch);
         self.orders.read().unwrap_or_else(|p| p.into_inner()).get(node).cloned()
     }
 

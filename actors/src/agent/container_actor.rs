@@ -75,6 +75,12 @@ impl ContainerState {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Keeps a task of this actor's, forgetting the ones that are done.
+    fn own(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.retain(|t| !t.is_finished());
+        self.tasks.push(OwnedTask::spawn(task));
+    }
 }
 
 /// Runs one probe every period and reports changes of verdict.
@@ -173,12 +179,11 @@ impl Actor for ContainerActor {
                 // Stopping can take the whole grace period; do not block the
                 // mailbox. The task ends with this actor: if the actor goes
                 // first, the pod actor stops the container itself.
-                state.tasks.retain(|t| !t.is_finished());
-                state.tasks.push(OwnedTask::spawn(async move {
+                state.own(async move {
                     if let Err(e) = runtime.stop(&id, grace).await {
                         tracing::warn!(container = %id, error = %e, "stop failed");
                     }
-                }));
+                });
                 Ok(())
             }
             ContainerMsg::Probe { kind: ProbeKind::Readiness, healthy } => {
@@ -190,10 +195,9 @@ impl Actor for ContainerActor {
                     state.liveness_failed = true;
                     tracing::info!(container = %state.name, "liveness probe failed; restarting the container");
                     let (runtime, id) = (state.runtime.clone(), state.id.clone());
-                    state.tasks.retain(|t| !t.is_finished());
-                    state.tasks.push(OwnedTask::spawn(async move {
+                    state.own(async move {
                         let _ = runtime.stop(&id, LIVENESS_KILL_GRACE).await;
-                    }));
+                    });
                 }
                 Ok(())
             }

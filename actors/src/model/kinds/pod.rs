@@ -88,8 +88,8 @@ fn status_of(pod: &core::Pod) -> String {
     if pod.metadata.deletion_timestamp.is_some() {
         return "Terminating".into();
     }
-    let status = pod.status.clone().unwrap_or_default();
-    let mut reason = status.reason.filter(|r| !r.is_empty()).or(status.phase).unwrap_or_default();
+    let Some(status) = &pod.status else { return "Pending".into() };
+    let mut reason = status.reason.as_deref().filter(|r| !r.is_empty()).or(status.phase.as_deref()).unwrap_or_default().to_string();
     for cs in status.container_statuses.iter().flatten() {
         let Some(state) = &cs.state else { continue };
         if let Some(w) = state.waiting.as_ref().and_then(|w| w.reason.as_deref()).filter(|r| !r.is_empty()) {
