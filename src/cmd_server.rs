@@ -74,7 +74,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     // Node agents reach the control plane through this member.
     let heartbeats = flotilla_actors::agent::control_plane::Heartbeats::default();
     let local = flotilla_actors::agent::control_plane::LocalControlPlane::new(registry.clone(), heartbeats.clone());
-    member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService { local, member: Some(member.clone()) }));
+    member.set_app_handler(std::sync::Arc::new(flotilla_actors::agent::remote::AgentService::new(local, Some(member.clone()))));
     let settings = flotilla_actors::leader::LeaderSettings {
         node_grace_ms: args.node_grace_ms,
         node_grace_max_ms: args.node_grace_ms.saturating_mul(5),
@@ -89,7 +89,8 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         http_client: Default::default(),
     };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
-    tokio::spawn(ensure_namespaces(registry));
+    // Ends with the server, if it has not finished by then.
+    let _namespaces = flotilla_actors::tasks::OwnedTask::spawn(ensure_namespaces(registry));
     println!(
         "flotilla server: member {} of cluster {} serving peers on {}, API on http://{http}",
         member.id(),

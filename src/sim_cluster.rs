@@ -87,7 +87,7 @@ async fn start_server(id: u64, dir: PathBuf, start: StartMode, settings: &Leader
     let registry = Registry::new(member.clone());
     let heartbeats = Heartbeats::default();
     let local = LocalControlPlane::new(registry.clone(), heartbeats.clone());
-    member.set_app_handler(Arc::new(AgentService { local: local.clone(), member: Some(member.clone()) }));
+    member.set_app_handler(Arc::new(AgentService::new(local.clone(), Some(member.clone()))));
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats.clone(), settings.clone()).await?;
     Ok(SimServer { member, registry, heartbeats, local, leader, dir })
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod clock;
 pub mod identities;
 pub mod leader;
+pub mod limits;
 pub mod model;
 pub mod network;
 pub mod registry;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::clock::SharedClock;
 use crate::identities::{RandomIdentities, SharedIdentities};
+use crate::limits::{ALLOCATION_RETRIES_MAX, UPDATE_RETRIES_MAX};
 use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::RESOURCES;
@@ -21,8 +22,6 @@ use crate::model::resources::Resource;
 use crate::model::selector::Selector;
 use crate::model::strategy::{Allocation, Deletion};
 
-/// Retries of a read-modify-write that lost a race, before giving up with 409.
-const UPDATE_RETRIES_MAX: usize = 8;
 /// Objects per page when the registry walks a whole resource internally.
 const LIST_PAGE: usize = 1_000;
 
@@ -126,8 +125,6 @@ pub struct Registry {
 /// write compares it with what was seen when the free addresses were
 /// chosen.
 const SERVICE_ALLOCATION_GUARD_KEY: &[u8] = b"/registry/flotilla.io/service-allocations";
-/// Tries of a Service write that lost the allocation race to another.
-const ALLOCATION_RETRIES_MAX: usize = 8;
 
 /// The key that says which node holds a pod subnet: written with the
 /// node's `spec.podCIDR` in one transaction, only if absent, so no two

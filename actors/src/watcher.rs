@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use crate::backoff::Backoff;
+use crate::limits::WATCH_BATCH_EVENTS_MAX;
 use crate::model::object;
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
@@ -316,10 +317,6 @@ impl WatchSource for RegistrySource {
     }
 }
 
-/// Events queued by a channel-fed stream are handed on this many at most
-/// per batch.
-const CHANNEL_BATCH_MAX: usize = 256;
-
 /// A stream fed through a channel (the agents' watches): batches what is
 /// queued, and tracks the revision from the objects' resourceVersions.
 pub struct ChannelStream<E> {
@@ -345,7 +342,7 @@ impl<E: Send> EventStream for ChannelStream<E> {
         }
         let first = self.rx.recv().await.ok_or_else(|| SourceError::Unavailable("the watch ended".into()))?;
         let mut batch = vec![first.map_err(self.map_err)?];
-        while batch.len() < CHANNEL_BATCH_MAX {
+        while batch.len() < WATCH_BATCH_EVENTS_MAX {
             match self.rx.try_recv() {
                 Ok(Ok(ev)) => batch.push(ev),
                 Ok(Err(e)) => {

@@ -5,6 +5,7 @@
 pub mod discovery;
 pub mod logs;
 pub mod objects;
+pub mod params;
 pub mod status;
 pub mod watch;
 

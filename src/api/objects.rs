@@ -1,8 +1,6 @@
 //! Object requests: list, get, create, replace, patch, delete, the `status`
 //! and `scale` subresources, and server-side Tables.
 
-use std::collections::HashMap;
-
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,68 +8,13 @@ use axum::Json;
 use flotilla_actors::model::kinds::by_path;
 use flotilla_actors::model::object;
 use flotilla_actors::model::resources::Resource;
-use flotilla_actors::model::selector::Selector;
 use flotilla_actors::model::table;
 use flotilla_actors::{Propagation, RegistryError};
 use serde_json::{json, Value};
 
+use super::params::Params;
 use super::status::ApiError;
 use super::{discovery, wants_table, ApiState, ResourcePath};
-
-/// The query parameters flotilla understands.
-#[derive(Default, Debug)]
-pub struct Params {
-    pub watch: bool,
-    pub resource_version: Option<String>,
-    pub labels: Selector,
-    pub fields: Selector,
-    pub limit: usize,
-    pub continue_token: Option<String>,
-    pub bookmarks: bool,
-    pub timeout_seconds: Option<u64>,
-    pub propagation: Option<String>,
-    pub full_objects: bool,
-    pub grace_period_seconds: Option<i64>,
-}
-
-impl Params {
-    pub fn parse(query: &str) -> Result<Params, ApiError> {
-        let map: HashMap<String, String> =
-            serde_urlencoded::from_str(query).map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-        let flag = |k: &str| map.get(k).is_some_and(|v| v == "true" || v == "1");
-        let number = |k: &str| -> Result<Option<u64>, ApiError> {
-            map.get(k)
-                .filter(|v| !v.is_empty())
-                .map(|v| v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("{k}={v:?} must be a whole number"))))
-                .transpose()
-        };
-        Ok(Params {
-            watch: flag("watch"),
-            resource_version: map.get("resourceVersion").filter(|v| !v.is_empty()).cloned(),
-            labels: Selector::parse(map.get("labelSelector").map_or("", String::as_str))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-            fields: Selector::parse(map.get("fieldSelector").map_or("", String::as_str))
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-            limit: number("limit")?.unwrap_or(0) as usize,
-            continue_token: map.get("continue").filter(|v| !v.is_empty()).cloned(),
-            bookmarks: flag("allowWatchBookmarks"),
-            timeout_seconds: number("timeoutSeconds")?,
-            propagation: map.get("propagationPolicy").cloned(),
-            full_objects: map.get("includeObject").is_some_and(|v| v == "Object"),
-            grace_period_seconds: number("gracePeriodSeconds")?.map(|n| n as i64),
-        })
-    }
-
-    /// resourceVersion as a revision; "" and "0" mean "any / from now".
-    pub fn revision(&self) -> Result<u64, ApiError> {
-        match self.resource_version.as_deref() {
-            None | Some("0") => Ok(0),
-            Some(v) => {
-                v.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion {v:?} must be a number as returned by the server")))
-            }
-        }
-    }
-}
 
 fn content_type(headers: &HeaderMap) -> String {
     headers
@@ -374,15 +317,5 @@ mod tests {
         .unwrap();
         assert_eq!(out, json!({"spec": {"replicas": 3, "list": [2, 3]}}));
         assert!(json_patch(&doc, &json!([{"op": "move", "path": "/a"}])).is_err());
-    }
-
-    #[test]
-    fn params_parse_selectors_and_numbers() {
-        let p = Params::parse("watch=true&resourceVersion=12&labelSelector=app%3Dweb&limit=5").unwrap();
-        assert!(p.watch);
-        assert_eq!(p.revision().unwrap(), 12);
-        assert_eq!(p.limit, 5);
-        assert!(!p.labels.is_empty());
-        assert!(Params::parse("limit=x").is_err());
     }
 }

@@ -14,7 +14,7 @@ use flotilla_actors::model::table;
 use flotilla_actors::{RegistryError, RegistryWatch, WatchEvent, WatchEventKind};
 use serde_json::{json, Value};
 
-use super::objects::Params;
+use super::params::Params;
 use super::status::ApiError;
 use super::ApiState;
 

@@ -18,8 +18,7 @@ use crate::model::selector::Selector;
 use crate::registry::{Registry, RegistryError, WatchEvent};
 use crate::watcher::{ChannelStream, EventStream, SourceError, WatchSource};
 
-/// Events queued from a pod watch to its agent before the watch pauses.
-pub const POD_EVENT_QUEUE_MAX: usize = 1024;
+pub use crate::limits::POD_EVENT_QUEUE_MAX;
 
 pub use super::agent_error::AgentError;
 

@@ -7,6 +7,7 @@ pub mod chaos_orders;
 pub mod container_actor;
 pub mod control_plane;
 pub mod directory;
+pub mod heartbeat_relay;
 pub mod node_agent;
 pub mod pod_actor;
 pub mod pod_fanout;

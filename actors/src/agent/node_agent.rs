@@ -76,9 +76,7 @@ pub enum NodeAgentMsg {
     ReportStatus,
 }
 
-/// Batches from the pod watcher queued in the agent's mailbox at most; the
-/// watcher waits for the agent beyond that.
-pub const POD_BATCHES_QUEUED_MAX: usize = 4;
+pub use crate::limits::POD_BATCHES_QUEUED_MAX;
 
 pub struct NodeAgentState {
     args: NodeAgentArgs,

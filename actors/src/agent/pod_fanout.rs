@@ -14,14 +14,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::agent_error::AgentError;
+use crate::limits::POD_FANOUT_RING_EVENTS_MAX;
 use crate::model::kinds::PODS;
 use crate::model::object;
 use crate::registry::{Registry, WatchEvent};
 use crate::tasks::OwnedTask;
 use crate::watcher::{Backoff, EventStream, RegistrySource, SourceError, WatchSource, Watched, Watcher};
 
-/// Events kept for replay to late subscribers.
-const RING_EVENTS_MAX: usize = 16_384;
 /// How long the shared watch waits before starting again after it broke.
 const REWATCH_DELAY: Duration = Duration::from_millis(100);
 
@@ -148,7 +147,7 @@ impl PodFanout {
                 }
             }
             st.ring.push_back((rev, node, ev));
-            if st.ring.len() > RING_EVENTS_MAX {
+            if st.ring.len() > POD_FANOUT_RING_EVENTS_MAX {
                 st.ring.pop_front();
             }
         }

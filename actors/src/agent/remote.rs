@@ -4,7 +4,7 @@
 //! which is the in-process control plane behind the store's app hook.
 //! Given several servers, the agent moves to the next when one goes away.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use flotilla_raft::app::{AppFrames, AppHandler, APP_STREAM_QUEUE_MAX};
 use flotilla_raft::{StoreClient, StoreError};
@@ -14,6 +14,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::control_plane::{AgentError, ControlPlane, LocalControlPlane, NodeUsage};
+use super::heartbeat_relay::{HeartbeatRelay, SendBeat};
+use crate::limits::{HEARTBEAT_RELAYS_IN_FLIGHT_MAX, HEARTBEAT_RELAY_NODES_MAX, HEARTBEAT_RELAY_TIMEOUT};
 use crate::registry::{WatchEvent, WatchEventKind};
 
 /// What an agent asks of the control plane.
@@ -99,36 +101,48 @@ const HEARTBEAT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_mi
 /// Deadline of any other agent call to one server.
 const AGENT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How long a member waits for the leader to take a relayed heartbeat.
-const HEARTBEAT_RELAY_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1_000);
-
 /// Serves agents on a server member. Heartbeats are kept where they
-/// arrive and relayed to the leader, whose NodeActors judge them.
+/// arrive and relayed to the leader, whose failure detector judges them.
 pub struct AgentService {
-    pub local: LocalControlPlane,
-    pub member: Option<Arc<flotilla_raft::Member>>,
+    local: LocalControlPlane,
+    /// Weak: the member holds this service, so a strong reference here
+    /// would keep both (and the relay's task) alive for ever.
+    member: Option<Weak<flotilla_raft::Member>>,
+    relay: Option<HeartbeatRelay>,
 }
 
 impl AgentService {
-    fn relay_heartbeat(&self, name: String, usage: NodeUsage) {
-        let Some(member) = self.member.clone() else { return };
-        if member.is_leader() {
-            return;
-        }
-        let request = AgentRequest::Heartbeat {
-            name,
-            cpu_millis: usage.cpu_millis,
-            memory_bytes: usage.memory_bytes,
-            pods: usage.pods,
-            relayed: true,
-            probe_only: false,
-        };
-        let Ok(body) = serde_json::to_vec(&request) else { return };
-        tokio::spawn(async move {
-            if let Err(e) = member.call_leader_app(body, HEARTBEAT_RELAY_TIMEOUT).await {
-                tracing::debug!(error = %e, "heartbeat not relayed to the leader");
-            }
+    /// Serves agents through `local`; with a `member`, beats that reach it
+    /// while it follows are relayed to the leader.
+    pub fn new(local: LocalControlPlane, member: Option<Arc<flotilla_raft::Member>>) -> Self {
+        let member = member.as_ref().map(Arc::downgrade);
+        let relay = member.clone().map(|member| {
+            let send: SendBeat = Arc::new(move |name, usage: NodeUsage| {
+                let member = member.clone();
+                Box::pin(async move {
+                    let member = member.upgrade().ok_or("the member has stopped")?;
+                    let request = AgentRequest::Heartbeat {
+                        name,
+                        cpu_millis: usage.cpu_millis,
+                        memory_bytes: usage.memory_bytes,
+                        pods: usage.pods,
+                        relayed: true,
+                        probe_only: false,
+                    };
+                    let body = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+                    member.call_leader_app(body, HEARTBEAT_RELAY_TIMEOUT).await.map(|_| ()).map_err(|e| e.to_string())
+                })
+            });
+            HeartbeatRelay::start(send, HEARTBEAT_RELAYS_IN_FLIGHT_MAX, HEARTBEAT_RELAY_NODES_MAX)
         });
+        AgentService { local, member, relay }
+    }
+
+    fn relay_heartbeat(&self, name: String, usage: NodeUsage) {
+        let (Some(member), Some(relay)) = (self.member.as_ref().and_then(Weak::upgrade), &self.relay) else { return };
+        if !member.is_leader() && !relay.relay(name, usage) {
+            tracing::debug!("heartbeat relay full; beat dropped (the next one takes its place)");
+        }
     }
 }
 

@@ -278,7 +278,7 @@ impl CacheState {
     fn mark_services_selecting(&mut self, namespace: &str, labels: &BTreeMap<String, String>) {
         let prefix = format!("{namespace}/");
         for (key, svc) in self.services.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)) {
-            let selects = super::endpoints::selector(svc).is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            let selects = crate::model::kinds::service::selector(svc).is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
             if selects {
                 self.dirty.services.insert(key.clone());
             }

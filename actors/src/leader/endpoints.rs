@@ -8,17 +8,8 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::cache::PodView;
+pub use crate::model::kinds::service::selector;
 use crate::model::object;
-
-/// The Service's selector, or None when it has none (such a Service's
-/// Endpoints are managed by hand, as in Kubernetes).
-pub fn selector(service: &Value) -> Option<BTreeMap<String, String>> {
-    let sel = service.pointer("/spec/selector")?.as_object()?;
-    if sel.is_empty() {
-        return None;
-    }
-    Some(sel.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
-}
 
 /// A Service port resolved for a pod: (name, port, protocol).
 type ResolvedPort = (String, i64, String);

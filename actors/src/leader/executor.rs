@@ -192,7 +192,7 @@ pub async fn run_one(w: &dyn ClusterWriter, c: &Command, limits: ExecLimits) -> 
             let (status, reason) = if *ready { ("True", "AgentReady") } else { ("Unknown", "NodeStatusUnknown") };
             let change = |old: &Value| {
                 let mut new = old.clone();
-                let transition = super::node_lifecycle::node_ready(old) != *ready;
+                let transition = crate::model::kinds::node::node_ready(old) != *ready;
                 let last = old
                     .pointer("/status/conditions")
                     .and_then(Value::as_array)

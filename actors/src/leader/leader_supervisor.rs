@@ -128,7 +128,9 @@ impl Actor for LeaderSupervisor {
     type Arguments = LeaderArgs;
 
     async fn pre_start(&self, myself: ActorRef<LeaderMsg>, args: LeaderArgs) -> Result<LeaderState, ActorProcessingErr> {
-        myself.send_interval(LEADERSHIP_CHECK, || LeaderMsg::Check);
+        // Re-armed when handled (not an interval), so a supervisor slowed
+        // down by a start has one check waiting, not a backlog of them.
+        myself.send_after(LEADERSHIP_CHECK, || LeaderMsg::Check);
         Ok(LeaderState { args, leading: None, terms: 0 })
     }
 
@@ -140,6 +142,7 @@ impl Actor for LeaderSupervisor {
     async fn handle(&self, myself: ActorRef<LeaderMsg>, msg: LeaderMsg, state: &mut LeaderState) -> Result<(), ActorProcessingErr> {
         match msg {
             LeaderMsg::Check => {
+                myself.send_after(LEADERSHIP_CHECK, || LeaderMsg::Check);
                 let leader = state.args.registry.member().is_leader();
                 match (leader, state.leading.is_some()) {
                     (true, false) => state.start_leading(&myself).await?,

@@ -10,7 +10,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::cache::{CacheState, Kind};
@@ -20,13 +19,7 @@ use super::executor::{run_one, ExecLimits};
 use super::node_health::{HealthSettings, NodeCommand, NodeHealth, NodeInput, NodeObservation};
 use crate::clock::SharedClock;
 use crate::model::heartbeats::Heartbeats;
-
-/// Whether the node's stored Ready condition is True.
-pub fn node_ready(node: &Value) -> bool {
-    node.pointer("/status/conditions")
-        .and_then(Value::as_array)
-        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-}
+pub use crate::model::kinds::node::node_ready;
 
 /// The store writes one decision of the failure detector comes to, on
 /// the cache as it is now (an eviction takes the pods bound at the time).

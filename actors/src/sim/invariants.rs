@@ -14,8 +14,8 @@ use super::store::MemStore;
 use super::workload::Workload;
 use crate::clock::Mono;
 use crate::leader::cache::Kind;
-use crate::leader::node_lifecycle::node_ready;
 use crate::leader::placement::{node_info, pod_info};
+use crate::model::kinds::node::node_ready;
 use crate::model::object;
 
 /// After a replica change, how long a Deployment has to get there before

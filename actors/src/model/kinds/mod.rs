@@ -13,10 +13,10 @@ mod endpoints;
 mod event;
 mod namespace;
 mod network_policy;
-mod node;
+pub mod node;
 mod pod;
 mod replicaset;
-mod service;
+pub mod service;
 mod workload;
 
 use super::resources::Resource;

@@ -13,6 +13,13 @@ use crate::model::strategy::{typed, Allocation, Strategy};
 
 pub const NODES: Resource = core("Node", "nodes", "node", false, &["no"], &["status"], &Node);
 
+/// Whether the node's stored Ready condition is True.
+pub fn node_ready(node: &Value) -> bool {
+    node.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
 pub struct Node;
 
 impl Strategy for Node {

@@ -15,6 +15,16 @@ use crate::model::strategy::{typed, Allocation, NameRule, Strategy};
 
 pub const SERVICES: Resource = core("Service", "services", "service", true, &["svc"], &["status"], &Service);
 
+/// The Service's selector, or None when it has none (such a Service's
+/// Endpoints are managed by hand, as in Kubernetes).
+pub fn selector(service: &Value) -> Option<std::collections::BTreeMap<String, String>> {
+    let sel = service.pointer("/spec/selector")?.as_object()?;
+    if sel.is_empty() {
+        return None;
+    }
+    Some(sel.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+}
+
 pub struct Service;
 
 impl Strategy for Service {

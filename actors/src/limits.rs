@@ -1,0 +1,47 @@
+//! The bounds of the control plane's queues, mailboxes and retries, in one
+//! place with units in their names (the store's own are in
+//! `flotilla_raft::Limits`).
+//!
+//! ractor's mailboxes have no bound of their own, so every actor whose
+//! input comes from outside is fed by something that is: a watch reaches
+//! an agent's mailbox through credits ([`POD_BATCHES_QUEUED_MAX`]), ticks
+//! re-arm themselves with `send_after` once handled (a slow actor gets one
+//! pending tick, not a backlog), heartbeats land in a shared map rather
+//! than a mailbox, and the leader's controllers are woken by a
+//! `watch::Receiver` that holds one value however often it changes.
+
+use std::time::Duration;
+
+/// Events queued from a pod or network watch to one agent before the
+/// watch pauses (a local watch) or the subscriber is cut off and relists
+/// (the shared pod fan-out).
+pub const POD_EVENT_QUEUE_MAX: usize = 1024;
+
+/// Batches from the pod watcher queued in a node agent's mailbox at most;
+/// the watcher waits for the agent beyond that.
+pub const POD_BATCHES_QUEUED_MAX: usize = 4;
+
+/// Recent pod events the shared fan-out keeps, to replay to an agent that
+/// subscribes from a revision just behind it.
+pub const POD_FANOUT_RING_EVENTS_MAX: usize = 16_384;
+
+/// Events a channel-fed watch stream hands on in one batch at most.
+pub const WATCH_BATCH_EVENTS_MAX: usize = 256;
+
+/// Heartbeats a follower holds for relay to the leader. One entry per node
+/// (a newer beat replaces an older one), so this is also the most nodes a
+/// follower relays for; beyond it a beat is dropped, and the next one,
+/// a beat interval later, tries again.
+pub const HEARTBEAT_RELAY_NODES_MAX: usize = 16_384;
+
+/// Heartbeat relays from one follower to the leader in flight at once.
+pub const HEARTBEAT_RELAYS_IN_FLIGHT_MAX: usize = 64;
+
+/// How long a follower waits for the leader to take one relayed heartbeat.
+pub const HEARTBEAT_RELAY_TIMEOUT: Duration = Duration::from_millis(1_000);
+
+/// Tries of a read-modify-write that keeps losing to concurrent writers.
+pub const UPDATE_RETRIES_MAX: usize = 8;
+
+/// Tries of a Service write that lost the address-allocation race.
+pub const ALLOCATION_RETRIES_MAX: usize = 8;
