@@ -82,8 +82,9 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
             Err(_) => Arc::new(ProcessRuntime::new(&args.state_dir).map_err(|e| e.to_string())?),
         },
     };
-    // Servers present the token's secret when they fetch logs and usage.
-    let secret = flotilla_raft::tls::JoinToken::parse(&args.token).map_err(|e| format!("--token: {e}"))?.secret;
+    // Servers present a credential derived from the agent token when they
+    // fetch logs and usage (an agent given the server token derives that).
+    let secret = flotilla_raft::tls::JoinToken::parse(&args.token).map_err(|e| format!("--token: {e}"))?.agent().secret;
     let (kubelet_port, kubelet) =
         crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &crate::kubelet_api::credential(&secret)).await?;
     let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =

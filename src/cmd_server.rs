@@ -85,7 +85,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         registry: registry.clone(),
         http_addr: http.to_string(),
         agents: Default::default(),
-        kubelet_token: Some(crate::kubelet_api::credential(&member.token().secret)),
+        kubelet_token: Some(crate::kubelet_api::credential(&member.agent_token().secret)),
         http_client: Default::default(),
     };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
@@ -99,7 +99,9 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     );
     if bootstrapping {
         println!("join token: {}", member.token());
-        println!("(also written to {})", args.data_dir.join("join-token").display());
+        println!("(also written to {}; for members and `flotilla store`)", args.data_dir.join("join-token").display());
+        println!("agent token: {}", member.agent_token());
+        println!("(also written to {}; for `flotilla agent --token`)", args.data_dir.join("agent-token").display());
     }
     wait_for_signal().await;
     eprintln!("flotilla server: shutting down member {}", member.id());

@@ -2,7 +2,7 @@
 //! server members (store, registry, agent service and LeaderSupervisor
 //! each, joined over real QUIC) and sim-runtime node agents that reach the
 //! control plane either in-process (thousands of nodes, for benchmarks) or
-//! over QUIC with the join token, as `flotilla agent` does.
+//! over QUIC with the agent token, as `flotilla agent` does.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -75,7 +75,7 @@ pub struct SimCluster {
     pub servers: Vec<SimServer>,
     pub nodes: HashMap<String, SimNode>,
     pub root: PathBuf,
-    token: String,
+    agent_token: String,
 }
 
 fn free_udp() -> Result<String, String> {
@@ -112,7 +112,9 @@ impl SimCluster {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(SimCluster { servers, nodes: HashMap::new(), root, token })
+        // Agents hold the agent token, as `flotilla agent` should.
+        let agent_token = servers[0].member.agent_token().to_string();
+        Ok(SimCluster { servers, nodes: HashMap::new(), root, agent_token })
     }
 
     /// The registry of any live member.
@@ -134,7 +136,7 @@ impl SimCluster {
     /// process (what the benchmarks use for thousands of nodes).
     pub async fn add_node(&mut self, name: &str, shape: &NodeShape, over_quic: bool) -> Result<(), String> {
         let control: Arc<dyn ControlPlane> = if over_quic {
-            Arc::new(RemoteControlPlane::new(self.peer_addrs(), &self.token).map_err(|e| e.to_string())?)
+            Arc::new(RemoteControlPlane::new(self.peer_addrs(), &self.agent_token).map_err(|e| e.to_string())?)
         } else {
             Arc::new(self.servers[0].local.clone())
         };

@@ -131,15 +131,25 @@ impl DataDir {
         use std::io::Write;
         let path = self.file(name);
         let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(|e| self.io(e))?;
+        let secret = name.ends_with("key.pem") || name.ends_with("-token");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        // A secret is never readable by others, not even for the moment
+        // between its creation and a chmod.
+        #[cfg(unix)]
+        if secret {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut f = options.open(&tmp).map_err(|e| self.io(e))?;
         f.write_all(text.as_bytes()).map_err(|e| self.io(e))?;
         f.sync_all().map_err(|e| self.io(e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| self.io(e))?;
         #[cfg(unix)]
-        if name.ends_with("key.pem") || name == "join-token" {
+        if secret {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| self.io(e))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(|e| self.io(e))?;
         }
+        std::fs::rename(&tmp, &path).map_err(|e| self.io(e))?;
         Ok(())
     }
 
@@ -197,6 +207,15 @@ impl DataDir {
 
     pub fn write_token(&self, token: &JoinToken) -> Result<(), DataDirError> {
         self.write_text("join-token", &format!("{token}\n"))
+    }
+
+    /// The agent token beside the server's: what node agents are given.
+    pub fn write_agent_token(&self, token: &JoinToken) -> Result<(), DataDirError> {
+        self.write_text("agent-token", &format!("{}\n", token.agent()))
+    }
+
+    pub fn agent_token_path(&self) -> PathBuf {
+        self.file("agent-token")
     }
 
     pub fn read_token(&self) -> Result<JoinToken, DataDirError> {

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+/// Once a frame's length has arrived, its body must arrive within this: a
+/// stream that stops part-way through a frame is given up, and what it
+/// held is freed.
+pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The store's limits. `Limits::default()` is what `flotilla server` runs with.
 #[derive(Clone, Debug)]
 pub struct Limits {
@@ -68,6 +73,30 @@ pub struct Limits {
     /// its watches with an error and refuses new ones, so clients move on
     /// to a member that is current.
     pub stale_after_ms: u64,
+    /// The peer port before a caller has authenticated (a member
+    /// certificate at the handshake, or the token in a `Hello`): the
+    /// largest frame read, let alone decoded, from it...
+    pub unauthenticated_frame_max_bytes: usize,
+    /// ...the streams it may use before it has (one `Hello`, or a `Join`)...
+    pub unauthenticated_streams_max: u32,
+    /// ...the bytes it may send ahead of what is read...
+    pub unauthenticated_receive_window_bytes: u32,
+    /// ...and how long it has to authenticate before it is closed.
+    pub authenticate_within_ms: u64,
+    /// Connections open and not yet authenticated, from anyone and from
+    /// one address; more are closed at once.
+    pub unauthenticated_connections_max: usize,
+    pub unauthenticated_connections_per_ip_max: usize,
+    /// QUIC handshakes in progress at once; more are refused.
+    pub handshakes_max: usize,
+    /// Streams an authenticated peer may have open at once.
+    pub peer_streams_max: u32,
+    /// Bytes an authenticated peer may send ahead of what is read.
+    pub peer_receive_window_bytes: u32,
+    /// Bytes of frames one connection may have being read and decoded at
+    /// once (a frame's length is reserved before its body is read);
+    /// further frames wait, and QUIC's flow control holds the peer back.
+    pub connection_frames_max_bytes: usize,
     /// Client sessions: the replicated table that makes writes exactly-once.
     /// Every member of a cluster must use the same values.
     pub sessions: crate::session::SessionLimits,
@@ -111,6 +140,16 @@ impl Default for Limits {
             client_probe_interval_ms: 150,
             client_probe_timeout_ms: 300,
             stale_after_ms: 3_000,
+            unauthenticated_frame_max_bytes: 4 * 1024,
+            unauthenticated_streams_max: 2,
+            unauthenticated_receive_window_bytes: 64 * 1024,
+            authenticate_within_ms: 5_000,
+            unauthenticated_connections_max: 256,
+            unauthenticated_connections_per_ip_max: 32,
+            handshakes_max: 256,
+            peer_streams_max: 2048,
+            peer_receive_window_bytes: 64 * 1024 * 1024,
+            connection_frames_max_bytes: 64 * 1024 * 1024,
             sessions: crate::session::SessionLimits::default(),
         }
     }
@@ -152,6 +191,9 @@ impl Limits {
     }
     pub fn client_rpc_timeout(&self) -> Duration {
         Duration::from_millis(self.client_rpc_timeout_ms)
+    }
+    pub fn authenticate_within(&self) -> Duration {
+        Duration::from_millis(self.authenticate_within_ms)
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
@@ -189,22 +189,29 @@ pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, 
     Ok(Transport::new(Transport::client_endpoint()?, config, Some(token.secret.clone()), limits.clone()))
 }
 
+/// What answers the peer port for a member: given the endpoint and the
+/// member, runs until the endpoint closes. The `server` module provides it
+/// (and `Member::start`); taking it as a value keeps this module from
+/// depending on the server, which depends on it.
+pub type ServePeers = fn(quinn::Endpoint, Weak<Member>) -> futures::future::BoxFuture<'static, ()>;
+
 impl Member {
-    /// Starts a member as `config` says. Returns once the member serves its
-    /// peer port; for a join, once it is a voter.
+    /// Starts a member as `config` says, its peer port answered by
+    /// `serve`. Returns once the member serves its peer port; for a join,
+    /// once it is a voter.
     ///
     /// The peer port is bound before anything is written, and a first
     /// start that fails removes what it made, so a failed start never
     /// leaves a half-made directory behind. A restart checks everything on
     /// disk (whose database, whether its log went backwards, every
     /// checksum) and refuses, without changing a file, what does not hold.
-    pub async fn start(config: StoreConfig) -> Result<Arc<Member>, StartError> {
+    pub async fn start_serving(config: StoreConfig, serve: ServePeers) -> Result<Arc<Member>, StartError> {
         let bind = resolve_bind(&config.peer_addr).await?;
         let socket =
             std::net::UdpSocket::bind(bind).map_err(|e| StartError::Bind { addr: config.peer_addr.clone(), reason: e.to_string() })?;
         let dir = DataDir::new(&config.data_dir);
         let mut first_start = FirstStart { dir: &dir, armed: false };
-        let member = Self::start_on(config, socket, &dir, &mut first_start).await?;
+        let member = Self::start_on(config, socket, &dir, &mut first_start, serve).await?;
         first_start.armed = false;
         Ok(member)
     }
@@ -214,6 +221,7 @@ impl Member {
         socket: std::net::UdpSocket,
         dir: &DataDir,
         first_start: &mut FirstStart<'_>,
+        serve: ServePeers,
     ) -> Result<Arc<Member>, StartError> {
         let limits = config.limits.clone();
         let invalid = |reason: String| DataDirError::Invalid { dir: dir.path.display().to_string(), reason };
@@ -336,6 +344,9 @@ impl Member {
             Some(t) => t,
             None => dir.read_token()?,
         };
+        // Derived from the server token, so every member has it; written on
+        // every start for the operator to hand to node agents.
+        dir.write_agent_token(&token)?;
         let floor = Arc::new(LogFloor::open(dir.floor_path()).map_err(invalid)?);
         let log_store = LogStore::new(database.clone(), floor);
         let log_handle = log_store.clone();
@@ -392,7 +403,7 @@ impl Member {
             server_task: std::sync::Mutex::new(None),
             app: std::sync::RwLock::new(None),
         });
-        let task = tokio::spawn(crate::server::serve(endpoint, Arc::downgrade(&member)));
+        let task = tokio::spawn(serve(endpoint, Arc::downgrade(&member)));
         *member.server_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
 
         if initialize {
@@ -444,6 +455,11 @@ impl Member {
     /// The address the peer port is bound to (useful with port 0).
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.endpoint.local_addr().ok()
+    }
+
+    /// The token node agents are given: the agent protocol only.
+    pub fn agent_token(&self) -> JoinToken {
+        self.token.agent()
     }
 
     pub fn token(&self) -> &JoinToken {
@@ -858,6 +874,12 @@ impl Member {
 
     /// Checks a join request's token and id; grants the CA if both are good.
     pub fn grant_join(&self, secret: &str, node_id: NodeId, addr: &str) -> Result<JoinGrant, StoreError> {
+        if self.agent_token().secret_matches(secret) {
+            // The agent token never yields the CA's key.
+            return Err(StoreError::Unauthorized(
+                "that is the agent token; a member joins with the server token (DATA_DIR/join-token on the first server)".into(),
+            ));
+        }
         if !self.token.secret_matches(secret) {
             return Err(StoreError::Unauthorized("wrong join token; use the token the first server printed".into()));
         }

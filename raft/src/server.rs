@@ -2,54 +2,224 @@
 //! calling (member certificate, or a token said in `Hello`), and answers
 //! each stream's request from the [`Member`].
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use tracing::Instrument;
 
 use crate::error::StoreError;
-use crate::member::{Consistency, Member};
+use crate::limits::Limits;
+use crate::member::{Consistency, Member, StartError, StoreConfig};
 use crate::watch::WatchItem;
-use crate::wire::{read_frame, write_frame, ReadOp, Reply, Request, PROTOCOL_VERSION};
+use crate::wire::{read_frame_within, write_frame, ReadOp, Reply, Request, PROTOCOL_VERSION};
 
 /// How often an idle watch stream tells the client how far it has got.
 const WATCH_PROGRESS_INTERVAL: Duration = Duration::from_secs(1);
 
+impl Member {
+    /// Starts a member as `config` says, serving its peer port with
+    /// [`serve`]; see [`Member::start_serving`].
+    pub async fn start(config: StoreConfig) -> Result<Arc<Member>, StartError> {
+        Member::start_serving(config, serve_boxed).await
+    }
+}
+
+fn serve_boxed(endpoint: quinn::Endpoint, member: Weak<Member>) -> futures::future::BoxFuture<'static, ()> {
+    Box::pin(serve(endpoint, member))
+}
+
+/// What a connection may do, by how it authenticated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u8)]
+enum Role {
+    /// Nothing yet: `Hello` or `Join` only.
+    None = 0,
+    /// The agent token: the agent protocol (and the member list, for failover).
+    Agent = 1,
+    /// A member certificate or the server token: everything.
+    Full = 2,
+}
+
+/// A connection's role, shared by its streams.
+#[derive(Clone)]
+struct SharedRole(Arc<AtomicU8>);
+
+impl SharedRole {
+    fn new(role: Role) -> Self {
+        SharedRole(Arc::new(AtomicU8::new(role as u8)))
+    }
+    fn get(&self) -> Role {
+        match self.0.load(Ordering::Relaxed) {
+            2 => Role::Full,
+            1 => Role::Agent,
+            _ => Role::None,
+        }
+    }
+    fn set(&self, role: Role) {
+        self.0.store(role as u8, Ordering::Relaxed);
+    }
+}
+
+/// What the agent token admits: the agent protocol, and the member list a
+/// client probes to find a live member.
+fn agent_may(request: &Request) -> bool {
+    matches!(request, Request::App(_) | Request::AppStream(_) | Request::Members)
+}
+
+/// QUIC application close codes the server uses.
+const CLOSE_BUSY: u32 = 1;
+const CLOSE_UNAUTHENTICATED: u32 = 2;
+
+/// Counts connections that have not authenticated, overall and per
+/// address, so that nobody without a credential holds more than a bounded
+/// share of the member.
+struct Unauthenticated {
+    total: Arc<Semaphore>,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip_max: usize,
+}
+
+/// One unauthenticated connection's place; given back when dropped.
+struct Admitted<'a> {
+    gate: &'a Unauthenticated,
+    ip: IpAddr,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Unauthenticated {
+    fn new(limits: &Limits) -> Self {
+        Unauthenticated {
+            total: Arc::new(Semaphore::new(limits.unauthenticated_connections_max)),
+            per_ip: Mutex::new(HashMap::new()),
+            per_ip_max: limits.unauthenticated_connections_per_ip_max,
+        }
+    }
+
+    fn admit(&self, ip: IpAddr) -> Option<Admitted<'_>> {
+        let slot = self.total.clone().try_acquire_owned().ok()?;
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_ip.entry(ip).or_default();
+        if *n >= self.per_ip_max {
+            return None;
+        }
+        *n += 1;
+        Some(Admitted { gate: self, ip, _slot: slot })
+    }
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut per_ip = self.gate.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the endpoint closes or the member goes away.
+/// Every connection is a task of this one, and ends with it.
 pub async fn serve(endpoint: quinn::Endpoint, member: Weak<Member>) {
-    while let Some(incoming) = endpoint.accept().await {
-        let member = member.clone();
-        tokio::spawn(async move {
+    let Some(limits) = member.upgrade().map(|m| m.limits().clone()) else { return };
+    let limits = Arc::new(limits);
+    let gate = Arc::new(Unauthenticated::new(&limits));
+    let handshakes = Arc::new(Semaphore::new(limits.handshakes_max));
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Some(incoming) = incoming else { return };
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(remote = %incoming.remote_address(), "too many handshakes in progress; connection refused");
+            incoming.refuse();
+            continue;
+        };
+        let (member, limits, gate) = (member.clone(), limits.clone(), gate.clone());
+        connections.spawn(async move {
             let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => handle_connection(conn, member).await,
-                Err(e) => {
-                    tracing::debug!(%remote, error = %e, "peer connection failed during handshake")
+            match tokio::time::timeout(limits.connect_timeout(), incoming).await {
+                Ok(Ok(conn)) => {
+                    drop(handshake);
+                    handle_connection(conn, member, &limits, &gate).await
                 }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "peer connection failed during handshake"),
+                Err(_) => tracing::debug!(%remote, "peer handshake took too long"),
             }
         });
     }
 }
 
-async fn handle_connection(conn: quinn::Connection, member: Weak<Member>) {
+async fn handle_connection(conn: quinn::Connection, member: Weak<Member>, limits: &Limits, gate: &Unauthenticated) {
     // rustls has already checked any certificate against the cluster CA.
     let is_member = conn.peer_identity().is_some();
-    let authenticated = Arc::new(AtomicBool::new(is_member));
+    let role = SharedRole::new(if is_member { Role::Full } else { Role::None });
     let remote = conn.remote_address();
+    if !is_member && !authenticate(&conn, &member, limits, gate, &role).await {
+        return;
+    }
+    // Authenticated: the connection gets the room the server's transport
+    // settings held back until now.
+    conn.set_max_concurrent_bi_streams(limits.peer_streams_max.into());
+    conn.set_receive_window(limits.peer_receive_window_bytes.into());
+    let budget = Arc::new(Semaphore::new(limits.connection_frames_max_bytes.max(limits.request_size_max_bytes)));
+    let frame_max = limits.request_size_max_bytes;
+    let mut streams = JoinSet::new();
     loop {
-        let (send, recv) = match conn.accept_bi().await {
-            Ok(s) => s,
-            Err(_) => return,
+        let accepted = tokio::select! {
+            s = conn.accept_bi() => s,
+            Some(_) = streams.join_next(), if !streams.is_empty() => continue,
         };
-        let member = member.clone();
-        let authenticated = authenticated.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle_stream(send, recv, member, is_member, authenticated).await {
+        let Ok((send, recv)) = accepted else { return };
+        let (member, role, budget) = (member.clone(), role.clone(), budget.clone());
+        streams.spawn(async move {
+            if let Err(e) = handle_stream(send, recv, member, is_member, role, frame_max, Some(budget)).await {
                 tracing::debug!(%remote, error = %e, "peer stream failed");
             }
         });
     }
+}
+
+/// Serves a caller without a member certificate its first streams, one at
+/// a time, small frames only, until it has said the token in a `Hello`.
+/// False when it did not in time, or gave up, or there is no room for it.
+async fn authenticate(conn: &quinn::Connection, member: &Weak<Member>, limits: &Limits, gate: &Unauthenticated, role: &SharedRole) -> bool {
+    let remote = conn.remote_address();
+    let Some(_admitted) = gate.admit(remote.ip()) else {
+        tracing::debug!(%remote, "too many unauthenticated connections; closed");
+        conn.close(CLOSE_BUSY.into(), b"too many connections that have not authenticated");
+        return false;
+    };
+    let deadline = tokio::time::Instant::now() + limits.authenticate_within();
+    for _ in 0..limits.unauthenticated_streams_max {
+        let served = tokio::time::timeout_at(deadline, async {
+            let (send, recv) = conn.accept_bi().await.ok()?;
+            let frame_max = limits.unauthenticated_frame_max_bytes;
+            if let Err(e) = handle_stream(send, recv, member.clone(), false, role.clone(), frame_max, None).await {
+                tracing::debug!(%remote, error = %e, "peer stream failed before authentication");
+            }
+            Some(())
+        })
+        .await;
+        match served {
+            Ok(Some(())) if role.get() != Role::None => return true,
+            Ok(Some(())) => {}
+            Ok(None) => return false,
+            Err(_) => break,
+        }
+    }
+    tracing::debug!(%remote, "peer did not authenticate; closed");
+    conn.close(CLOSE_UNAUTHENTICATED.into(), b"say hello with the cluster token first");
+    false
 }
 
 async fn handle_stream(
@@ -57,12 +227,14 @@ async fn handle_stream(
     mut recv: quinn::RecvStream,
     member: Weak<Member>,
     is_member: bool,
-    authenticated: Arc<AtomicBool>,
+    role: SharedRole,
+    frame_max: usize,
+    budget: Option<Arc<Semaphore>>,
 ) -> Result<(), StoreError> {
     let Some(m) = member.upgrade() else {
         return Ok(());
     };
-    let request = match read_frame::<Request>(&mut recv, m.limits().request_size_max_bytes).await {
+    let request = match read_frame_within::<Request>(&mut recv, frame_max, budget.as_ref()).await {
         Ok(Some(r)) => r,
         Ok(None) => return Ok(()),
         Err(e) => {
@@ -83,10 +255,18 @@ async fn handle_stream(
                         "peer protocol version {version} is not supported (this member speaks {PROTOCOL_VERSION}); use the same flotilla version"
                     )))
                 } else if m.token().secret_matches(secret) {
-                    authenticated.store(true, Ordering::Relaxed);
+                    role.set(Role::Full);
+                    Reply::Ok
+                } else if m.agent_token().secret_matches(secret) {
+                    // Never lowers a connection that is already more.
+                    if role.get() == Role::None {
+                        role.set(Role::Agent);
+                    }
                     Reply::Ok
                 } else {
-                    Reply::Error(StoreError::Unauthorized("wrong token; use the cluster's join token (DATA_DIR/join-token on the first server)".into()))
+                    Reply::Error(StoreError::Unauthorized(
+                        "wrong token; agents use DATA_DIR/agent-token, members and store commands DATA_DIR/join-token, both on the first server".into(),
+                    ))
                 };
                 return reply(&mut send, answer).await;
             }
@@ -99,8 +279,22 @@ async fn handle_stream(
             }
             _ => {}
         }
-        if !authenticated.load(Ordering::Relaxed) {
-            return reply(&mut send, Reply::Error(StoreError::Unauthorized("say hello with the cluster token first".into()))).await;
+        match role.get() {
+            Role::Full => {}
+            Role::Agent if agent_may(&request) => {}
+            Role::Agent => {
+                return reply(
+                    &mut send,
+                    Reply::Error(StoreError::Unauthorized(format!(
+                        "the agent token reaches only the agent protocol, not {}; store commands need the server token (DATA_DIR/join-token)",
+                        request.name()
+                    ))),
+                )
+                .await
+            }
+            Role::None => {
+                return reply(&mut send, Reply::Error(StoreError::Unauthorized("say hello with the cluster token first".into()))).await
+            }
         }
         if let Request::Watch { prefix, from_revision } = request {
             return stream_watch(&mut send, &m, prefix, from_revision).await;

@@ -26,6 +26,8 @@ pub const SERVER_NAME: &str = "flotilla.cluster";
 /// QUIC application protocol of flotilla's peer port.
 pub const ALPN: &[u8] = b"flotilla/1";
 const TOKEN_PREFIX: &str = "flt1";
+/// An agent token's prefix: the same shape, told apart at a glance.
+const AGENT_TOKEN_PREFIX: &str = "flt1a";
 
 /// Certificate and TLS failures.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +138,12 @@ impl Identity {
         tls.alpn_protocols = vec![ALPN.to_vec()];
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Config(e.to_string()))?;
         let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config(limits)));
+        // A caller starts with room for its `Hello` and no more; the
+        // server opens the connection up once it has authenticated.
+        let mut transport = transport_config(limits);
+        transport.max_concurrent_bidi_streams(limits.unauthenticated_streams_max.into());
+        transport.receive_window(limits.unauthenticated_receive_window_bytes.into());
+        config.transport_config(Arc::new(transport));
         Ok(config)
     }
 
@@ -171,10 +178,10 @@ fn transport_config(limits: &Limits) -> quinn::TransportConfig {
     if let Ok(idle) = quinn::IdleTimeout::try_from(std::time::Duration::from_millis(limits.idle_timeout_ms)) {
         t.max_idle_timeout(Some(idle));
     }
-    t.max_concurrent_bidi_streams(2048u32.into());
+    t.max_concurrent_bidi_streams(limits.peer_streams_max.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((16u32 * 1024 * 1024).into());
-    t.receive_window((64u32 * 1024 * 1024).into());
+    t.stream_receive_window((16u32 * 1024 * 1024).min(limits.peer_receive_window_bytes).into());
+    t.receive_window(limits.peer_receive_window_bytes.into());
     t.send_window(64 * 1024 * 1024);
     t
 }
@@ -186,12 +193,22 @@ pub struct JoinToken {
     pub ca_fingerprint: String,
     /// The shared secret, hex.
     pub secret: String,
+    pub role: TokenRole,
+}
+
+/// Which of the cluster's two tokens this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenRole {
+    /// Members join with it, operators' `flotilla store` uses it: everything.
+    Server,
+    /// Node agents join with it: the agent protocol only.
+    Agent,
 }
 
 impl JoinToken {
     pub fn new(ca: &ClusterCa) -> Result<Self, TlsError> {
         let secret: [u8; 16] = rand::random();
-        Ok(JoinToken { ca_fingerprint: ca.fingerprint()?, secret: hex::encode(secret) })
+        Ok(JoinToken { ca_fingerprint: ca.fingerprint()?, secret: hex::encode(secret), role: TokenRole::Server })
     }
 
     pub fn parse(text: &str) -> Result<Self, TlsError> {
@@ -200,11 +217,25 @@ impl JoinToken {
         let (prefix, fp, secret) = (parts.next(), parts.next(), parts.next());
         let is_hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
         match (prefix, fp, secret, parts.next()) {
-            (Some(TOKEN_PREFIX), Some(fp), Some(secret), None) if is_hex(fp, 64) && is_hex(secret, 32) => {
-                Ok(JoinToken { ca_fingerprint: fp.to_ascii_lowercase(), secret: secret.to_ascii_lowercase() })
+            (Some(prefix @ (TOKEN_PREFIX | AGENT_TOKEN_PREFIX)), Some(fp), Some(secret), None) if is_hex(fp, 64) && is_hex(secret, 32) => {
+                let role = if prefix == AGENT_TOKEN_PREFIX { TokenRole::Agent } else { TokenRole::Server };
+                Ok(JoinToken { ca_fingerprint: fp.to_ascii_lowercase(), secret: secret.to_ascii_lowercase(), role })
             }
             _ => Err(TlsError::BadToken(format!("expected {TOKEN_PREFIX}-<64 hex digits>-<32 hex digits>, got {} characters", text.len()))),
         }
+    }
+
+    /// The agent token of the cluster this token is the server token of:
+    /// the same CA, a secret derived from this one. It admits a node agent
+    /// to the agent protocol and to nothing else (no join, no raw store),
+    /// so the credential every node holds is not the cluster's keys.
+    pub fn agent(&self) -> JoinToken {
+        if self.role == TokenRole::Agent {
+            return self.clone();
+        }
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest([b"flotilla agent token\0".as_slice(), self.secret.as_bytes()].concat());
+        JoinToken { ca_fingerprint: self.ca_fingerprint.clone(), secret: hex::encode(&digest[..16]), role: TokenRole::Agent }
     }
 
     /// Compares secrets in constant time.
@@ -234,7 +265,8 @@ impl JoinToken {
 
 impl std::fmt::Display for JoinToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{TOKEN_PREFIX}-{}-{}", self.ca_fingerprint, self.secret)
+        let prefix = if self.role == TokenRole::Agent { AGENT_TOKEN_PREFIX } else { TOKEN_PREFIX };
+        write!(f, "{prefix}-{}-{}", self.ca_fingerprint, self.secret)
     }
 }
 
