@@ -7,11 +7,9 @@
 
 use std::collections::BTreeSet;
 
-use serde_json::Value;
-
 use super::command::{Command, Decision, Outcome};
 use super::controller::{Reconciler, StepInput};
-use crate::model::addresses::free_pod_cidr;
+use crate::model::addresses::{free_pod_cidrs, Cidr};
 
 /// Nodes given a subnet per pass; the rest wait for the next.
 const NODES_PER_PASS_MAX: usize = 200;
@@ -36,26 +34,24 @@ impl Reconciler for NodeIpamController {
     }
 
     fn step(&mut self, input: StepInput<'_>) -> Decision {
-        let plan = *input.network;
-        let mut held: Vec<String> = self.held_elsewhere.iter().cloned().collect();
-        let mut waiting = Vec::new();
-        for (name, node) in &input.cache.nodes {
-            match node.pointer("/spec/podCIDR").and_then(Value::as_str) {
-                Some(c) if !c.is_empty() => held.push(c.to_string()),
-                _ => waiting.push(name.clone()),
-            }
+        let cache = input.cache;
+        if cache.nodes_without_pod_cidr.is_empty() {
+            return Decision { commands: vec![], more: false };
         }
+        let plan = *input.network;
+        let held: BTreeSet<Cidr> = cache.node_pod_cidrs.values().chain(&self.held_elsewhere).filter_map(|c| Cidr::parse(c).ok()).collect();
+        let waiting = &cache.nodes_without_pod_cidr;
         let mut decision = Decision { commands: vec![], more: waiting.len() > NODES_PER_PASS_MAX };
-        for name in waiting.into_iter().take(NODES_PER_PASS_MAX) {
-            let Some(cidr) = free_pod_cidr(&plan, held.iter().map(String::as_str)) else {
+        let mut free = free_pod_cidrs(&plan, &held);
+        for name in waiting.iter().take(NODES_PER_PASS_MAX) {
+            let Some(cidr) = free.next() else {
                 if !self.warned_full {
                     tracing::warn!(node = %name, cluster_cidr = %plan.cluster_cidr, "no pod subnet left for the node; widen --cluster-cidr");
                     self.warned_full = true;
                 }
                 break;
             };
-            held.push(cidr.to_string());
-            decision.commands.push(Command::AssignPodCidr { node: name, cidr: cidr.to_string() });
+            decision.commands.push(Command::AssignPodCidr { node: name.clone(), cidr: cidr.to_string() });
         }
         decision
     }

@@ -12,6 +12,7 @@ use super::controller::{Reconciler, StepInput};
 use super::settings::LeaderSettings;
 use crate::clock::Mono;
 use crate::model::addresses::NetworkPlan;
+use crate::registry::{WatchEvent, WatchEventKind};
 
 fn cache(objects: &[(Kind, Value)]) -> CacheState {
     let mut s = CacheState::default();
@@ -189,4 +190,34 @@ fn a_pod_subnet_the_store_says_is_taken_is_not_chosen_again() {
     let d2 = step(r.as_mut(), &mut s, false);
     let [Command::AssignPodCidr { cidr: second, .. }] = d2.commands.as_slice() else { panic!("{:?}", d2.commands) };
     assert_ne!(second, cidr);
+}
+
+#[test]
+fn pod_subnets_go_to_the_nodes_without_one_skipping_those_held_and_nothing_is_asked_when_all_have_one() {
+    let mut with = node("n1");
+    with["spec"]["podCIDR"] = json!("10.224.0.0/24");
+    let mut s = cache(&[(Kind::Nodes, with), (Kind::Nodes, node("n2")), (Kind::Nodes, node("n3"))]);
+    let mut r = super::node_ipam_controller::make();
+    let d = step(r.as_mut(), &mut s, false);
+    assert_eq!(
+        d.commands,
+        vec![
+            Command::AssignPodCidr { node: "n2".into(), cidr: "10.224.1.0/24".into() },
+            Command::AssignPodCidr { node: "n3".into(), cidr: "10.224.2.0/24".into() },
+        ]
+    );
+    assert!(!d.more);
+    // The writes come back through the cache: nothing is left to do, and
+    // a pass costs no walk over the nodes.
+    for (name, cidr) in [("n2", "10.224.1.0/24"), ("n3", "10.224.2.0/24")] {
+        let mut n = node(name);
+        n["spec"]["podCIDR"] = json!(cidr);
+        s.apply(Kind::Nodes, &WatchEvent { kind: WatchEventKind::Modified, object: n });
+    }
+    assert!(s.nodes_without_pod_cidr.is_empty());
+    assert_eq!(step(r.as_mut(), &mut s, false).commands, vec![]);
+    // A node deleted frees its subnet for the next.
+    s.apply(Kind::Nodes, &WatchEvent { kind: WatchEventKind::Deleted, object: node("n1") });
+    s.apply(Kind::Nodes, &WatchEvent { kind: WatchEventKind::Added, object: node("n4") });
+    assert_eq!(step(r.as_mut(), &mut s, false).commands, vec![Command::AssignPodCidr { node: "n4".into(), cidr: "10.224.0.0/24".into() }]);
 }

@@ -301,8 +301,15 @@ pub fn assign_service(svc: &mut Value, old: Option<&Value>, taken: &Taken, plan:
 /// The pod subnet for a node: the lowest one no other node holds.
 pub fn free_pod_cidr<'a>(plan: &NetworkPlan, held: impl IntoIterator<Item = &'a str>) -> Option<Cidr> {
     let held: BTreeSet<Cidr> = held.into_iter().filter_map(|s| Cidr::parse(s).ok()).collect();
+    let free = free_pod_cidrs(plan, &held).next();
+    free
+}
+
+/// The node subnets of the cluster CIDR not in `held`, lowest first: one
+/// walk gives out many, instead of a walk from the start for each.
+pub fn free_pod_cidrs<'a>(plan: &'a NetworkPlan, held: &'a BTreeSet<Cidr>) -> impl Iterator<Item = Cidr> + 'a {
     let count = 1u64 << (plan.node_prefix - plan.cluster_cidr.prefix);
-    (0..count).filter_map(|i| plan.cluster_cidr.subnet(plan.node_prefix, i)).find(|c| !held.contains(c))
+    (0..count).filter_map(|i| plan.cluster_cidr.subnet(plan.node_prefix, i)).filter(|c| !held.contains(c))
 }
 
 #[cfg(test)]

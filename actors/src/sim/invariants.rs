@@ -124,7 +124,7 @@ pub struct Observed<'a> {
     /// Pods seen bound to a second node: (uid, first, second).
     pub rebinds: &'a [(String, String, String)],
     pub node_allocatable: &'a BTreeMap<String, (i64, i64, i64)>,
-    pub tallies: std::rc::Rc<Tallies>,
+    pub tallies: &'a Tallies,
     pub workloads: &'a BTreeMap<String, Workload>,
     pub leftovers: &'a [(Kind, String, String)],
 }
@@ -141,7 +141,7 @@ pub fn safety(w: &Observed) -> Result<(), Violation> {
             }
         }
     }
-    let (load, by_deployment) = &*w.tallies;
+    let (load, by_deployment) = (&w.tallies.load, &w.tallies.by_deployment);
     for (node, (cpu, mem, count)) in load {
         let Some(&(acpu, amem, apods)) = w.node_allocatable.get(node) else { continue };
         if *cpu > acpu || *mem > amem || *count > apods {
@@ -174,27 +174,50 @@ pub fn safety(w: &Observed) -> Result<(), Violation> {
     Ok(())
 }
 
-/// Per node: CPU, memory and pods held; per Deployment: active and ready pods.
-pub type Tallies = (BTreeMap<String, (i64, i64, i64)>, BTreeMap<String, (i64, i64)>);
+/// The pods added up: per node, CPU, memory and pods held; per
+/// Deployment, active and ready pods. Kept as pods change (a pod's old
+/// summary taken off, its new one put on), so a check after every step
+/// reads sums instead of adding up every pod again.
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct Tallies {
+    pub load: BTreeMap<String, (i64, i64, i64)>,
+    pub by_deployment: BTreeMap<String, (i64, i64)>,
+}
 
-/// Adds up the pods (done again only when the store changed).
-pub fn tally(pods: &BTreeMap<String, PodSummary>) -> Tallies {
-    let mut load: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
-    let mut by_deployment: BTreeMap<String, (i64, i64)> = BTreeMap::new();
-    for p in pods.values() {
+impl Tallies {
+    /// Counts `p` in (`sign` 1) or out (`sign` -1).
+    pub fn count(&mut self, p: &PodSummary, sign: i64) {
         if let (true, Some(node)) = (p.counted, &p.node) {
-            let l = load.entry(node.clone()).or_default();
-            l.0 += p.cpu_millis;
-            l.1 += p.memory_bytes;
-            l.2 += 1;
+            let l = self.load.entry(node.clone()).or_default();
+            l.0 += sign * p.cpu_millis;
+            l.1 += sign * p.memory_bytes;
+            l.2 += sign;
         }
         if let Some(d) = &p.deployment {
-            let c = by_deployment.entry(d.clone()).or_default();
-            c.0 += i64::from(p.active);
-            c.1 += i64::from(p.active && p.ready);
+            let c = self.by_deployment.entry(d.clone()).or_default();
+            c.0 += sign * i64::from(p.active);
+            c.1 += sign * i64::from(p.active && p.ready);
         }
     }
-    (load, by_deployment)
+
+    /// Whether these sums are those of `pods` (entries at zero aside): the
+    /// harness checks its own bookkeeping with this now and then.
+    pub fn agree_with<'a>(&self, pods: impl IntoIterator<Item = &'a PodSummary>) -> bool {
+        let fresh = Tallies::of(pods);
+        let load = self.load.iter().filter(|(_, v)| **v != (0, 0, 0));
+        let deployments = self.by_deployment.iter().filter(|(_, v)| **v != (0, 0));
+        load.eq(fresh.load.iter().filter(|(_, v)| **v != (0, 0, 0)))
+            && deployments.eq(fresh.by_deployment.iter().filter(|(_, v)| **v != (0, 0)))
+    }
+
+    /// Adds up `pods` from nothing (what the kept sums must equal).
+    pub fn of<'a>(pods: impl IntoIterator<Item = &'a PodSummary>) -> Tallies {
+        let mut t = Tallies::default();
+        for p in pods {
+            t.count(p, 1);
+        }
+        t
+    }
 }
 
 /// The allocatable CPU (millicores), memory (bytes) and pods of a node.

@@ -34,6 +34,9 @@ use crate::model::object;
 pub const STEP: Mono = Mono::from_millis(100);
 /// How often agents beat (as the real agent does).
 pub const BEAT_PERIOD: Mono = Mono::from_millis(200);
+/// How often (in steps) the harness adds the pods up afresh to check the
+/// sums it keeps.
+const TALLY_AUDIT_STEPS: u64 = 1_000;
 /// How long the cluster is left alone at the end before liveness is judged.
 pub const QUIET_PERIOD: Mono = Mono::from_secs(60);
 /// How much longer than the quiet period convergence may take (a rolling
@@ -170,8 +173,8 @@ pub struct World {
     pub set_owners: BTreeMap<String, String>,
     pub node_allocatable: BTreeMap<String, (i64, i64, i64)>,
     agent_index: BTreeMap<String, usize>,
-    /// The pods added up, and the revision of the world's watch they were added up at.
-    tallies: std::cell::RefCell<(u64, std::rc::Rc<invariants::Tallies>)>,
+    /// The pod summaries added up, kept as they change.
+    tallies: invariants::Tallies,
     step: u64,
     terms: u64,
     not_ready_marks: u64,
@@ -232,14 +235,8 @@ impl World {
     }
 
     /// The pods added up per node and per Deployment, as of now.
-    pub fn tallies(&self) -> std::rc::Rc<invariants::Tallies> {
-        // The summaries are as of the world's watch, so that is the key.
-        let revision = self.cursor;
-        let mut t = self.tallies.borrow_mut();
-        if t.0 != revision || revision == 0 {
-            *t = (revision, std::rc::Rc::new(invariants::tally(&self.pod_summaries)));
-        }
-        t.1.clone()
+    pub fn tallies(&self) -> &invariants::Tallies {
+        &self.tallies
     }
 
     /// What the invariants look at.
@@ -363,6 +360,9 @@ impl World {
         self.feed_world(now);
         self.leader_step(now)?;
         self.agents_step(now);
+        if self.step.is_multiple_of(TALLY_AUDIT_STEPS) && !self.tallies.agree_with(self.pod_summaries.values()) {
+            return Err(Violation::new("the simulation's kept tallies match its pods", format!("{:?}", self.tallies)));
+        }
         invariants::safety(&self.observed())
     }
 
@@ -627,10 +627,15 @@ impl World {
                     self.node_allocatable.insert(object::name(obj).unwrap_or_default().to_string(), invariants::allocatable(obj));
                 }
                 Kind::Pods => {
-                    if deleted {
-                        self.pod_summaries.remove(&uid);
+                    let old = if deleted {
+                        self.pod_summaries.remove(&uid)
                     } else {
-                        self.pod_summaries.insert(uid.clone(), invariants::PodSummary::of(obj, &self.set_owners));
+                        let new = invariants::PodSummary::of(obj, &self.set_owners);
+                        self.tallies.count(&new, 1);
+                        self.pod_summaries.insert(uid.clone(), new)
+                    };
+                    if let Some(old) = old {
+                        self.tallies.count(&old, -1);
                     }
                     let Some(node) = obj.pointer("/spec/nodeName").and_then(Value::as_str) else { continue };
                     let first = self.bound_to.entry(uid.clone()).or_insert_with(|| node.to_string());
