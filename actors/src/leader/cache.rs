@@ -177,11 +177,10 @@ pub struct CacheState {
     /// Pods waiting for a node, oldest key first.
     pub pending: BTreeSet<String>,
     pub nodes: BTreeMap<String, Value>,
-    /// Nodes' pod subnets (`spec.podCIDR`), and the nodes that have none
-    /// yet: kept with `nodes`, so the IPAM controller does not walk every
-    /// node on every pass (at 5,000 nodes that walk was most of the
-    /// leader's CPU).
-    pub node_pod_cidrs: BTreeMap<String, String>,
+    /// The nodes without a pod subnet (`spec.podCIDR`) yet: kept with
+    /// `nodes`, so the IPAM controller need not walk every node on every
+    /// pass to learn that none waits (at 5,000 nodes that walk was most of
+    /// the leader's CPU).
     pub nodes_without_pod_cidr: BTreeSet<String>,
     pub replicasets: BTreeMap<String, Value>,
     pub deployments: BTreeMap<String, Value>,
@@ -201,6 +200,11 @@ pub struct CacheState {
     /// scheduler must recount from scratch.
     pub placement_reset: bool,
     pub dirty: Dirty,
+}
+
+/// A node's pod subnet, if it has been given one.
+pub fn pod_cidr(node: &Value) -> Option<&str> {
+    node.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty())
 }
 
 /// What of a pod an Endpoints object shows.
@@ -424,19 +428,13 @@ impl CacheState {
             Kind::Pods => self.put_pod(&ev.object),
             Kind::Nodes if deleted => {
                 self.nodes.remove(&key);
-                self.node_pod_cidrs.remove(&key);
                 self.nodes_without_pod_cidr.remove(&key);
             }
             Kind::Nodes => {
-                match ev.object.pointer("/spec/podCIDR").and_then(Value::as_str).filter(|c| !c.is_empty()) {
-                    Some(cidr) => {
-                        self.node_pod_cidrs.insert(key.clone(), cidr.to_string());
-                        self.nodes_without_pod_cidr.remove(&key);
-                    }
-                    None => {
-                        self.node_pod_cidrs.remove(&key);
-                        self.nodes_without_pod_cidr.insert(key.clone());
-                    }
+                if pod_cidr(&ev.object).is_some() {
+                    self.nodes_without_pod_cidr.remove(&key);
+                } else {
+                    self.nodes_without_pod_cidr.insert(key.clone());
                 }
                 self.nodes.insert(key, ev.object.clone());
             }
@@ -476,7 +474,6 @@ impl CacheState {
             }
             Kind::Nodes => {
                 self.nodes.clear();
-                self.node_pod_cidrs.clear();
                 self.nodes_without_pod_cidr.clear();
             }
             Kind::ReplicaSets => {

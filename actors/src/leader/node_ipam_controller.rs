@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use super::cache::pod_cidr;
 use super::command::{Command, Decision, Outcome};
 use super::controller::{Reconciler, StepInput};
 use crate::model::addresses::{free_pod_cidrs, Cidr};
@@ -39,7 +40,14 @@ impl Reconciler for NodeIpamController {
             return Decision { commands: vec![], more: false };
         }
         let plan = *input.network;
-        let held: BTreeSet<Cidr> = cache.node_pod_cidrs.values().chain(&self.held_elsewhere).filter_map(|c| Cidr::parse(c).ok()).collect();
+        // Only while some node waits: the subnets held are read off the nodes.
+        let held: BTreeSet<Cidr> = cache
+            .nodes
+            .values()
+            .filter_map(pod_cidr)
+            .chain(self.held_elsewhere.iter().map(String::as_str))
+            .filter_map(|c| Cidr::parse(c).ok())
+            .collect();
         let waiting = &cache.nodes_without_pod_cidr;
         let mut decision = Decision { commands: vec![], more: waiting.len() > NODES_PER_PASS_MAX };
         let mut free = free_pod_cidrs(&plan, &held);

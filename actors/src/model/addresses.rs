@@ -298,13 +298,6 @@ pub fn assign_service(svc: &mut Value, old: Option<&Value>, taken: &Taken, plan:
     Ok(())
 }
 
-/// The pod subnet for a node: the lowest one no other node holds.
-pub fn free_pod_cidr<'a>(plan: &NetworkPlan, held: impl IntoIterator<Item = &'a str>) -> Option<Cidr> {
-    let held: BTreeSet<Cidr> = held.into_iter().filter_map(|s| Cidr::parse(s).ok()).collect();
-    let free = free_pod_cidrs(plan, &held).next();
-    free
-}
-
 /// The node subnets of the cluster CIDR not in `held`, lowest first: one
 /// walk gives out many, instead of a walk from the start for each.
 pub fn free_pod_cidrs<'a>(plan: &'a NetworkPlan, held: &'a BTreeSet<Cidr>) -> impl Iterator<Item = Cidr> + 'a {
@@ -419,9 +412,11 @@ mod tests {
     #[test]
     fn pod_subnets_never_overlap() {
         let plan = NetworkPlan::default();
-        assert_eq!(free_pod_cidr(&plan, []).unwrap().to_string(), "10.224.0.0/24");
-        assert_eq!(free_pod_cidr(&plan, ["10.224.0.0/24", "10.224.2.0/24"]).unwrap().to_string(), "10.224.1.0/24");
+        let held = |cidrs: &[&str]| cidrs.iter().map(|c| Cidr::parse(c).unwrap()).collect::<BTreeSet<Cidr>>();
+        assert_eq!(free_pod_cidrs(&plan, &held(&[])).next().unwrap().to_string(), "10.224.0.0/24");
+        let gap = held(&["10.224.0.0/24", "10.224.2.0/24"]);
+        assert_eq!(free_pod_cidrs(&plan, &gap).next().unwrap().to_string(), "10.224.1.0/24");
         let tiny = NetworkPlan { cluster_cidr: Cidr::parse("10.224.0.0/23").unwrap(), ..plan };
-        assert_eq!(free_pod_cidr(&tiny, ["10.224.0.0/24", "10.224.1.0/24"]), None);
+        assert_eq!(free_pod_cidrs(&tiny, &held(&["10.224.0.0/24", "10.224.1.0/24"])).next(), None);
     }
 }
