@@ -483,3 +483,43 @@ async fn every_member_serves_the_api_and_it_survives_the_leader() {
     let (code, got) = call(reqwest::Method::GET, &format!("{}{CM}/after", apis[(leader + 2) % 3].base), "", "").await;
     assert_eq!(code, 200, "{got}");
 }
+
+/// Hostile numbers and preconditions from #12: each is refused with 400 or
+/// 405 and a message, never a panic, and never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_numbers_and_preconditions_are_refused() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep"}, "data": {"a": "1"}}).to_string();
+    let (code, _) = call(reqwest::Method::POST, &format!("{b}{CM}"), "application/json", &cm).await;
+    assert_eq!(code, 201);
+    let (code, v) = call(reqwest::Method::GET, &format!("{b}{CM}?watch=true&resourceVersion=18446744073709551615"), "", "").await;
+    assert_eq!(code, 400, "{v}");
+    let url = format!("{b}{CM}/keep");
+    let (code, v) = call(reqwest::Method::DELETE, &format!("{url}?gracePeriodSeconds=9223372036854775807"), "", "").await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = call(reqwest::Method::DELETE, &url, "application/json", r#"{"gracePeriodSeconds": 9223372036854775807}"#).await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = call(reqwest::Method::DELETE, &url, "application/json", r#"{"preconditions": {"resourceVersion": "abc"}}"#).await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = call(
+        reqwest::Method::PATCH,
+        &url,
+        "application/merge-patch+json",
+        r#"{"metadata": {"resourceVersion": "abc"}, "data": {"a": "2"}}"#,
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    let (code, v) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/configmaps"), "", "").await;
+    assert_eq!(code, 405, "{v}");
+    let (code, v) = call(reqwest::Method::GET, &url, "", "").await;
+    assert_eq!((code, v["data"]["a"].as_str()), (200, Some("1")), "the ConfigMap survives every refused request unchanged");
+    let (code, v) =
+        call(reqwest::Method::POST, &format!("{b}{DEPLOY}"), "application/json", &deployment("huge", 2147483647).to_string()).await;
+    assert_eq!(code, 422, "{v}");
+    let containers: Vec<Value> = (0..1000).map(|i| json!({"name": format!("c{i}"), "image": "x"})).collect();
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "wide"}, "spec": {"containers": containers}});
+    let (code, v) = call(reqwest::Method::POST, &format!("{b}/api/v1/namespaces/default/pods"), "application/json", &pod.to_string()).await;
+    assert_eq!(code, 422, "{v}");
+    api.task.abort();
+}

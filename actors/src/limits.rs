@@ -45,3 +45,17 @@ pub const UPDATE_RETRIES_MAX: usize = 8;
 
 /// Tries of a Service write that lost the address-allocation race.
 pub const ALLOCATION_RETRIES_MAX: usize = 8;
+
+/// What one object may ask of the cluster. Kubernetes bounds these only by
+/// the object's size; flotilla bounds them so that no single request makes
+/// the control plane create, bind or wait without end.
+///
+/// Replicas of one Deployment or ReplicaSet.
+pub const REPLICAS_MAX: i64 = 100_000;
+
+/// Containers and init containers of one pod, together.
+pub const CONTAINERS_PER_POD_MAX: usize = 64;
+
+/// The longest grace period a pod or a delete may ask for (one year): the
+/// deadline it gives must stay a time the clock can represent.
+pub const GRACE_PERIOD_SECONDS_MAX: i64 = 366 * 24 * 3600;

@@ -447,7 +447,12 @@ impl Registry {
         patch: Value,
         subresource: Option<&str>,
     ) -> Result<Value, RegistryError> {
-        let precondition = patch.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
+        let precondition = match patch.pointer("/metadata/resourceVersion") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
+                RegistryError::BadRequest(format!("metadata.resourceVersion {v} must be a number as returned by the server, or left out"))
+            })?),
+        };
         self.read_modify_write(
             res,
             namespace,
@@ -734,7 +739,10 @@ impl Registry {
                 message: "the resourceVersion precondition does not match".into(),
             });
         }
-        let grace = grace.or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30).max(0);
+        let grace = grace
+            .or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30)
+            .clamp(0, crate::limits::GRACE_PERIOD_SECONDS_MAX);
         let mut new = current.clone();
         let deadline = self.wall() + Duration::from_secs(grace as u64);
         let meta = object::metadata_mut(&mut new);
@@ -859,7 +867,12 @@ impl Registry {
     /// or from now when 0.
     pub fn watch(&self, res: &Resource, namespace: Option<&str>, after_revision: u64) -> Result<RegistryWatch, RegistryError> {
         let prefix = res.namespace_prefix(Self::ns(res, namespace));
-        let from = if after_revision == 0 { 0 } else { after_revision + 1 };
+        let from = match after_revision {
+            0 => 0,
+            rv => rv
+                .checked_add(1)
+                .ok_or_else(|| RegistryError::BadRequest(format!("resourceVersion {rv} is beyond any revision the store can reach")))?,
+        };
         match self.member.watch(prefix.into_bytes(), from) {
             Ok(w) => Ok(RegistryWatch { inner: w }),
             Err(StoreError::Compacted { requested, compact_revision }) => {

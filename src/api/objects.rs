@@ -181,11 +181,41 @@ pub async fn handle(
                     return Err(ApiError::bad_request(format!("propagationPolicy {other:?} must be Background, Foreground or Orphan")))
                 }
             };
-            let precondition = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok());
-            let grace = options.get("gracePeriodSeconds").and_then(Value::as_i64).or(params.grace_period_seconds);
+            let mut precondition = match options.pointer("/preconditions/resourceVersion") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(v.as_str().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
+                    ApiError::bad_request(format!("preconditions.resourceVersion {v} must be a number as returned by the server"))
+                })?),
+            };
+            if options.pointer("/preconditions/uid").is_some_and(|u| !u.is_null()) {
+                let current = registry.get(res, ns, name).await?;
+                let wanted = options.pointer("/preconditions/uid").and_then(Value::as_str);
+                if object::uid(&current) != wanted {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        format!("the uid precondition {wanted:?} does not match {name}'s uid {:?}", object::uid(&current)),
+                    ));
+                }
+                // The uid held at this revision; deleting at it keeps the
+                // check and the delete one step.
+                precondition = precondition.or(object::resource_version(&current));
+            }
+            let grace = match options.get("gracePeriodSeconds") {
+                None | Some(Value::Null) => params.grace_period_seconds,
+                Some(v) => Some(super::params::grace_period(
+                    v.as_u64()
+                        .ok_or_else(|| ApiError::bad_request(format!("gracePeriodSeconds {v} must be a whole number of seconds >= 0")))?,
+                )?),
+            };
             let deleted = registry.delete_with_grace(res, ns, name, precondition, propagation, grace).await?;
             Ok(respond(StatusCode::OK, deleted))
         }
+        // Kubernetes serves deletecollection of a namespaced kind within one
+        // namespace only: a path without one would empty every namespace.
+        (Method::DELETE, None, None) if res.namespaced && ns.is_none() => Err(ApiError::method_not_allowed(format!(
+            "delete {plural} under /namespaces/NAMESPACE/{plural}; deleting them in every namespace at once is not served"
+        ))),
         (Method::DELETE, None, None) if res.namespaced => {
             let (items, _, _) = registry.list(res, ns, &params.labels, &params.fields, 0, None).await?;
             let mut deleted = Vec::new();

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use flotilla_actors::limits::GRACE_PERIOD_SECONDS_MAX;
 use flotilla_actors::model::selector::Selector;
 
 use super::status::ApiError;
@@ -21,6 +22,15 @@ pub struct Params {
     pub propagation: Option<String>,
     pub full_objects: bool,
     pub grace_period_seconds: Option<i64>,
+}
+
+/// A grace period from a query or DeleteOptions, within what a deadline
+/// can be computed from.
+pub fn grace_period(seconds: u64) -> Result<i64, ApiError> {
+    i64::try_from(seconds)
+        .ok()
+        .filter(|s| *s <= GRACE_PERIOD_SECONDS_MAX)
+        .ok_or_else(|| ApiError::bad_request(format!("gracePeriodSeconds {seconds} must be from 0 to {GRACE_PERIOD_SECONDS_MAX}")))
 }
 
 impl Params {
@@ -47,7 +57,7 @@ impl Params {
             timeout_seconds: number("timeoutSeconds")?,
             propagation: map.get("propagationPolicy").cloned(),
             full_objects: map.get("includeObject").is_some_and(|v| v == "Object"),
-            grace_period_seconds: number("gracePeriodSeconds")?.map(|n| n as i64),
+            grace_period_seconds: number("gracePeriodSeconds")?.map(grace_period).transpose()?,
         })
     }
 
@@ -74,5 +84,8 @@ mod tests {
         assert_eq!(p.limit, 5);
         assert!(!p.labels.is_empty());
         assert!(Params::parse("limit=x").is_err());
+        assert_eq!(Params::parse("gracePeriodSeconds=5").unwrap().grace_period_seconds, Some(5));
+        assert!(Params::parse("gracePeriodSeconds=9223372036854775807").is_err());
+        assert!(Params::parse("gracePeriodSeconds=18446744073709551615").is_err());
     }
 }

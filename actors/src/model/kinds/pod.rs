@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
+use crate::limits::{CONTAINERS_PER_POD_MAX, GRACE_PERIOD_SECONDS_MAX};
 use crate::model::admission::{is_dns1123_label, set_default, validate_port, validate_quantities, Errors};
 use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
@@ -136,6 +137,23 @@ pub(super) fn pod_spec_defaults(spec: &mut Value) {
 /// Validation of a pod spec at `path` (`spec` or `spec.template.spec`).
 pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
     let containers = spec.get("containers").and_then(Value::as_array);
+    let count = containers.map_or(0, Vec::len) + spec.get("initContainers").and_then(Value::as_array).map_or(0, Vec::len);
+    if count > CONTAINERS_PER_POD_MAX {
+        // Each container is checked below; a pod this large is refused
+        // before that work is done.
+        errors.add(
+            format!("{path}.containers"),
+            format!("{count} containers and init containers; a pod may have at most {CONTAINERS_PER_POD_MAX}"),
+        );
+        return;
+    }
+    match spec.get("terminationGracePeriodSeconds") {
+        Some(g) if g.as_i64().is_none_or(|n| !(0..=GRACE_PERIOD_SECONDS_MAX).contains(&n)) => errors.add(
+            format!("{path}.terminationGracePeriodSeconds"),
+            format!("{g} must be a whole number of seconds from 0 to {GRACE_PERIOD_SECONDS_MAX}"),
+        ),
+        _ => {}
+    }
     match containers {
         None => errors.add(format!("{path}.containers"), "at least one container is required"),
         Some(cs) if cs.is_empty() => errors.add(format!("{path}.containers"), "at least one container is required"),

@@ -6,6 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::{json, Value};
 
 use super::pod::{pod_spec_defaults, validate_pod_spec};
+use crate::limits::REPLICAS_MAX;
 use crate::model::admission::{set_default, Errors};
 use crate::model::columns::{col, Column};
 use crate::model::selector::Selector;
@@ -27,7 +28,9 @@ pub(super) fn validate(object: &Value, errors: &mut Errors) {
         return;
     };
     match spec.get("replicas") {
-        Some(r) if r.as_i64().is_none_or(|n| n < 0) => errors.add("spec.replicas", format!("{r} must be a whole number >= 0")),
+        Some(r) if r.as_i64().is_none_or(|n| !(0..=REPLICAS_MAX).contains(&n)) => {
+            errors.add("spec.replicas", format!("{r} must be a whole number from 0 to {REPLICAS_MAX}"))
+        }
         _ => {}
     }
     let template_labels = spec.pointer("/template/metadata/labels").cloned().unwrap_or(json!({}));
