@@ -447,12 +447,8 @@ impl Registry {
         patch: Value,
         subresource: Option<&str>,
     ) -> Result<Value, RegistryError> {
-        let precondition = match patch.pointer("/metadata/resourceVersion") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_str().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
-                RegistryError::BadRequest(format!("metadata.resourceVersion {v} must be a number as returned by the server, or left out"))
-            })?),
-        };
+        let precondition = object::precondition(patch.pointer("/metadata/resourceVersion"), "metadata.resourceVersion")
+            .map_err(RegistryError::BadRequest)?;
         self.read_modify_write(
             res,
             namespace,

@@ -181,12 +181,8 @@ pub async fn handle(
                     return Err(ApiError::bad_request(format!("propagationPolicy {other:?} must be Background, Foreground or Orphan")))
                 }
             };
-            let mut precondition = match options.pointer("/preconditions/resourceVersion") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.as_str().and_then(|s| s.parse::<u64>().ok()).ok_or_else(|| {
-                    ApiError::bad_request(format!("preconditions.resourceVersion {v} must be a number as returned by the server"))
-                })?),
-            };
+            let mut precondition = object::precondition(options.pointer("/preconditions/resourceVersion"), "preconditions.resourceVersion")
+                .map_err(ApiError::bad_request)?;
             if options.pointer("/preconditions/uid").is_some_and(|u| !u.is_null()) {
                 let current = registry.get(res, ns, name).await?;
                 let wanted = options.pointer("/preconditions/uid").and_then(Value::as_str);

@@ -146,3 +146,17 @@ mod tests {
         assert_eq!(timestamp(at(86400)), "1970-01-02T00:00:00Z");
     }
 }
+
+/// A resourceVersion precondition (`preconditions.resourceVersion`,
+/// `metadata.resourceVersion` of a patch): absent or null is none; anything
+/// but a revision as the server writes it is an error naming `field`.
+pub fn precondition(value: Option<&Value>, field: &str) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{field} {v} must be a number as returned by the server, or left out")),
+    }
+}
