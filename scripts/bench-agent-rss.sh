@@ -18,7 +18,8 @@ trap cleanup EXIT
 "$F" server --id 1 --data-dir "$WORK/s1" --peer 127.0.0.1:17601 --http 127.0.0.1:18281 --bootstrap >/dev/null 2>"$WORK/s1.log" &
 PIDS+=($!)
 for _ in $(seq 1 300); do [ -s "$WORK/s1/join-token" ] && break; sleep 0.1; done
-export FLOTILLA_SERVER=http://127.0.0.1:18281
+export KUBECONFIG="$WORK/s1/admin.kubeconfig"
+for _ in $(seq 1 300); do [ -s "$KUBECONFIG" ] && break; sleep 0.1; done
 for _ in $(seq 1 300); do "$F" get namespaces 2>/dev/null | grep -q default && break; sleep 0.1; done
 "$F" agent --name rss-node --server 127.0.0.1:17601 --token "$(cat "$WORK/s1/join-token")" --runtime "$RUNTIME" --state-dir "$WORK/agent" >/dev/null 2>"$WORK/agent.log" &
 AGENT=$!

@@ -49,7 +49,8 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-export FLOTILLA_SERVER=http://$HTTP
+export KUBECONFIG="$DATA/admin.kubeconfig"
+for _ in $(seq 1 300); do [ -s "$KUBECONFIG" ] && break; sleep 0.1; done
 wait_for 60 bash -c "'$FLOTILLA' get nodes 2>/dev/null | grep -q ' Ready '"
 running_f() { "$FLOTILLA" get pods 2>/dev/null | grep -c '^boxes-.* Running ' || true; }
 at_least_f() { [[ $(running_f) -ge $1 ]]; }

@@ -13,8 +13,9 @@ use serde_json::json;
 
 #[derive(Args)]
 pub struct ApiBenchArgs {
-    /// API servers, comma-separated; clients are spread over them.
-    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:8080")]
+    /// API servers, comma-separated; clients are spread over them (default:
+    /// the kubeconfig's server). Credentials come from the kubeconfig.
+    #[arg(long, value_delimiter = ',')]
     servers: Vec<String>,
     /// Concurrent clients.
     #[arg(long, default_value_t = 16)]
@@ -29,11 +30,19 @@ pub struct ApiBenchArgs {
     json: bool,
 }
 
-pub async fn run(args: ApiBenchArgs) -> Result<i32, String> {
-    if args.clients == 0 || args.objects == 0 || args.servers.is_empty() {
-        return Err("--clients, --objects and --servers must not be empty or zero".into());
+pub async fn run(mut args: ApiBenchArgs, target: &crate::client::ClientTarget) -> Result<i32, String> {
+    if args.clients == 0 || args.objects == 0 {
+        return Err("--clients and --objects must not be zero".into());
     }
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
+    let (base, builder, authorization) = crate::client::connect(target)?;
+    if args.servers.is_empty() {
+        args.servers.push(base);
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(a) = authorization {
+        headers.insert(reqwest::header::AUTHORIZATION, a.parse().map_err(|_| "the bearer token is not a valid header value".to_string())?);
+    }
+    let http = builder.default_headers(headers).pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
     let run_id = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
     let ns = Arc::new(args.namespace.clone());
     let started = Instant::now();

@@ -45,12 +45,17 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     let registry = cluster.registry().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let http_addr = listener.local_addr().map_err(|e| e.to_string())?;
+    // The in-process API is served in plain HTTP on loopback, with a token
+    // of this run's own.
+    let token = format!("{:032x}", rand::random::<u128>());
     let state = crate::api::ApiState {
         registry: registry.clone(),
         http_addr: http_addr.to_string(),
         agents: Default::default(),
         kubelet_token: None,
         http_client: Default::default(),
+        authn: std::sync::Arc::new(crate::api::auth::Authenticator::with_tokens([(token.as_str(), bench_user())])),
+        rbac: Default::default(),
     };
     let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
 
@@ -83,7 +88,10 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
     // The benchmark follows pods as any follower does: a busy store may end
     // a watch, and the watcher resumes it from where it was.
     let mut watch = Watcher::new(RegistrySource { registry: registry.clone(), res: pods_res }, Backoff::default());
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().map_err(|_| "bench token".to_string())?);
+    let http =
+        reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(args.clients).build().map_err(|e| e.to_string())?;
     let started = Instant::now();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
@@ -191,4 +199,8 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
         );
     }
     Ok(0)
+}
+
+fn bench_user() -> crate::api::auth::User {
+    crate::api::auth::User { name: "bench".into(), groups: vec![crate::api::auth::MASTERS_GROUP.into()] }
 }

@@ -157,8 +157,8 @@ async fn connects(addr: &str) -> bool {
     load_connection(addr.to_string(), Instant::now() + Duration::from_millis(1)).await.len() == 1
 }
 
-pub async fn run(args: ServiceBenchArgs, server: Option<String>) -> Result<i32, String> {
-    let api = ApiClient::new(server)?;
+pub async fn run(args: ServiceBenchArgs, target: &crate::client::ClientTarget) -> Result<i32, String> {
+    let api = ApiClient::new(target)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?.display().to_string();
     let _ = send(
         &api,

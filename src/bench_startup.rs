@@ -50,7 +50,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
     let member = Member::start(StoreConfig::new(1, dir.join("store"), peer, StartMode::Bootstrap)).await.map_err(|e| e.to_string())?;
     let registry = Registry::new(member.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while registry.ensure_builtin_namespaces().await.is_err() {
+    while registry.ensure_builtin_objects().await.is_err() {
         if Instant::now() > deadline {
             return Err("the store did not become writable".into());
         }

@@ -1,19 +1,37 @@
 //! The HTTP client the object commands (`get`, `apply`, ...) use: finds the
-//! server (`--server`, else `$FLOTILLA_SERVER`, else http://127.0.0.1:8080),
-//! and turns failures into one line that says what happened.
+//! server and credentials (`--server`, `--token`, then a kubeconfig: see
+//! [`crate::kubeconfig::find`]), speaks HTTPS verified against the
+//! cluster's CA, and turns failures into one line that says what happened.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 
 /// Deadline for one non-watch request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:8080";
+
+/// Where a client command sends its requests, as the command line says.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTarget {
+    /// `--server`, else $FLOTILLA_SERVER, else the kubeconfig's.
+    pub server: Option<String>,
+    /// `--kubeconfig`, else $KUBECONFIG and the defaults.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--token`, else $FLOTILLA_API_TOKEN, else the kubeconfig's.
+    pub token: Option<String>,
+}
 
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    /// The `Authorization` header's value, when a bearer token is used.
+    authorization: Option<String>,
 }
 
 /// A failed call: its HTTP code (0 when the server was not reached) and
@@ -30,18 +48,117 @@ impl std::fmt::Display for CallError {
     }
 }
 
-impl ApiClient {
-    pub fn new(server: Option<String>) -> Result<ApiClient, String> {
-        let base = server
-            .or_else(|| std::env::var("FLOTILLA_SERVER").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| DEFAULT_SERVER.to_string())
-            .trim_end_matches('/')
-            .to_string();
-        if !base.starts_with("http://") && !base.starts_with("https://") {
-            return Err(format!("server URL {base:?} must start with http:// (for example {DEFAULT_SERVER})"));
+/// A reqwest client and header for what `target` names: the TLS
+/// configuration (the kubeconfig's CA, its client certificate) and the
+/// bearer token. Answers (base URL, client builder, Authorization value).
+pub fn connect(target: &ClientTarget) -> Result<(String, reqwest::ClientBuilder, Option<String>), String> {
+    crate::install_crypto_provider();
+    let creds = crate::kubeconfig::load(target.kubeconfig.as_deref())?.unwrap_or_default();
+    let env = |k: &str| std::env::var(k).ok().filter(|s| !s.is_empty());
+    let base = target
+        .server
+        .clone()
+        .or_else(|| env("FLOTILLA_SERVER"))
+        .or_else(|| creds.server.clone())
+        .unwrap_or_else(|| DEFAULT_SERVER.to_string())
+        .trim_end_matches('/')
+        .to_string();
+    if !base.starts_with("http://") && !base.starts_with("https://") {
+        return Err(format!("server URL {base:?} must start with https:// (for example {DEFAULT_SERVER})"));
+    }
+    let token = target.token.clone().or_else(|| env("FLOTILLA_API_TOKEN")).or(creds.token.clone());
+    let mut builder = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+    if base.starts_with("https://") {
+        builder = builder.tls_backend_preconfigured(tls_config(&creds, &base)?);
+    }
+    Ok((base, builder, token.map(|t| format!("Bearer {t}"))))
+}
+
+fn tls_config(creds: &crate::kubeconfig::Credentials, base: &str) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions().map_err(|e| e.to_string())?;
+    let builder = if creds.insecure_skip_tls_verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let Some(ca) = &creds.ca_pem else {
+            let from = if creds.source.is_empty() { "no kubeconfig was found".to_string() } else { format!("{} has none", creds.source) };
+            return Err(format!(
+                "no CA certificate to verify {base} with ({from}); pass --kubeconfig DATA_DIR/admin.kubeconfig, which `flotilla up` writes"
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots
+                .add(cert.map_err(|e| format!("{}: CA certificate: {e}", creds.source))?)
+                .map_err(|e| format!("{}: CA certificate: {e}", creds.source))?;
         }
-        let http = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).build().map_err(|e| e.to_string())?;
-        Ok(ApiClient { base, http })
+        builder.with_root_certificates(roots)
+    };
+    let config = match (&creds.client_cert_pem, &creds.client_key_pem) {
+        (Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: client certificate: {e}", creds.source))?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|e| format!("{}: client key: {e}", creds.source))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| format!("{}: client certificate: {e}", creds.source))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok(config)
+}
+
+/// `insecure-skip-tls-verify: true`: the server's certificate is not checked
+/// (the handshake's signatures still are).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl ApiClient {
+    pub fn new(target: &ClientTarget) -> Result<ApiClient, String> {
+        let (base, builder, authorization) = connect(target)?;
+        let http = builder.build().map_err(|e| e.to_string())?;
+        Ok(ApiClient { base, http, authorization })
+    }
+
+    /// A request to `path` with the credential attached.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.authorization {
+            Some(a) => req.header(reqwest::header::AUTHORIZATION, a),
+            None => req,
+        }
     }
 
     pub fn base(&self) -> &str {
@@ -66,7 +183,7 @@ impl ApiClient {
         accept_table: bool,
         body: Option<(&str, Vec<u8>)>,
     ) -> Result<Value, CallError> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base)).timeout(REQUEST_TIMEOUT);
+        let mut req = self.request(method, path).timeout(REQUEST_TIMEOUT);
         if accept_table {
             req = req.header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         }
@@ -76,10 +193,20 @@ impl ApiClient {
         let resp = req.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| self.unreachable(e))?;
-        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let parsed = serde_json::from_slice::<Value>(&bytes);
         if status.is_success() {
-            return Ok(value);
+            // Anything that answers 200 is not flotilla: a proxy's page or
+            // another server on this port must not read as success.
+            return parsed.map_err(|_| CallError {
+                code: status.as_u16(),
+                message: format!(
+                    "{} answered {status} with a body that is not JSON ({}); is this a flotilla API server?",
+                    self.base,
+                    String::from_utf8_lossy(&bytes[..bytes.len().min(80)]).trim()
+                ),
+            });
         }
+        let value = parsed.unwrap_or(Value::Null);
         let message = value
             .get("message")
             .and_then(Value::as_str)
@@ -94,7 +221,7 @@ impl ApiClient {
 
     /// Opens a streaming GET (a watch).
     pub async fn stream(&self, path: &str, table: bool) -> Result<reqwest::Response, CallError> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+        let mut req = self.request(reqwest::Method::GET, path);
         if table {
             req = req.header("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         }

@@ -23,17 +23,23 @@ pub async fn delete(
     namespace: Option<&str>,
 ) -> Result<i32, String> {
     let mut targets = Vec::new();
+    // As with apply, an object that cannot be resolved is reported and the
+    // others are still deleted; the exit code says something failed.
+    let mut failed = false;
     for f in files {
         for m in manifest::read(f)? {
             let api_version = m.object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
             let k = m.object.get("kind").and_then(Value::as_str).unwrap_or("");
-            let res =
-                by_kind(api_version, k).ok_or_else(|| format!("{}: kind {k:?} in {api_version:?} is not served by flotilla", m.source))?;
-            let name = m
-                .object
-                .pointer("/metadata/name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| format!("{}: {k} has no metadata.name", m.source))?;
+            let Some(res) = by_kind(api_version, k) else {
+                eprintln!("error: {}: kind {k:?} in {api_version:?} is not served by flotilla", m.source);
+                failed = true;
+                continue;
+            };
+            let Some(name) = m.object.pointer("/metadata/name").and_then(Value::as_str) else {
+                eprintln!("error: {}: {k} has no metadata.name", m.source);
+                failed = true;
+                continue;
+            };
             let ns = m.object.pointer("/metadata/namespace").and_then(Value::as_str).or(namespace).unwrap_or("default").to_string();
             targets.push((res, ns, name.to_string()));
         }
@@ -48,9 +54,8 @@ pub async fn delete(
         }
     }
     if targets.is_empty() {
-        return Err("nothing to delete: give KIND NAME or -f FILE".into());
+        return if failed { Ok(1) } else { Err("nothing to delete: give KIND NAME or -f FILE".into()) };
     }
-    let mut failed = false;
     for (res, ns, name) in targets {
         let path = resource_path(res, Some(&ns), Some(&name));
         let body = serde_json::to_vec(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}))

@@ -16,9 +16,8 @@ pub struct ServerArgs {
     /// Address of the peer (QUIC) port, to listen on and to advertise.
     #[arg(long, default_value = "127.0.0.1:7400")]
     peer: String,
-    /// Address of the HTTP API.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: String,
+    #[command(flatten)]
+    api: crate::api::listen::ApiFlags,
     /// Create a new cluster with this member as its first voter.
     #[arg(long, conflicts_with = "join")]
     bootstrap: bool,
@@ -66,9 +65,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         .limits
         .with_raft_timing(args.heartbeat_interval_ms, election_min, election_max)
         .map_err(|e| format!("--heartbeat-interval-ms/--election-timeout-ms: {e}"))?;
-    let http: std::net::SocketAddr =
-        args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
-    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
+    let listeners = args.api.bind().await?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone()).with_network_plan(plan);
     // Node agents reach the control plane through this member.
@@ -81,22 +78,30 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         ..Default::default()
     };
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats, settings).await?;
+    let rbac = crate::api::rbac_cache::RbacCache::start(registry.clone());
     let state = crate::api::ApiState {
         registry: registry.clone(),
-        http_addr: http.to_string(),
+        http_addr: listeners.https_addr.to_string(),
         agents: Default::default(),
         kubelet_token: Some(crate::kubelet_api::credential(&member.agent_token().secret)),
         http_client: Default::default(),
+        authn: listeners.authn.clone(),
+        rbac: rbac.view.clone(),
     };
-    let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
+    let api = listeners.start(member.ca(), &args.data_dir, crate::api::router(state))?;
     // Ends with the server, if it has not finished by then.
     let _namespaces = flotilla_actors::tasks::OwnedTask::spawn(ensure_namespaces(registry));
     println!(
-        "flotilla server: member {} of cluster {} serving peers on {}, API on http://{http}",
+        "flotilla server: member {} of cluster {} serving peers on {}, API on {}",
         member.id(),
         member.cluster_id(),
-        member.peer_addr()
+        member.peer_addr(),
+        api.url
     );
+    println!("admin kubeconfig: {}", api.kubeconfig.display());
+    if let Some(url) = &api.insecure_url {
+        println!("also plain HTTP on {url} (loopback; bearer tokens only)");
+    }
     if bootstrapping {
         println!("join token: {}", member.token());
         println!("(also written to {}; for members and `flotilla store`)", args.data_dir.join("join-token").display());
@@ -106,7 +111,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     wait_for_signal().await;
     eprintln!("flotilla server: shutting down member {}", member.id());
     leader.stop(None);
-    api.abort();
+    drop(api);
     member.shutdown().await;
     Ok(0)
 }
@@ -115,7 +120,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
 /// every member tries, and creating an existing namespace is a no-op.
 async fn ensure_namespaces(registry: flotilla_actors::Registry) {
     for attempt in 0u32.. {
-        match registry.ensure_builtin_namespaces().await {
+        match registry.ensure_builtin_objects().await {
             Ok(()) => return,
             Err(e) => {
                 if attempt % 20 == 19 {

@@ -29,8 +29,8 @@ pub enum RuntimeChoice {
 pub struct UpArgs {
     #[arg(long, default_value = "./flotilla-data")]
     data_dir: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    http: String,
+    #[command(flatten)]
+    api: crate::api::listen::ApiFlags,
     #[arg(long, default_value = "127.0.0.1:7400")]
     peer: String,
     #[arg(long, value_enum, default_value = "auto")]
@@ -68,9 +68,7 @@ pub fn host_memory_bytes() -> i64 {
 }
 
 pub async fn run(args: UpArgs) -> Result<i32, String> {
-    let http: std::net::SocketAddr =
-        args.http.parse().map_err(|_| format!("--http {:?} must be an address such as 127.0.0.1:8080", args.http))?;
-    let listener = tokio::net::TcpListener::bind(http).await.map_err(|e| format!("cannot listen on {http} for the HTTP API: {e}"))?;
+    let listeners = args.api.bind().await?;
     let start = if args.data_dir.join("member.json").exists() { StartMode::Restart } else { StartMode::Bootstrap };
     let member = Member::start(StoreConfig::new(1, &args.data_dir, &args.peer, start)).await.map_err(|e| e.to_string())?;
     // The agent's state lives beside the store, once the store exists.
@@ -94,7 +92,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     };
     let registry = Registry::new(member.clone()).with_network_plan(args.plan.plan()?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Err(e) = registry.ensure_builtin_namespaces().await {
+    while let Err(e) = registry.ensure_builtin_objects().await {
         if tokio::time::Instant::now() > deadline {
             return Err(format!("the store did not become writable: {e}"));
         }
@@ -103,15 +101,18 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     let heartbeats = Heartbeats::default();
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats.clone(), Default::default()).await?;
     let node_name = args.node_name.clone().unwrap_or_else(host_node_name);
+    let rbac = crate::api::rbac_cache::RbacCache::start(registry.clone());
     let state = crate::api::ApiState {
         registry: registry.clone(),
-        http_addr: http.to_string(),
+        http_addr: listeners.https_addr.to_string(),
         agents: Default::default(),
         kubelet_token: None,
         http_client: Default::default(),
+        authn: listeners.authn.clone(),
+        rbac: rbac.view.clone(),
     };
     state.agents.register(&node_name, runtime.clone());
-    let api = tokio::spawn(async move { axum::serve(listener, crate::api::router(state)).await });
+    let api = listeners.start(member.ca(), &args.data_dir, crate::api::router(state))?;
     let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =
         Arc::new(LocalControlPlane::new(registry.clone(), heartbeats));
     let network = crate::node_network::start(&node_name, control.clone(), runtime.clone(), &args.network).await?;
@@ -131,7 +132,11 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         kubelet_port: None,
     };
     let (agent, _) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the node agent did not start: {e}"))?;
-    println!("flotilla is up: API on http://{http}, node {node_name:?} with the {} runtime{note}", runtime.kind());
+    println!("flotilla is up: API on {}, node {node_name:?} with the {} runtime{note}", api.url, runtime.kind());
+    println!("credentials: {} (system:masters; flotilla's commands find it here, kubectl takes --kubeconfig)", api.kubeconfig.display());
+    if let Some(url) = &api.insecure_url {
+        println!("also plain HTTP on {url} (loopback; bearer tokens only)");
+    }
     match network.dns_addr() {
         Some(dns) => println!(
             "services: {:?} proxy; cluster DNS on {dns} (try: nslookup -port={} NAME.default.svc.cluster.local {})",
@@ -148,7 +153,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     agent.stop(None);
     network.stop().await;
     leader.stop(None);
-    api.abort();
+    drop(api);
     member.shutdown().await;
     Ok(0)
 }

@@ -18,12 +18,14 @@ pub mod cmd_apply;
 pub mod cmd_change;
 pub mod cmd_chaos;
 pub mod cmd_get;
+pub mod cmd_kubeconfig;
 pub mod cmd_logs;
 pub mod cmd_rollout;
 pub mod cmd_server;
 pub mod cmd_sim;
 pub mod cmd_store;
 pub mod cmd_up;
+pub mod kubeconfig;
 pub mod kubelet_api;
 pub mod manifest;
 pub mod node_network;
@@ -31,3 +33,10 @@ pub mod sim_cluster;
 pub mod stats;
 pub mod store_bench;
 pub mod wiring;
+
+/// Makes ring the process's TLS provider, as quinn's is. reqwest builds
+/// every client against the process default and panics without one, so
+/// this runs before the first client is built; calling it again is free.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

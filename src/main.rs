@@ -4,15 +4,22 @@
 use clap::{Parser, Subcommand};
 use flotilla::{
     bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
-    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_up,
+    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_up,
 };
 
 #[derive(Parser)]
 #[command(name = "flotilla", version, about = "A container orchestrator: supervised actors, a Raft-replicated store, one small binary")]
 struct Cli {
-    /// API server URL for client commands (else $FLOTILLA_SERVER, else http://127.0.0.1:8080).
+    /// API server URL for client commands (else $FLOTILLA_SERVER, else the kubeconfig's).
     #[arg(long, global = true)]
     server: Option<String>,
+    /// Kubeconfig for client commands (else $KUBECONFIG, ~/.kube/config,
+    /// then ./flotilla-data/admin.kubeconfig, which `flotilla up` writes).
+    #[arg(long, global = true, value_name = "FILE")]
+    kubeconfig: Option<std::path::PathBuf>,
+    /// Bearer token for client commands (else $FLOTILLA_API_TOKEN, else the kubeconfig's).
+    #[arg(long = "api-token", global = true, value_name = "TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,6 +41,9 @@ enum Command {
     Server(cmd_server::ServerArgs),
     /// The operator's low-level store tool (what etcdctl is to etcd).
     Store(cmd_store::StoreArgs),
+    /// Issue a client certificate for a person and print its kubeconfig
+    /// (run on a server member: it needs the cluster CA's key).
+    Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
     /// Create or update objects from YAML or JSON.
     Apply {
         /// File, directory or - for stdin (repeatable).
@@ -160,7 +170,8 @@ fn init_logging(quiet: bool) {
 }
 
 async fn run(cli: Cli) -> Result<i32, String> {
-    let client = || client::ApiClient::new(cli.server.clone());
+    let target = client::ClientTarget { server: cli.server.clone(), kubeconfig: cli.kubeconfig.clone(), token: cli.api_token.clone() };
+    let client = || client::ApiClient::new(&target);
     match cli.command {
         Command::Up(args) => cmd_up::run(args).await,
         Command::Agent(args) => cmd_agent::run(args).await,
@@ -170,6 +181,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         }
         Command::Top { ref what } => cmd_logs::top(&client()?, what).await,
         Command::Store(args) => cmd_store::run(args).await,
+        Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
         Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,
         Command::Get { ref kind, ref name, ref ns, all_namespaces, output, ref selector, watch } => {
             let opts = cmd_get::GetOptions { namespace: ns.namespace.clone(), all_namespaces, output, selector: selector.clone(), watch };
@@ -182,13 +194,13 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Scale { ref kind, ref name, replicas, ref ns } => {
             cmd_change::scale(&client()?, kind, name, replicas, ns.namespace.as_deref()).await
         }
-        Command::Bench(BenchCommand::Api(args)) => bench_api::run(args).await,
+        Command::Bench(BenchCommand::Api(args)) => bench_api::run(args, &target).await,
         Command::Bench(BenchCommand::Startup(args)) => bench_startup::run(args).await,
         Command::Bench(BenchCommand::Schedule(args)) => bench_schedule::run(args).await,
         Command::Bench(BenchCommand::Failover(args)) => bench_failover::run(args).await,
         Command::Bench(BenchCommand::StoreFailover(args)) => bench_store_failover::run(args).await,
         Command::Bench(BenchCommand::StoreDegraded(args)) => bench_store_degraded::run(args).await,
-        Command::Bench(BenchCommand::Service(args)) => bench_service::run(args, cli.server.clone()).await,
+        Command::Bench(BenchCommand::Service(args)) => bench_service::run(args, &target).await,
         Command::Bench(BenchCommand::HttpBackend(args)) => bench_service::http_backend(args).await,
         Command::Chaos(command) => cmd_chaos::run(&client()?, command).await,
         Command::Sim(args) => cmd_sim::run(args),
@@ -199,6 +211,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
 
 fn main() {
     let cli = Cli::parse();
+    flotilla::install_crypto_provider();
     init_logging(matches!(cli.command, Command::Sim(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

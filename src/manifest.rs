@@ -51,11 +51,12 @@ fn push(doc: Value, source: &str, out: &mut Vec<Manifest>) -> Result<(), String>
 }
 
 fn short(v: &Value) -> String {
+    // Cut at a character, not a byte: a multi-byte character near the cut
+    // must not panic.
     let s = v.to_string();
-    if s.len() > 40 {
-        format!("{}...", &s[..40])
-    } else {
-        s
+    match s.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}...", &s[..cut]),
+        None => s,
     }
 }
 
@@ -99,5 +100,15 @@ mod tests {
         assert_eq!(parse_text(json, "t").unwrap().len(), 2);
         assert!(parse_text("a: [", "t").unwrap_err().contains("not valid YAML"));
         assert!(parse_text("- 1\n- 2\n", "t").unwrap_err().contains("expected an object"));
+    }
+
+    #[test]
+    fn a_multi_byte_character_at_the_cut_of_an_error_message_does_not_panic() {
+        // `["` is two bytes, so byte 40 falls inside an `é` (two bytes each).
+        for pad in 36..40 {
+            let text = format!("- \"{}{}\"\n", "x".repeat(pad), "é".repeat(10));
+            let err = parse_text(&text, "t").unwrap_err();
+            assert!(err.contains("expected an object") && err.ends_with("..."), "{err}");
+        }
     }
 }

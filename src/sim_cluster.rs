@@ -106,7 +106,7 @@ impl SimCluster {
             servers.push(start_server(id, root.join(format!("m{id}")), join, &settings).await?);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
-        while servers[0].registry.ensure_builtin_namespaces().await.is_err() {
+        while servers[0].registry.ensure_builtin_objects().await.is_err() {
             if Instant::now() > deadline {
                 return Err("the store did not become writable within 30 s".into());
             }

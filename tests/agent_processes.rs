@@ -27,8 +27,10 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
         dir(1).to_str().expect("utf8"),
         "--peer",
         &peers[0],
-        "--http",
+        "--insecure-http",
         &https[0],
+        "--http",
+        "127.0.0.1:0",
         "--bootstrap",
     ]))];
     until("join token", || dir(1).join("join-token").exists());
@@ -43,8 +45,10 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
             d.to_str().expect("utf8"),
             "--peer",
             &peers[i],
-            "--http",
+            "--insecure-http",
             &https[i],
+            "--http",
+            "127.0.0.1:0",
             "--join",
             &peers[0],
             "--token",

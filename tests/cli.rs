@@ -12,7 +12,8 @@ fn start_server(dir: &std::path::Path) -> (Proc, String) {
     let child = Command::new(BIN)
         .args(["server", "--id", "1", "--bootstrap", "--data-dir"])
         .arg(dir)
-        .args(["--peer", &free_udp(), "--http", &http])
+        .args(["--peer", &free_udp(), "--insecure-http", &http, "--http", "127.0.0.1:0"])
+        .env("FLOTILLA_TOKEN_AUTH_FILE", token_file())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -140,6 +141,22 @@ fn bad_input_and_an_absent_server_give_one_line_errors() {
     let (code, _, err) = flotilla(&url, &["delete", "pod", "ghost"], None);
     assert_eq!(code, 1);
     assert!(err.contains("pod \"ghost\"") && err.contains("not found"), "{err}");
+
+    // `delete -f DIR` does what `apply -f DIR` does with a file it cannot
+    // resolve: reports it and goes on with the others.
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    std::fs::write(manifests.join("a.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keep-a}\n").expect("write");
+    std::fs::write(manifests.join("b.yaml"), "apiVersion: v1\nkind: Widget\nmetadata: {name: w}\n").expect("write");
+    std::fs::write(manifests.join("c.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: keep-c}\n").expect("write");
+    let dir_arg = manifests.to_str().expect("utf8");
+    let (code, _, err) = flotilla(&url, &["apply", "-f", dir_arg], None);
+    assert_eq!(code, 1, "one file names a kind flotilla does not serve: {err}");
+    let (code, out, err) = flotilla(&url, &["delete", "-f", dir_arg], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("Widget") && out.contains("keep-a") && out.contains("keep-c"), "{out}{err}");
+    let (_, out, _) = flotilla(&url, &["get", "configmaps"], None);
+    assert!(!out.contains("keep-a") && !out.contains("keep-c"), "{out}");
 }
 
 #[test]
@@ -150,7 +167,8 @@ fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
     let child = Command::new(BIN)
         .args(["up", "--runtime", "process", "--node-name", "n1", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--peer", &free_udp(), "--http", &http, "--proxy", "off", "--dns-listen", "127.0.0.1:0"])
+        .args(["--peer", &free_udp(), "--insecure-http", &http, "--http", "127.0.0.1:0", "--proxy", "off", "--dns-listen", "127.0.0.1:0"])
+        .env("FLOTILLA_TOKEN_AUTH_FILE", token_file())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -192,7 +192,7 @@ impl ApiClient {
 
 /// Creates the HTTP clients' ConfigMap with `v` 0 through any server.
 async fn create_http_object(bases: &[String]) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("http client");
+    let http = common::api_http(Duration::from_secs(5));
     let start = Instant::now();
     for base in bases.iter().cycle() {
         assert!(start.elapsed() < DEADLINE, "the API never created the test ConfigMap");
@@ -207,7 +207,7 @@ async fn create_http_object(bases: &[String]) {
 }
 
 async fn http_client_loop(n: usize, bases: Vec<String>, start: Instant, until: Instant) -> Recorded {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("http client");
+    let http = common::api_http(Duration::from_secs(15));
     let mut api = ApiClient { http, next: n, bases };
     let mut rec = Recorded::default();
     let mut counter = 0u64;

@@ -177,7 +177,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
             "--peer",
             &free_addr(),
             "--http",
-            &common::free_tcp(),
+            "127.0.0.1:0",
         ],
         None,
     );
@@ -186,7 +186,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
     server.kill9();
     // Same directory, another id.
     let (code, _, err) = flotilla(
-        &["server", "--id", "3", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &common::free_tcp()],
+        &["server", "--id", "3", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", "127.0.0.1:0"],
         None,
     );
     assert_eq!(code, 1);
@@ -207,7 +207,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
             "--peer",
             &free_addr(),
             "--http",
-            &common::free_tcp(),
+            "127.0.0.1:0",
             "--join",
             &peer,
             "--token",
@@ -226,7 +226,7 @@ async fn the_store_command_line_works_and_refuses_bad_input_clearly() {
         }
     }
     let (code, _, err) = flotilla(
-        &["server", "--id", "1", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", &common::free_tcp()],
+        &["server", "--id", "1", "--data-dir", dir.to_str().expect("utf8"), "--peer", &free_addr(), "--http", "127.0.0.1:0"],
         None,
     );
     assert_eq!(code, 1);

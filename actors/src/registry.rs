@@ -878,11 +878,23 @@ impl Registry {
         }
     }
 
-    /// Creates the namespaces every cluster has, if missing.
-    pub async fn ensure_builtin_namespaces(&self) -> Result<(), RegistryError> {
+    /// Creates what every cluster has, if missing: the namespaces `default`
+    /// and `flotilla-system`, and the default RBAC roles and bindings.
+    pub async fn ensure_builtin_objects(&self) -> Result<(), RegistryError> {
         let ns_res = &NAMESPACES;
         for ns in ["default", "flotilla-system"] {
             match self.create(ns_res, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await {
+                Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // The default roles and bindings: created when missing, never
+        // overwritten, so an operator's changes to them stay.
+        for object in crate::model::rbac::builtin_objects() {
+            let Some(res) = crate::model::kinds::by_kind("rbac.authorization.k8s.io/v1", object["kind"].as_str().unwrap_or("")) else {
+                continue;
+            };
+            match self.create(res, None, object).await {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -24,7 +24,7 @@ async fn registry(dir: &std::path::Path) -> Registry {
     let member = Member::start(StoreConfig::new(1, dir.join("m1"), addr, StartMode::Bootstrap)).await.expect("member");
     let registry = Registry::new(member);
     let start = tokio::time::Instant::now();
-    while registry.ensure_builtin_namespaces().await.is_err() {
+    while registry.ensure_builtin_objects().await.is_err() {
         assert!(start.elapsed() < DEADLINE);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -17,6 +17,7 @@ pub mod data_dir;
 pub mod db;
 pub mod error;
 pub mod freshness;
+pub mod jwt;
 pub mod kv_apply;
 pub mod limits;
 pub mod linearizability;

@@ -86,16 +86,66 @@ impl ClusterCa {
 
     /// A certificate for a member or agent named `name`, signed by this CA.
     pub fn issue(&self, name: &str) -> Result<Identity, TlsError> {
-        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::Certificate(format!("CA key: {e}")))?;
         // The issuer is rebuilt from the same parameters as the CA itself, so
         // its name and key id match the stored CA certificate.
-        let issuer = Issuer::new(ca_params(&self.cluster_id)?, ca_key);
+        let issuer = self.issuer()?;
         let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
         let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()]).map_err(|e| TlsError::Certificate(e.to_string()))?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2124, 1, 1);
         let cert = params.signed_by(&key, &issuer).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        Ok(Identity { ca_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
+/// The longest a client certificate issued by `issue_client` may live.
+pub const CLIENT_CERT_TTL_MAX: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl ClusterCa {
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>, TlsError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem).map_err(|e| TlsError::Certificate(format!("CA key: {e}")))?;
+        Ok(Issuer::new(ca_params(&self.cluster_id)?, ca_key))
+    }
+
+    /// The HTTPS API's serving certificate: `names` (host names and IP
+    /// addresses) become its subject alternative names, so clients verify
+    /// the address they dialled.
+    pub fn issue_serving(&self, common_name: &str, names: &[String]) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        // rcgen reads a name that parses as an IP address as an IP SAN.
+        let mut params =
+            CertificateParams::new(names.to_vec()).map_err(|e| TlsError::Certificate(format!("server names {names:?}: {e}")))?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+        params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        Ok(Identity { ca_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// A client certificate for the HTTPS API, read the way Kubernetes reads
+    /// one: the user is the common name, the group the organization. rcgen
+    /// writes one organization per name, so a certificate carries at most
+    /// one group.
+    pub fn issue_client(&self, user: &str, group: Option<&str>, valid_for: std::time::Duration) -> Result<Identity, TlsError> {
+        if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+            return Err(TlsError::Certificate(format!("user name {user:?} must be 1 to 256 printable characters")));
+        }
+        if valid_for.is_zero() || valid_for > CLIENT_CERT_TTL_MAX {
+            return Err(TlsError::Certificate(format!("validity {valid_for:?} must be more than zero and at most ten years")));
+        }
+        let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        if let Some(group) = group {
+            params.distinguished_name.push(DnType::OrganizationName, group);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::seconds(valid_for.as_secs().min(i64::MAX as u64) as i64);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(|e| TlsError::Certificate(e.to_string()))?;
         Ok(Identity { ca_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }

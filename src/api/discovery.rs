@@ -21,8 +21,15 @@ pub fn api_versions(server_addr: &str) -> Value {
     })
 }
 
+/// The groups served: the stored kinds' and the access reviews'.
+fn served_groups() -> Vec<(&'static str, &'static str)> {
+    let mut all = groups();
+    all.push((super::access_review::GROUP, super::access_review::VERSION));
+    all
+}
+
 pub fn api_group_list() -> Value {
-    let groups: Vec<Value> = groups()
+    let groups: Vec<Value> = served_groups()
         .into_iter()
         .map(|(g, v)| {
             let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
@@ -33,7 +40,7 @@ pub fn api_group_list() -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    groups().into_iter().find(|(g, _)| *g == group).map(|(g, v)| {
+    served_groups().into_iter().find(|(g, _)| *g == group).map(|(g, v)| {
         let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
         json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": [gv.clone()], "preferredVersion": gv})
     })
@@ -49,6 +56,9 @@ fn verbs(r: &Resource) -> Vec<&'static str> {
 
 /// The resource list of one group version, or `None` if it is not served.
 pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
+    if (group, version) == (super::access_review::GROUP, super::access_review::VERSION) {
+        return Some(super::access_review::resource_list());
+    }
     let served: Vec<&Resource> = RESOURCES.iter().filter(|r| r.group == group && r.version == version).collect();
     if served.is_empty() {
         return None;

@@ -2,14 +2,19 @@
 //! served by every server member. Paths are parsed by hand from the one
 //! table of resources, so a kind added there is served everywhere.
 
+pub mod access_review;
+pub mod auth;
 pub mod discovery;
+pub mod listen;
 pub mod logs;
 pub mod objects;
 pub mod params;
+pub mod protobuf;
+pub mod rbac_cache;
+pub mod serve;
 pub mod status;
 pub mod watch;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -24,6 +29,9 @@ use status::ApiError;
 
 /// Largest request body accepted (Kubernetes' limit).
 pub const REQUEST_BODY_MAX_BYTES: usize = 3 * 1024 * 1024;
+/// A request's body must arrive whole within this (a slow sender holds a
+/// connection and a handler, not the server).
+pub const REQUEST_BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What every handler needs.
 #[derive(Clone)]
@@ -37,19 +45,26 @@ pub struct ApiState {
     pub kubelet_token: Option<String>,
     /// For requests to agents' endpoints (pooled connections).
     pub http_client: reqwest::Client,
+    /// Bearer tokens this server knows (client certificates need no table).
+    pub authn: Arc<auth::Authenticator>,
+    /// The RBAC objects, kept current from a watch.
+    pub rbac: rbac_cache::RbacView,
 }
 
 pub fn router(state: ApiState) -> Router {
+    let state = Arc::new(state);
     Router::new()
         .route("/version", get(|| async { Json(discovery::version()) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/api", get(|State(s): State<Arc<ApiState>>| async move { Json(discovery::api_versions(&s.http_addr)) }))
         .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(logs::node_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(logs::pod_metrics))
         .fallback(resource_entry)
-        .with_state(Arc::new(state))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
+        .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
@@ -139,26 +154,31 @@ async fn resource_entry(State(state): State<Arc<ApiState>>, request: Request) ->
     let Some(parsed) = parse_path(&path) else {
         return ApiError::not_found(format!("the server could not find the requested resource ({path})")).into_response();
     };
+    let caller = request.extensions().get::<auth::User>().cloned();
     let body = match read_body(request).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    if parsed.group == access_review::GROUP {
+        return access_review::handle(&state, method, parsed, &headers, caller, body).await.unwrap_or_else(IntoResponse::into_response);
+    }
     objects::handle(&state, method, parsed, &query, &headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     let limited = http_body_util::Limited::new(request.into_body(), REQUEST_BODY_MAX_BYTES);
-    match http_body_util::BodyExt::collect(limited).await {
+    let collected = tokio::time::timeout(REQUEST_BODY_READ_TIMEOUT, http_body_util::BodyExt::collect(limited)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "Timeout",
+            format!("the request body did not arrive within {REQUEST_BODY_READ_TIMEOUT:?}"),
+        )
+    })?;
+    match collected {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(REQUEST_BODY_MAX_BYTES)),
         Err(e) => Err(ApiError::bad_request(format!("could not read the request body: {e}"))),
     }
-}
-
-/// Serves the API on `addr` until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: ApiState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    axum::serve(listener, router(state)).await
 }
 
 /// True when the client asked for a server-side Table.

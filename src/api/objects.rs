@@ -16,7 +16,7 @@ use super::params::Params;
 use super::status::ApiError;
 use super::{discovery, wants_table, ApiState, ResourcePath};
 
-fn content_type(headers: &HeaderMap) -> String {
+pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -24,8 +24,33 @@ fn content_type(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
+/// Largest YAML body parsed. YAML costs far more to parse than JSON of the
+/// same size, so its bound is tighter than the 3 MiB of a JSON body.
+pub const YAML_BODY_MAX_BYTES: usize = 1024 * 1024;
+/// YAML bodies parsed at once; each is parsed on a blocking thread, so a
+/// slow document never holds the threads that answer other requests.
+pub const YAML_PARSES_MAX: usize = 2;
+
+static YAML_PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(YAML_PARSES_MAX);
+
+async fn parse_yaml(body: &Bytes) -> Result<Value, ApiError> {
+    if body.len() > YAML_BODY_MAX_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("a YAML body may be at most {YAML_BODY_MAX_BYTES} bytes; send larger objects as JSON"),
+        ));
+    }
+    let _permit = YAML_PARSES.acquire().await.map_err(|_| ApiError::bad_request("the server is shutting down"))?;
+    let body = body.clone();
+    let parsed = tokio::task::spawn_blocking(move || serde_yaml::from_slice::<Value>(&body))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the YAML body could not be parsed: {e}")))?;
+    parsed.map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))
+}
+
 /// Decodes a request body as JSON or YAML, by its content type.
-pub fn decode_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> Result<(Value, String), ApiError> {
+pub async fn decode_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> Result<(Value, String), ApiError> {
     let ct = content_type(headers);
     let ct = if ct.is_empty() { "application/json".to_string() } else { ct };
     if !allowed.contains(&ct.as_str()) {
@@ -38,7 +63,7 @@ pub fn decode_body(headers: &HeaderMap, body: &Bytes, allowed: &[&str]) -> Resul
         return Err(ApiError::bad_request("the request body is empty; send the object as JSON or YAML"));
     }
     let value: Value = if ct.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
+        parse_yaml(body).await?
     } else {
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
     };
@@ -126,12 +151,12 @@ pub async fn handle(
             if res.namespaced && ns.is_none() {
                 return Err(ApiError::method_not_allowed(format!("create {plural} under /namespaces/NAMESPACE/{plural}")));
             }
-            let (obj, _) = decode_body(headers, &body, OBJECT_TYPES)?;
+            let (obj, _) = decode_body(headers, &body, OBJECT_TYPES).await?;
             let created = registry.create(res, ns, obj).await?;
             Ok(respond(StatusCode::CREATED, created))
         }
         (Method::PUT, Some(name), None | Some("status")) => {
-            let (obj, _) = decode_body(headers, &body, OBJECT_TYPES)?;
+            let (obj, _) = decode_body(headers, &body, OBJECT_TYPES).await?;
             if object::name(&obj).is_some_and(|n| n != name) {
                 return Err(ApiError::bad_request(format!(
                     "the name in the body ({:?}) does not match the name in the URL ({name:?})",
@@ -145,7 +170,7 @@ pub async fn handle(
             Ok(respond(StatusCode::OK, registry.update(res, ns, name, obj, sub).await?))
         }
         (Method::PUT, Some(name), Some("scale")) => {
-            let (scale, _) = decode_body(headers, &body, OBJECT_TYPES)?;
+            let (scale, _) = decode_body(headers, &body, OBJECT_TYPES).await?;
             let replicas = scale
                 .pointer("/spec/replicas")
                 .and_then(Value::as_i64)
@@ -155,7 +180,7 @@ pub async fn handle(
             Ok(respond(StatusCode::OK, scale_of(&updated)))
         }
         (Method::PATCH, Some(name), sub) => {
-            let (patch, ct) = decode_body(headers, &body, PATCH_TYPES)?;
+            let (patch, ct) = decode_body(headers, &body, PATCH_TYPES).await?;
             if sub == Some("scale") {
                 let replicas = patch
                     .pointer("/spec/replicas")
@@ -173,7 +198,7 @@ pub async fn handle(
             Ok(respond(StatusCode::OK, updated))
         }
         (Method::DELETE, Some(name), None) => {
-            let options = if body.is_empty() { json!({}) } else { decode_body(headers, &body, OBJECT_TYPES)?.0 };
+            let options = if body.is_empty() { json!({}) } else { decode_body(headers, &body, OBJECT_TYPES).await?.0 };
             let propagation = match options.get("propagationPolicy").and_then(Value::as_str).or(params.propagation.as_deref()) {
                 None | Some("Background") | Some("Foreground") => Propagation::Background,
                 Some("Orphan") => Propagation::Orphan,

@@ -18,6 +18,30 @@ impl Drop for Proc {
     }
 }
 
+/// The bearer token every test process presents; the servers the tests
+/// start know it from [`token_file`], in group `system:masters`.
+pub const TEST_TOKEN: &str = "flotilla-test-admin-token";
+
+/// A static token file (Kubernetes' --token-auth-file) with [`TEST_TOKEN`],
+/// written once per test process.
+pub fn token_file() -> String {
+    static FILE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("flotilla-test-tokens-{}.csv", std::process::id()));
+        std::fs::write(&path, format!("{TEST_TOKEN},test-admin,1,system:masters\n")).expect("write the test token file");
+        path.display().to_string()
+    })
+    .clone()
+}
+
+/// An HTTP client that presents [`TEST_TOKEN`].
+pub fn api_http(timeout: Duration) -> reqwest::Client {
+    flotilla::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {TEST_TOKEN}").parse().expect("header"));
+    reqwest::Client::builder().default_headers(headers).timeout(timeout).build().expect("http client")
+}
+
 pub fn free_udp() -> String {
     std::net::UdpSocket::bind("127.0.0.1:0").expect("udp").local_addr().expect("addr").to_string()
 }
@@ -64,6 +88,7 @@ pub fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
             // kernel rules unless a test asks for them with --proxy.
             .env("FLOTILLA_PROXY", "off")
             .env("FLOTILLA_DNS_LISTEN", "127.0.0.1:0")
+            .env("FLOTILLA_TOKEN_AUTH_FILE", token_file())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -78,6 +103,7 @@ pub fn flotilla(server: &str, args: &[&str], stdin: Option<&str>) -> (i32, Strin
     let mut child = Command::new(BIN)
         .args(args)
         .env("FLOTILLA_SERVER", server)
+        .env("FLOTILLA_API_TOKEN", TEST_TOKEN)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -138,7 +164,19 @@ impl Servers {
         for i in 0..3 {
             let d = dir(i + 1);
             let id = (i + 1).to_string();
-            let mut args = vec!["server", "--id", &id, "--data-dir", d.to_str().expect("utf8"), "--peer", &peers[i], "--http", &https[i]];
+            let mut args = vec![
+                "server",
+                "--id",
+                &id,
+                "--data-dir",
+                d.to_str().expect("utf8"),
+                "--peer",
+                &peers[i],
+                "--insecure-http",
+                &https[i],
+                "--http",
+                "127.0.0.1:0",
+            ];
             args.extend_from_slice(extra);
             if i == 0 {
                 args.push("--bootstrap");
@@ -303,9 +341,10 @@ impl StoreServer {
         let child = Command::new(BIN)
             .args(["server", "--id", &self.id.to_string(), "--data-dir"])
             .arg(&self.dir)
-            .args(["--peer", &self.peer, "--http", &self.http])
+            .args(["--peer", &self.peer, "--insecure-http", &self.http, "--http", "127.0.0.1:0"])
             .args(extra)
             .env("FLOTILLA_LOG", "warn")
+            .env("FLOTILLA_TOKEN_AUTH_FILE", token_file())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

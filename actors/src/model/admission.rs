@@ -222,16 +222,34 @@ pub(crate) fn set_default(map: &mut Map<String, Value>, key: &str, value: Value)
     }
 }
 
+/// Kubernetes' rule for names that only ever appear in a URL path (RBAC
+/// objects: `system:discovery`).
+pub fn is_path_segment(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| c == '/' || c == '%' || c.is_control() || c.is_whitespace())
+}
+
 /// Validates an object after defaults.
 pub fn validate(res: &Resource, object: &Value) -> Result<(), AdmissionError> {
     let mut errors = Errors::default();
     let obj_name = name(object).unwrap_or("").to_string();
-    if res.strategy.name_rule() == NameRule::Label {
-        if !is_dns1123_label(&obj_name) {
+    match res.strategy.name_rule() {
+        NameRule::Label if !is_dns1123_label(&obj_name) => {
             errors.add("metadata.name", format!("{obj_name:?} must be a DNS-1123 label: at most 63 lower-case letters, digits and '-', starting and ending with a letter or digit"));
         }
-    } else if !is_dns1123_subdomain(&obj_name) {
-        errors.add("metadata.name", format!("{obj_name:?} must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit"));
+        NameRule::Subdomain if !is_dns1123_subdomain(&obj_name) => {
+            errors.add("metadata.name", format!("{obj_name:?} must be a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', at most 253 characters, starting and ending with a letter or digit"));
+        }
+        NameRule::PathSegment if !is_path_segment(&obj_name) => {
+            errors.add(
+                "metadata.name",
+                format!("{obj_name:?} must be 1 to 253 printable characters, not \".\" or \"..\", without '/' or '%'"),
+            );
+        }
+        _ => {}
     }
     for (field, check_value) in [("labels", true), ("annotations", false)] {
         if let Some(map) = object.pointer(&format!("/metadata/{field}")) {

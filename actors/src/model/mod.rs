@@ -10,6 +10,7 @@ pub mod heartbeats;
 pub mod kinds;
 pub mod object;
 pub mod quantity;
+pub mod rbac;
 pub mod resources;
 pub mod selector;
 pub mod strategy;

@@ -119,6 +119,20 @@ pub fn human_age(since: std::time::SystemTime, now: std::time::SystemTime) -> St
     }
 }
 
+/// A resourceVersion precondition (`preconditions.resourceVersion`,
+/// `metadata.resourceVersion` of a patch): absent or null is none; anything
+/// but a revision as the server writes it is an error naming `field`.
+pub fn precondition(value: Option<&Value>, field: &str) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_str()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{field} {v} must be a number as returned by the server, or left out")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,19 +158,5 @@ mod tests {
         assert_eq!(human_age(t0, at(3 * 3600)), "3h");
         assert_eq!(human_age(t0, at(3 * 86400)), "3d");
         assert_eq!(timestamp(at(86400)), "1970-01-02T00:00:00Z");
-    }
-}
-
-/// A resourceVersion precondition (`preconditions.resourceVersion`,
-/// `metadata.resourceVersion` of a patch): absent or null is none; anything
-/// but a revision as the server writes it is an error naming `field`.
-pub fn precondition(value: Option<&Value>, field: &str) -> Result<Option<u64>, String> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_str()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(Some)
-            .ok_or_else(|| format!("{field} {v} must be a number as returned by the server, or left out")),
     }
 }

@@ -19,6 +19,9 @@ pub enum NameRule {
     /// A DNS-1123 label, because the name becomes one DNS label
     /// (Namespaces, Services).
     Label,
+    /// Anything that is one URL path segment (RBAC objects, whose built-in
+    /// names have colons: `system:discovery`).
+    PathSegment,
 }
 
 /// What a delete request does to an object of a kind.

@@ -7,6 +7,9 @@
 //! on kind names, so adding a kind is a new file here and one line in
 //! [`RESOURCES`].
 
+mod binding_table;
+mod cluster_role;
+mod cluster_role_binding;
 mod configmap;
 mod deployment;
 mod endpoints;
@@ -16,11 +19,15 @@ mod network_policy;
 pub mod node;
 mod pod;
 mod replicaset;
+mod role;
+mod role_binding;
 pub mod service;
 mod workload;
 
 use super::resources::Resource;
 
+pub use cluster_role::CLUSTER_ROLES;
+pub use cluster_role_binding::CLUSTER_ROLE_BINDINGS;
 pub use configmap::CONFIGMAPS;
 pub use deployment::DEPLOYMENTS;
 pub use endpoints::ENDPOINTS;
@@ -30,11 +37,27 @@ pub use network_policy::NETWORK_POLICIES;
 pub use node::NODES;
 pub use pod::{pod_status, PODS};
 pub use replicaset::REPLICASETS;
+pub use role::ROLES;
+pub use role_binding::ROLE_BINDINGS;
 pub use service::SERVICES;
 
 /// Every resource flotilla serves, in discovery order.
-pub const RESOURCES: &[Resource] =
-    &[NAMESPACES, NODES, PODS, SERVICES, ENDPOINTS, CONFIGMAPS, EVENTS, DEPLOYMENTS, REPLICASETS, NETWORK_POLICIES];
+pub const RESOURCES: &[Resource] = &[
+    NAMESPACES,
+    NODES,
+    PODS,
+    SERVICES,
+    ENDPOINTS,
+    CONFIGMAPS,
+    EVENTS,
+    DEPLOYMENTS,
+    REPLICASETS,
+    NETWORK_POLICIES,
+    ROLES,
+    CLUSTER_ROLES,
+    ROLE_BINDINGS,
+    CLUSTER_ROLE_BINDINGS,
+];
 
 /// The API groups other than core, with their one version each, in the
 /// order their first kind is served.
@@ -89,7 +112,7 @@ mod tests {
         assert_eq!(lookup("widgets"), None);
         assert_eq!(by_kind("apps/v1", "ReplicaSet").map(|r| r.plural), Some("replicasets"));
         assert_eq!(by_kind("v1", "Deployment"), None);
-        assert_eq!(groups(), vec![("apps", "v1"), ("networking.k8s.io", "v1")]);
+        assert_eq!(groups(), vec![("apps", "v1"), ("networking.k8s.io", "v1"), ("rbac.authorization.k8s.io", "v1")]);
     }
 
     #[test]
