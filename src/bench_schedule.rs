@@ -52,8 +52,7 @@ pub async fn run(args: ScheduleBenchArgs) -> Result<i32, String> {
         registry: registry.clone(),
         http_addr: http_addr.to_string(),
         agents: Default::default(),
-        kubelet_token: None,
-        http_client: Default::default(),
+        kubelet: None,
         authn: std::sync::Arc::new(crate::api::auth::Authenticator::with_tokens([(token.as_str(), bench_user())])),
         rbac: Default::default(),
     };

@@ -1,5 +1,6 @@
 //! `flotilla agent`: a node agent in its own process, reaching the control
-//! plane over QUIC through any of the given servers with the join token.
+//! plane over QUIC through any of the given servers: it claims its node's
+//! name with the agent token, then speaks as that node only.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,7 +28,8 @@ pub struct AgentArgs {
     /// when one goes away.
     #[arg(long, value_delimiter = ',', required = true)]
     server: Vec<String>,
-    /// The cluster's join token (else $FLOTILLA_TOKEN).
+    /// The cluster's agent token, DATA_DIR/agent-token on the first server
+    /// (else $FLOTILLA_TOKEN).
     #[arg(long, env = "FLOTILLA_TOKEN", hide_env_values = true)]
     token: String,
     #[arg(long, value_enum, default_value = "auto")]
@@ -41,7 +43,8 @@ pub struct AgentArgs {
     /// Node labels, k=v,...
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
-    /// Where the process runtime keeps its logs and records.
+    /// Where the agent keeps its node credential, and the process runtime
+    /// its logs and records.
     #[arg(long, default_value = "./flotilla-agent")]
     state_dir: PathBuf,
     /// Cut off from every server for this long, the agent stops its own
@@ -82,13 +85,18 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
             Err(_) => Arc::new(ProcessRuntime::new(&args.state_dir).map_err(|e| e.to_string())?),
         },
     };
-    // Servers present a credential derived from the agent token when they
-    // fetch logs and usage (an agent given the server token derives that).
-    let secret = flotilla_raft::tls::JoinToken::parse(&args.token).map_err(|e| format!("--token: {e}"))?.agent().secret;
-    let (kubelet_port, kubelet) =
-        crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &crate::kubelet_api::credential(&secret)).await?;
-    let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> =
-        Arc::new(RemoteControlPlane::new(args.server.clone(), &args.token).map_err(|e| e.to_string())?);
+    if args.node_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!("--node-ip {:?} must be an IP address", args.node_ip));
+    }
+    // The token buys this agent its node's name, once; from then on it is
+    // that node, with the credential kept in --state-dir.
+    let remote = RemoteControlPlane::join(args.server.clone(), &args.token, &args.name, &args.state_dir)
+        .await
+        .map_err(|e| format!("joining as node {}: {e}", args.name))?;
+    let certificate =
+        remote.certificate(vec![args.node_ip.clone()]).await.map_err(|e| format!("the certificate of node {}: {e}", args.name))?;
+    let (kubelet_port, kubelet) = crate::kubelet_api::serve(&args.kubelet_listen, runtime.clone(), &certificate).await?;
+    let control: Arc<dyn flotilla_actors::agent::control_plane::ControlPlane> = Arc::new(remote);
     let network = crate::node_network::start(&args.name, control.clone(), runtime.clone(), &args.network).await?;
     let agent_args = NodeAgentArgs {
         name: args.name.clone(),

@@ -83,8 +83,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         registry: registry.clone(),
         http_addr: listeners.https_addr.to_string(),
         agents: Default::default(),
-        kubelet_token: Some(crate::kubelet_api::credential(&member.agent_token().secret)),
-        http_client: Default::default(),
+        kubelet: Some(std::sync::Arc::new(crate::kubelet_client::KubeletClient::new(member.ca())?)),
         authn: listeners.authn.clone(),
         rbac: rbac.view.clone(),
     };

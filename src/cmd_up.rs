@@ -106,8 +106,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         registry: registry.clone(),
         http_addr: listeners.https_addr.to_string(),
         agents: Default::default(),
-        kubelet_token: None,
-        http_client: Default::default(),
+        kubelet: None,
         authn: listeners.authn.clone(),
         rbac: rbac.view.clone(),
     };

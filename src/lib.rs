@@ -27,6 +27,7 @@ pub mod cmd_store;
 pub mod cmd_up;
 pub mod kubeconfig;
 pub mod kubelet_api;
+pub mod kubelet_client;
 pub mod manifest;
 pub mod node_network;
 pub mod sim_cluster;

@@ -136,7 +136,8 @@ impl SimCluster {
     /// process (what the benchmarks use for thousands of nodes).
     pub async fn add_node(&mut self, name: &str, shape: &NodeShape, over_quic: bool) -> Result<(), String> {
         let control: Arc<dyn ControlPlane> = if over_quic {
-            Arc::new(RemoteControlPlane::new(self.peer_addrs(), &self.agent_token).map_err(|e| e.to_string())?)
+            let state_dir = self.root.join("agents").join(name);
+            Arc::new(RemoteControlPlane::join(self.peer_addrs(), &self.agent_token, name, &state_dir).await.map_err(|e| e.to_string())?)
         } else {
             Arc::new(self.servers[0].local.clone())
         };

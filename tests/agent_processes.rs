@@ -58,8 +58,13 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
     let api = format!("http://{}", https[2]);
     until("the cluster serves the API", || cli(&api, &["get", "namespaces"], None).1.contains("default"));
     let server_list = format!("{},{}", peers[0], peers[1]);
+    // Agents get the agent token, which reaches the agent protocol only.
+    let agent_token = std::fs::read_to_string(dir(1).join("agent-token")).expect("agent token").trim().to_string();
+    let agent_dir = root.path().join("agent");
     let _agent = spawn(&[
         "agent",
+        "--state-dir",
+        agent_dir.to_str().expect("utf8"),
         "--kubelet-listen",
         "127.0.0.1:0",
         "--name",
@@ -67,7 +72,7 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
         "--server",
         &server_list,
         "--token",
-        &token,
+        &agent_token,
         "--runtime",
         "sim",
         "--cpu",
@@ -76,6 +81,30 @@ fn a_remote_agent_runs_pods_and_survives_the_loss_of_its_server() {
         "4Gi",
     ]);
     until("the node registered", || cli(&api, &["get", "nodes"], None).1.contains("far-1"));
+    assert!(agent_dir.join("node-credential").exists(), "the agent keeps its node credential in its state dir");
+    // A second agent process claiming far-1 is refused, and says why.
+    let impostor_dir = root.path().join("impostor");
+    let mut impostor = std::process::Command::new(BIN)
+        .args(["agent", "--state-dir", impostor_dir.to_str().expect("utf8"), "--kubelet-listen", "127.0.0.1:0"])
+        .args(["--name", "far-1", "--server", &server_list, "--token", &agent_token, "--runtime", "sim"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the impostor");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = impostor.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = impostor.kill();
+            panic!("a second agent as far-1 was not refused within {DEADLINE:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut impostor.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(!status.success() && err.contains("held by another agent"), "the impostor is refused: {status}, {err}");
     let (code, _) = cli(&api, &["apply", "-f", "-"], Some(&pod("p1")));
     assert_eq!(code, 0);
     until("p1 running", || {

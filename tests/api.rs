@@ -52,8 +52,7 @@ impl Api {
             registry: registry.clone(),
             http_addr: addr.to_string(),
             agents: Default::default(),
-            kubelet_token: None,
-            http_client: Default::default(),
+            kubelet: Some(Arc::new(flotilla::kubelet_client::KubeletClient::new(member.ca()).expect("kubelet client"))),
             authn: Arc::new(authn),
             rbac: rbac.view.clone(),
         };
@@ -771,4 +770,44 @@ async fn who_may_ask_is_decided_before_anything_is_done() {
 fn base64_encode(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// The finding: the API server sent its kubelet credential to whatever
+/// address a client-written Node named. Now it speaks TLS there, wants the
+/// node's own certificate, and shows nothing before it has seen one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_a_client_wrote_gets_no_credential() {
+    let (_dir, api) = single().await;
+    let decoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("decoy");
+    let port = decoy.local_addr().expect("addr").port();
+    let heard = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut conn, _) = decoy.accept().await.expect("the server dials the decoy");
+        let mut bytes = vec![0u8; 64 * 1024];
+        let n = tokio::time::timeout(DEADLINE, conn.read(&mut bytes)).await.expect("it says something").expect("read");
+        // A plain HTTP answer: a server that sent a request in the clear would take it.
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").await;
+        bytes.truncate(n);
+        bytes
+    });
+    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "decoy"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}], "daemonEndpoints": {"kubeletEndpoint": {"Port": port}}}});
+    let (code, body) = call(reqwest::Method::POST, &format!("{}/api/v1/nodes", api.base), "application/json", &node.to_string()).await;
+    assert_eq!(code, 201, "{body}");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "bait"},
+        "spec": {"nodeName": "decoy", "containers": [{"name": "c", "image": "busybox"}]}});
+    let pods = format!("{}/api/v1/namespaces/default/pods", api.base);
+    let (code, mut created) = call(reqwest::Method::POST, &pods, "application/json", &pod.to_string()).await;
+    assert_eq!(code, 201, "{created}");
+    created["status"] = json!({"phase": "Running", "containerStatuses": [{"name": "c", "containerID": "sim://bait-c", "image": "busybox",
+        "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}}]});
+    let (code, body) = call(reqwest::Method::PUT, &format!("{pods}/bait/status"), "application/json", &created.to_string()).await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call(reqwest::Method::GET, &format!("{pods}/bait/log"), "", "").await;
+    assert_eq!(code, 502, "the decoy is no agent: {body}");
+    let bytes = heard.await.expect("decoy task");
+    assert_eq!(bytes.first(), Some(&0x16), "the server opened with a TLS handshake, not a request in the clear");
+    let text = String::from_utf8_lossy(&bytes).to_ascii_lowercase();
+    assert!(!text.contains("bearer") && !text.contains("authorization"), "no credential reached the decoy");
+    api.task.abort();
 }

@@ -34,6 +34,14 @@ pub const WATCH_BATCH_EVENTS_MAX: usize = 256;
 /// a beat interval later, tries again.
 pub const HEARTBEAT_RELAY_NODES_MAX: usize = 16_384;
 
+/// How long a server trusts a node credential it checked against the
+/// store: also how long a removed node's agent may still be served.
+pub const NODE_CREDENTIAL_CACHE_TTL: Duration = Duration::from_secs(2);
+/// Node credentials a server keeps checked at once (then it forgets them all).
+pub const NODE_CREDENTIALS_CACHED_MAX: usize = 16_384;
+/// Addresses an agent may ask to have in its node certificate.
+pub const NODE_CERT_ADDRESSES_MAX: usize = 8;
+
 /// Heartbeat relays from one follower to the leader in flight at once.
 pub const HEARTBEAT_RELAYS_IN_FLIGHT_MAX: usize = 64;
 

@@ -805,6 +805,7 @@ impl Registry {
                 ops.push(TxnOp::Delete { key: pod_cidr_key(cidr), prefix: false });
             }
         }
+        ops.extend(res.strategy.keys_deleted_with(&old).into_iter().map(|key| TxnOp::Delete { key, prefix: false }));
         let result =
             self.member.txn(vec![Compare { key, op: CompareOp::Equal, target: CompareTarget::ModRevision(current) }], ops, vec![]).await?;
         match result.outcome {

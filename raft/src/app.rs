@@ -14,10 +14,19 @@ pub const APP_STREAM_QUEUE_MAX: usize = 256;
 /// The frames of an application stream, each a reply body or the error that ended it.
 pub type AppFrames = mpsc::Receiver<Result<Vec<u8>, StoreError>>;
 
+/// Who sent an application request, as the peer port authenticated it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppCaller {
+    /// A member (its certificate), a server-token holder, or this process.
+    Trusted,
+    /// An agent-token holder: it must still prove which node it is.
+    Agent,
+}
+
 /// A handler for application requests, registered on a [`crate::Member`].
 pub trait AppHandler: Send + Sync + 'static {
     /// One request, one reply.
-    fn call(&self, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, StoreError>>;
+    fn call(&self, caller: AppCaller, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, StoreError>>;
     /// One request, a stream of replies (ends when the sender is dropped).
-    fn stream(&self, request: Vec<u8>) -> BoxFuture<'static, Result<AppFrames, StoreError>>;
+    fn stream(&self, caller: AppCaller, request: Vec<u8>) -> BoxFuture<'static, Result<AppFrames, StoreError>>;
 }

@@ -970,7 +970,7 @@ impl Member {
         let addr = if self.is_leader() { None } else { self.leader_addr().await? };
         match addr {
             None => match self.app_handler() {
-                Some(h) => h.call(body).await,
+                Some(h) => h.call(crate::app::AppCaller::Trusted, body).await,
                 None => Err(StoreError::Invalid("this member serves no application requests".into())),
             },
             Some(addr) => match self.transport.call(&addr, &Request::App(body), timeout).await? {

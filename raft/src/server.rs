@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 
 use tracing::Instrument;
 
+use crate::app::AppCaller;
 use crate::error::StoreError;
 use crate::limits::Limits;
 use crate::member::{Consistency, Member, StartError, StoreConfig};
@@ -302,10 +303,11 @@ async fn handle_stream(
         if let Request::Backup = request {
             return stream_backup(&mut send, &m).await;
         }
+        let caller = if role.get() == Role::Full { AppCaller::Trusted } else { AppCaller::Agent };
         if let Request::AppStream(body) = request {
-            return stream_app(&mut send, &m, body).await;
+            return stream_app(&mut send, &m, caller, body).await;
         }
-        let answer = dispatch(&m, request).await.unwrap_or_else(Reply::Error);
+        let answer = dispatch(&m, caller, request).await.unwrap_or_else(Reply::Error);
         reply(&mut send, answer).await
     }
     .instrument(span)
@@ -317,7 +319,7 @@ async fn reply(send: &mut quinn::SendStream, reply: Reply) -> Result<(), StoreEr
     send.finish().map_err(|e| StoreError::Protocol(e.to_string()))
 }
 
-async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
+async fn dispatch(m: &Member, caller: AppCaller, request: Request) -> Result<Reply, StoreError> {
     let raft = m.raft();
     Ok(match request {
         Request::AppendEntries(rpc) => {
@@ -362,7 +364,7 @@ async fn dispatch(m: &Member, request: Request) -> Result<Reply, StoreError> {
             Reply::Ok
         }
         Request::App(body) => match m.app_handler() {
-            Some(h) => Reply::App(h.call(body).await?),
+            Some(h) => Reply::App(h.call(caller, body).await?),
             None => return Err(StoreError::Invalid("this member serves no application requests".into())),
         },
         Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } | Request::AppStream(_) | Request::Backup => {
@@ -411,11 +413,11 @@ async fn stream_backup(send: &mut quinn::SendStream, m: &Member) -> Result<(), S
 }
 
 /// Streams an application reply until it ends or the client goes away.
-async fn stream_app(send: &mut quinn::SendStream, m: &Member, body: Vec<u8>) -> Result<(), StoreError> {
+async fn stream_app(send: &mut quinn::SendStream, m: &Member, caller: AppCaller, body: Vec<u8>) -> Result<(), StoreError> {
     let Some(handler) = m.app_handler() else {
         return reply(send, Reply::Error(StoreError::Invalid("this member serves no application requests".into()))).await;
     };
-    let mut rx = match handler.stream(body).await {
+    let mut rx = match handler.stream(caller, body).await {
         Ok(rx) => rx,
         Err(e) => return reply(send, Reply::Error(e)).await,
     };

@@ -150,6 +150,32 @@ impl ClusterCa {
     }
 }
 
+/// How long a node certificate lives; an agent asks for a fresh one at
+/// every start.
+pub const NODE_CERT_TTL: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
+impl ClusterCa {
+    /// A node agent's certificate, read the way Kubernetes reads a kubelet's:
+    /// user `system:node:NAME`, group `system:nodes`. It serves the agent's
+    /// endpoint, so the node's name and addresses are its subject
+    /// alternative names: the API servers dial a node by name and check it.
+    pub fn issue_node(&self, node: &str, addresses: &[String]) -> Result<Identity, TlsError> {
+        let key = KeyPair::generate().map_err(|e| TlsError::Certificate(e.to_string()))?;
+        let mut names = vec![node.to_string()];
+        names.extend(addresses.iter().filter(|a| a.parse::<std::net::IpAddr>().is_ok()).cloned());
+        let mut params =
+            CertificateParams::new(names).map_err(|e| TlsError::Certificate(format!("node {node:?} and its addresses: {e}")))?;
+        params.distinguished_name.push(DnType::CommonName, format!("system:node:{node}"));
+        params.distinguished_name.push(DnType::OrganizationName, "system:nodes");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::minutes(5);
+        params.not_after = now + time::Duration::seconds(NODE_CERT_TTL.as_secs() as i64);
+        let cert = params.signed_by(&key, &self.issuer()?).map_err(|e| TlsError::Certificate(e.to_string()))?;
+        Ok(Identity { ca_pem: self.cert_pem.clone(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
 /// A member's own certificate and key, with the CA it trusts.
 #[derive(Clone)]
 pub struct Identity {

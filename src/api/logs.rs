@@ -36,19 +36,19 @@ const AGENT_LOG_MAX_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Clone)]
 enum NodeRuntime {
     Local(Arc<dyn ContainerRuntime>),
-    Remote { base: String, token: String, client: reqwest::Client },
+    Remote { base: String, client: reqwest::Client },
 }
 
 impl NodeRuntime {
     async fn logs(&self, id: &str, tail: Option<usize>) -> Result<Vec<u8>, String> {
         match self {
             NodeRuntime::Local(r) => r.logs(id, tail).await.map_err(|e| e.to_string()),
-            NodeRuntime::Remote { base, token, client } => {
+            NodeRuntime::Remote { base, client } => {
                 let mut url = format!("{base}/containerLogs/{id}");
                 if let Some(n) = tail {
                     url.push_str(&format!("?tailLines={n}"));
                 }
-                let resp = client.get(&url).bearer_auth(token).timeout(AGENT_REQUEST_TIMEOUT).send().await.map_err(|e| e.to_string())?;
+                let resp = client.get(&url).timeout(AGENT_REQUEST_TIMEOUT).send().await.map_err(|e| e.to_string())?;
                 let status = resp.status();
                 let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
                 if !status.is_success() {
@@ -62,10 +62,9 @@ impl NodeRuntime {
     async fn usage(&self, id: &str) -> Result<Usage, String> {
         match self {
             NodeRuntime::Local(r) => r.usage(id).await.map_err(|e| e.to_string()),
-            NodeRuntime::Remote { base, token, client } => {
+            NodeRuntime::Remote { base, client } => {
                 let resp = client
                     .get(format!("{base}/stats/container/{id}"))
-                    .bearer_auth(token)
                     .timeout(AGENT_REQUEST_TIMEOUT)
                     .send()
                     .await
@@ -100,7 +99,7 @@ async fn runtime_for(state: &ApiState, pod: &Value) -> Result<NodeRuntime, ApiEr
         return Ok(NodeRuntime::Local(local));
     }
     let unavailable = |why: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why);
-    let token = state.kubelet_token.clone().ok_or_else(|| unavailable(format!("node {node:?} has no agent in this process")))?;
+    let kubelet = state.kubelet.clone().ok_or_else(|| unavailable(format!("node {node:?} has no agent in this process")))?;
     let nodes = &NODES;
     let node_obj = state.registry.get(nodes, None, node).await?;
     let ip = node_obj
@@ -114,8 +113,12 @@ async fn runtime_for(state: &ApiState, pod: &Value) -> Result<NodeRuntime, ApiEr
     if ip.is_empty() || port == 0 {
         return Err(unavailable(format!("node {node:?} advertises no agent endpoint (InternalIP and kubelet port) to fetch logs from")));
     }
-    let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
-    Ok(NodeRuntime::Remote { base: format!("http://{host}:{port}"), token, client: state.http_client.clone() })
+    let ip: std::net::IpAddr =
+        ip.parse().map_err(|_| unavailable(format!("node {node:?} advertises InternalIP {ip:?}, which is not an IP address")))?;
+    let port = u16::try_from(port).map_err(|_| unavailable(format!("node {node:?} advertises kubelet port {port}, beyond 65535")))?;
+    // The certificate is checked against the node's name, not this address.
+    let (base, client) = kubelet.for_node(node, std::net::SocketAddr::new(ip, port)).map_err(unavailable)?;
+    Ok(NodeRuntime::Remote { base, client })
 }
 
 pub async fn pod_log(state: &ApiState, ns: &str, name: &str, query: &str) -> Result<Response, ApiError> {

@@ -40,11 +40,9 @@ pub struct ApiState {
     pub http_addr: String,
     /// Runtimes of the agents in this process, for logs and usage.
     pub agents: flotilla_actors::agent::directory::AgentDirectory,
-    /// The join token, presented to agents in other processes when their
-    /// logs and usage are fetched; None where there are none.
-    pub kubelet_token: Option<String>,
-    /// For requests to agents' endpoints (pooled connections).
-    pub http_client: reqwest::Client,
+    /// How agents in other processes are asked for logs and usage; None
+    /// where there are none.
+    pub kubelet: Option<Arc<crate::kubelet_client::KubeletClient>>,
     /// Bearer tokens this server knows (client certificates need no table).
     pub authn: Arc<auth::Authenticator>,
     /// The RBAC objects, kept current from a watch.

@@ -214,6 +214,44 @@ impl ControlPlane for LocalControlPlane {
     }
 
     async fn update_pod_status(&self, namespace: &str, name: &str, uid: &str, status: Value) -> Result<(), AgentError> {
+        self.update_pod_status_on(None, namespace, name, uid, status).await
+    }
+
+    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
+        self.finalize_pod_on(None, namespace, name, uid).await
+    }
+
+    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
+        self.registry.record_event(involved, event_type, reason, message).await;
+    }
+}
+
+/// Refuses a node's write to a pod bound elsewhere (NodeRestriction).
+fn bound_here(node: Option<&str>, pod: &Value) -> Result<(), RegistryError> {
+    let Some(node) = node else { return Ok(()) };
+    let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or("");
+    if bound == node {
+        return Ok(());
+    }
+    Err(RegistryError::BadRequest(format!(
+        "node {node:?} may not write pod {}/{}: it is bound to {}",
+        object::namespace(pod).unwrap_or(""),
+        object::name(pod).unwrap_or(""),
+        if bound.is_empty() { "no node".to_string() } else { format!("node {bound:?}") }
+    )))
+}
+
+impl LocalControlPlane {
+    /// Writes a pod's status, if the pod still has uid `uid` and (given a
+    /// node) is bound to that node.
+    pub async fn update_pod_status_on(
+        &self,
+        node: Option<&str>,
+        namespace: &str,
+        name: &str,
+        uid: &str,
+        status: Value,
+    ) -> Result<(), AgentError> {
         let pods = &PODS;
         let uid = uid.to_string();
         self.registry
@@ -226,6 +264,7 @@ impl ControlPlane for LocalControlPlane {
                     if object::uid(old) != Some(uid.as_str()) {
                         return Err(RegistryError::NotFound { kind: "pods".into(), name: object::name(old).unwrap_or("").into() });
                     }
+                    bound_here(node, old)?;
                     let mut new = old.clone();
                     new["status"] = status.clone();
                     Ok(new)
@@ -236,19 +275,20 @@ impl ControlPlane for LocalControlPlane {
         Ok(())
     }
 
-    async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
+    /// Removes a pod whose containers have stopped, if it still has uid
+    /// `uid` and (given a node) is bound to that node. The read revision
+    /// is the delete's precondition, so the binding checked is the one
+    /// deleted.
+    pub async fn finalize_pod_on(&self, node: Option<&str>, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError> {
         let pods = &PODS;
         let current = self.registry.get(pods, Some(namespace), name).await?;
         if object::uid(&current) != Some(uid) {
             return Err(AgentError::Gone(format!("pod {namespace}/{name} was replaced")));
         }
+        bound_here(node, &current)?;
         let rv = object::resource_version(&current);
         self.registry.delete_now(pods, Some(namespace), name, rv).await?;
         Ok(())
-    }
-
-    async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
-        self.registry.record_event(involved, event_type, reason, message).await;
     }
 }
 

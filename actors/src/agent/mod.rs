@@ -3,12 +3,15 @@
 //! container, over a container runtime and a control plane.
 
 pub mod agent_error;
+pub mod agent_protocol;
 pub mod chaos_orders;
 pub mod container_actor;
 pub mod control_plane;
 pub mod directory;
 pub mod heartbeat_relay;
 pub mod node_agent;
+pub mod node_credential;
+pub mod node_restriction;
 pub mod pod_actor;
 pub mod pod_fanout;
 pub mod pod_state;

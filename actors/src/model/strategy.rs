@@ -94,6 +94,13 @@ pub trait Strategy: Sync {
     fn allocation(&self) -> Allocation {
         Allocation::None
     }
+
+    /// Store keys outside the registry's objects that belong to this object
+    /// and are removed in the transaction that deletes it (a node's agent
+    /// credential: removing the node revokes it).
+    fn keys_deleted_with(&self, _object: &Value) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
 }
 
 /// Decodes `object` as `T` without copying it, for `check_typed` and for

@@ -20,6 +20,13 @@ pub fn node_ready(node: &Value) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
+/// Where the digest of the credential of the agent that holds node `name`
+/// is kept. Deleting the Node deletes it, which is how a node is removed
+/// and its agent's credential revoked.
+pub fn credential_key(name: &str) -> Vec<u8> {
+    format!("/registry/flotilla.io/node-credentials/{name}").into_bytes()
+}
+
 pub struct Node;
 
 impl Strategy for Node {
@@ -70,6 +77,10 @@ impl Strategy for Node {
 
     fn allocation(&self) -> Allocation {
         Allocation::PodSubnet
+    }
+
+    fn keys_deleted_with(&self, object: &Value) -> Vec<Vec<u8>> {
+        object.pointer("/metadata/name").and_then(Value::as_str).map(credential_key).into_iter().collect()
     }
 }
 

@@ -1,0 +1,137 @@
+//! Node identity and NodeRestriction on the agent protocol, over real QUIC
+//! against a one-member cluster in this process: the agent token buys one
+//! node name once; a second agent claiming it is refused; a node acts only
+//! for itself and the pods bound to it; removing the Node revokes its
+//! credential.
+
+use std::path::Path;
+
+use flotilla::sim_cluster::SimCluster;
+use flotilla_actors::agent::agent_protocol::{AgentMessage, AgentReply, AgentRequest};
+use flotilla_actors::agent::control_plane::{AgentError, ControlPlane, NodeUsage};
+use flotilla_actors::agent::remote::RemoteControlPlane;
+use flotilla_actors::leader::LeaderSettings;
+use flotilla_actors::model::kinds::{NODES, PODS};
+use flotilla_actors::Propagation;
+use flotilla_raft::StoreClient;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{json, Value};
+
+fn node(name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}, "status": {}})
+}
+
+fn refused(result: Result<impl Sized, AgentError>, what: &str, says: &str) {
+    match result {
+        Err(AgentError::Refused(m)) => assert!(m.contains(says), "{what}: refused, but the reason {m:?} does not say {says:?}"),
+        Err(e) => panic!("{what}: expected a refusal saying {says:?}, got {e:?}"),
+        Ok(_) => panic!("{what}: expected a refusal saying {says:?}, but it was allowed"),
+    }
+}
+
+async fn join(peers: &[String], token: &str, name: &str, dir: &Path) -> Result<RemoteControlPlane, AgentError> {
+    RemoteControlPlane::join(peers.to_vec(), token, name, dir).await
+}
+
+/// A reply's failure message, for messages sent raw.
+async fn raw(client: &StoreClient, message: &AgentMessage) -> String {
+    let bytes = client.app_call(serde_json::to_vec(message).expect("encode")).await.expect("an answer");
+    match serde_json::from_slice::<AgentReply>(&bytes).expect("a reply") {
+        AgentReply::Failed { message, .. } => message,
+        _ => "allowed".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_one_node_and_acts_only_for_it() {
+    flotilla::install_crypto_provider();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Nobody heartbeats here: a long grace keeps the leader from evicting.
+    let settings = LeaderSettings { node_grace_ms: 600_000, node_grace_max_ms: 600_000, ..Default::default() };
+    let cluster = SimCluster::start(tmp.path().join("cluster"), 1, settings).await.expect("cluster");
+    let registry = cluster.registry().clone();
+    let token = cluster.servers[0].member.agent_token().to_string();
+    let peers = cluster.peer_addrs();
+    let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let a = join(&peers, &token, "worker-a", &dir_a).await.expect("worker-a joins");
+    let b = join(&peers, &token, "worker-b", &dir_b).await.expect("worker-b joins");
+    a.register_node(node("worker-a")).await.expect("worker-a registers itself");
+    b.register_node(node("worker-b")).await.expect("worker-b registers itself");
+
+    // The finding: a second agent took worker-a's name silently.
+    refused(join(&peers, &token, "worker-a", &tmp.path().join("impostor")).await, "a second agent as worker-a", "held by another agent");
+    // A restart with its state directory is the same node, and so is a retried claim.
+    let a = join(&peers, &token, "worker-a", &dir_a).await.expect("worker-a restarts as itself");
+    refused(join(&peers, &token, "worker-b", &dir_a).await, "one state dir for two nodes", "give each agent its own --state-dir");
+    refused(join(&peers, &token, "Not_A_Name", &tmp.path().join("c")).await, "a bad node name", "DNS subdomain");
+
+    // Acting for another node.
+    let usage = NodeUsage { cpu_millis: 0, memory_bytes: 0, pods: 0 };
+    refused(a.heartbeat("worker-b", usage, false).await, "beat for worker-b", "may not act for node \"worker-b\"");
+    refused(a.register_node(node("worker-b")).await, "register worker-b", "may not act for node");
+    refused(a.update_node_status("worker-b", json!({})).await, "worker-b's status", "may not act for node");
+    refused(a.list_pods("worker-b").await, "worker-b's pods", "may not act for node");
+    let mut watch = a.watch_pods("worker-b", 0).await.expect("the stream opens");
+    refused(watch.recv().await.expect("one frame"), "watching worker-b's pods", "may not act for node");
+    a.heartbeat("worker-a", usage, false).await.expect("its own beat");
+
+    // The finding: any agent could write any pod's status or finalize it.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pb"},
+                     "spec": {"nodeName": "worker-b", "containers": [{"name": "c", "image": "busybox"}]}});
+    let pod = registry.create(&PODS, Some("default"), pod).await.expect("pod on worker-b");
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
+    refused(
+        a.update_pod_status("default", "pb", &uid, json!({"phase": "Failed"})).await,
+        "status of b's pod",
+        "bound to node \"worker-b\"",
+    );
+    refused(a.finalize_pod("default", "pb", &uid).await, "finalizing b's pod", "bound to node \"worker-b\"");
+    let still = registry.get(&PODS, Some("default"), "pb").await.expect("b's pod is still there");
+    assert_ne!(still.pointer("/status/phase"), Some(&json!("Failed")), "a's write did not land");
+    b.update_pod_status("default", "pb", &uid, json!({"phase": "Running"})).await.expect("b writes its own pod");
+
+    // Forged credentials and relays.
+    let client = StoreClient::new(peers.clone(), &token).expect("client");
+    let beat = |name: &str| AgentRequest::Heartbeat {
+        name: name.into(),
+        cpu_millis: 0,
+        memory_bytes: 0,
+        pods: 0,
+        relayed: false,
+        probe_only: false,
+    };
+    let forged = AgentMessage::AsNode { node: "worker-a".into(), secret: "0".repeat(64), request: beat("worker-a") };
+    assert!(raw(&client, &forged).await.contains("wrong credential for node \"worker-a\""));
+    let relayed = AgentMessage::Relayed(beat("worker-a"));
+    assert!(raw(&client, &relayed).await.contains("only members relay"));
+    let bare = serde_json::to_vec(&beat("worker-a")).expect("encode");
+    assert!(client.app_call(bare).await.is_err(), "a request without the envelope is a protocol error");
+
+    // The node certificate names the node.
+    let cert = a.certificate(vec!["127.0.0.1".into()]).await.expect("a certificate");
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).expect("PEM");
+    let user = flotilla::api::serve::user_of_certificate(&der).expect("a user");
+    assert_eq!(user.name, "system:node:worker-a");
+    assert!(user.in_group("system:nodes"), "{:?}", user.groups);
+    let many: Vec<String> = (1..=9).map(|i| format!("10.0.0.{i}")).collect();
+    refused(a.certificate(many).await, "nine addresses", "at most 8");
+    refused(a.certificate(vec!["example.com".into()]).await, "a host name", "IP addresses");
+
+    // A Node written through the API that no agent holds is not for the taking.
+    registry.create(&NODES, None, node("api-made")).await.expect("a Node from the API");
+    refused(join(&peers, &token, "api-made", &tmp.path().join("d")).await, "claiming api-made", "no agent holds");
+
+    // Removing a node revokes its agent's credential.
+    registry.delete(&NODES, None, "worker-a", None, Propagation::Background).await.expect("worker-a removed");
+    refused(a.register_node(node("worker-a")).await, "worker-a registering again", "revoked");
+    refused(a.update_node_status("worker-a", json!({})).await, "worker-a's status after removal", "revoked");
+    assert!(registry.get(&NODES, None, "worker-a").await.is_err(), "worker-a stays removed");
+    b.update_node_status("worker-b", json!({})).await.expect("worker-b is untouched");
+    // The name is free again: an agent that starts anew may claim it (to
+    // keep a machine out for good, its agent token must change too).
+    let back = join(&peers, &token, "worker-a", &dir_a).await.expect("a restarted agent claims the freed name");
+    back.register_node(node("worker-a")).await.expect("and registers it");
+
+    cluster.shutdown().await;
+}
