@@ -24,6 +24,7 @@ pub mod cmd_rollout;
 pub mod cmd_server;
 pub mod cmd_sim;
 pub mod cmd_store;
+pub mod cmd_token;
 pub mod cmd_up;
 pub mod kubeconfig;
 pub mod kubelet_api;

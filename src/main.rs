@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use flotilla::{
     bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
-    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_up,
+    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_token, cmd_up,
 };
 
 #[derive(Parser)]
@@ -44,6 +44,9 @@ enum Command {
     /// Issue a client certificate for a person and print its kubeconfig
     /// (run on a server member: it needs the cluster CA's key).
     Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
+    /// ServiceAccount tokens.
+    #[command(subcommand)]
+    Token(cmd_token::TokenCommand),
     /// Create or update objects from YAML or JSON.
     Apply {
         /// File, directory or - for stdin (repeatable).
@@ -182,6 +185,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Top { ref what } => cmd_logs::top(&client()?, what).await,
         Command::Store(args) => cmd_store::run(args).await,
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
+        Command::Token(command) => cmd_token::run(&client()?, command).await,
         Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,
         Command::Get { ref kind, ref name, ref ns, all_namespaces, output, ref selector, watch } => {
             let opts = cmd_get::GetOptions { namespace: ns.namespace.clone(), all_namespaces, output, selector: selector.clone(), watch };

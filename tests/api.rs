@@ -811,3 +811,83 @@ async fn a_node_a_client_wrote_gets_no_credential() {
     assert!(!text.contains("bearer") && !text.contains("authorization"), "no credential reached the decoy");
     api.task.abort();
 }
+
+/// ServiceAccounts: every namespace has a `default` one, a TokenRequest
+/// issues a signed expiring token for it, and the token opens only what
+/// the account's bindings allow, until it expires or the account goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn service_account_tokens_open_what_their_roles_allow() {
+    use flotilla::api::token_request::{claims, API_AUDIENCE};
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let post = |url: String, body: Value| async move { call(reqwest::Method::POST, &url, "application/json", &body.to_string()).await };
+    let (code, body) =
+        post(format!("{b}/api/v1/namespaces"), json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team"}})).await;
+    assert_eq!(code, 201, "{body}");
+    let (code, account) = call(reqwest::Method::GET, &format!("{b}/api/v1/namespaces/team/serviceaccounts/default"), "", "").await;
+    assert_eq!(code, 200, "a new namespace has its default account: {account}");
+    let uid = account["metadata"]["uid"].as_str().expect("uid").to_string();
+
+    let token_url = format!("{b}/api/v1/namespaces/team/serviceaccounts/default/token");
+    let request = |spec: Value| json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec});
+    let (code, issued) = post(token_url.clone(), request(json!({"expirationSeconds": 600}))).await;
+    assert_eq!(code, 201, "{issued}");
+    assert_eq!(issued["spec"]["expirationSeconds"], 600);
+    assert!(issued["status"]["expirationTimestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{issued}");
+    let token = issued["status"]["token"].as_str().expect("a token").to_string();
+    let robot = http_with(&token);
+
+    let team_pods = format!("{b}/api/v1/namespaces/team/pods");
+    let (code, body) = call_as(&robot, reqwest::Method::GET, &team_pods, "", "").await;
+    assert_eq!(code, 403, "no binding yet: {body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("system:serviceaccount:team:default"), "{body}");
+    let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "robot-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "team"}]});
+    let (code, body) = post(format!("{b}/apis/rbac.authorization.k8s.io/v1/namespaces/team/rolebindings"), binding).await;
+    assert_eq!(code, 201, "{body}");
+    let start = tokio::time::Instant::now();
+    loop {
+        let (code, body) = call_as(&robot, reqwest::Method::GET, &team_pods, "", "").await;
+        if code == 200 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the binding never took effect: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = call_as(&robot, reqwest::Method::GET, &format!("{b}/api/v1/namespaces/default/pods"), "", "").await;
+    assert_eq!(code, 403, "the binding is in team only");
+    let (code, _) = call_as(&robot, reqwest::Method::DELETE, &format!("{team_pods}/x"), "", "").await;
+    assert_eq!(code, 403, "view does not delete");
+
+    // Tokens that must not open anything.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let aud = [API_AUDIENCE.to_string()];
+    let expired = api.member.ca().sign_jwt(&claims("team", "default", &uid, &aud, now - 7200, 600)).expect("sign");
+    let other_ca = flotilla_raft::tls::ClusterCa::generate("other").expect("another CA");
+    let foreign = other_ca.sign_jwt(&claims("team", "default", &uid, &aud, now, 600)).expect("sign");
+    let (code, vault) = post(token_url.clone(), request(json!({"audiences": ["vault"]}))).await;
+    assert_eq!(code, 201, "{vault}");
+    let vault = vault["status"]["token"].as_str().expect("token").to_string();
+    for (what, bad, says) in
+        [("expired", expired, "expired"), ("another CA's", foreign, "not signed"), ("for another audience", vault, "audience")]
+    {
+        let (code, body) = call_as(&http_with(&bad), reqwest::Method::GET, &team_pods, "", "").await;
+        assert_eq!(code, 401, "an {what} token: {body}");
+        assert!(body["message"].as_str().unwrap_or("").contains(says), "an {what} token: {body}");
+    }
+    let (code, _) = post(format!("{b}/api/v1/namespaces/team/serviceaccounts/ghost/token"), request(json!({}))).await;
+    assert_eq!(code, 404, "no token for an account that does not exist");
+    for spec in [json!({"expirationSeconds": 60}), json!({"expirationSeconds": 9_223_372_036_854_775_807i64}), json!({"audiences": "x"})] {
+        let (code, body) = post(token_url.clone(), request(spec.clone())).await;
+        assert_eq!(code, 400, "{spec}: {body}");
+    }
+
+    // Deleting the account ends its tokens.
+    let (code, body) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/namespaces/team/serviceaccounts/default"), "", "").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call_as(&robot, reqwest::Method::GET, &team_pods, "", "").await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("no longer exists"), "{body}");
+    api.task.abort();
+}

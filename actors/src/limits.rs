@@ -67,3 +67,14 @@ pub const CONTAINERS_PER_POD_MAX: usize = 64;
 /// The longest grace period a pod or a delete may ask for (one year): the
 /// deadline it gives must stay a time the clock can represent.
 pub const GRACE_PERIOD_SECONDS_MAX: i64 = 366 * 24 * 3600;
+
+/// A ServiceAccount token's lifetime when the request names none (one hour,
+/// as Kubernetes').
+pub const SERVICE_ACCOUNT_TOKEN_TTL_DEFAULT_SECONDS: i64 = 3600;
+/// The shortest lifetime a token may be asked for (Kubernetes': 10 minutes).
+pub const SERVICE_ACCOUNT_TOKEN_TTL_MIN_SECONDS: i64 = 600;
+/// The longest (Kubernetes' --service-account-max-token-expiration is
+/// unset by default; flotilla bounds it at 48 hours).
+pub const SERVICE_ACCOUNT_TOKEN_TTL_MAX_SECONDS: i64 = 48 * 3600;
+/// Audiences one token may name.
+pub const SERVICE_ACCOUNT_TOKEN_AUDIENCES_MAX: usize = 16;

@@ -16,7 +16,7 @@ use crate::limits::{ALLOCATION_RETRIES_MAX, UPDATE_RETRIES_MAX};
 use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::RESOURCES;
-use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES};
+use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES, SERVICE_ACCOUNTS};
 use crate::model::object::{self, decode, encode};
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
@@ -266,7 +266,16 @@ impl Registry {
         if res.strategy.allocation() == Allocation::ServiceAddresses {
             return self.create_service(res, ns.unwrap_or("default"), &name, key, obj).await;
         }
-        if self.put_if(key, CompareTarget::CreateRevision(0), &mut obj).await? {
+        let mut companions = Vec::new();
+        for (plural, mut companion) in res.strategy.created_with(&obj) {
+            let Some(companion_res) = crate::model::kinds::lookup(plural) else { continue };
+            let companion_ns = if companion_res.namespaced { object::namespace(&companion).map(String::from) } else { None };
+            admit_create(companion_res, &mut companion, &self.context(companion_ns.as_deref()))?;
+            let companion_name = object::name(&companion).unwrap_or_default().to_string();
+            let key = companion_res.key(companion_ns.as_deref(), &companion_name).into_bytes();
+            companions.push(TxnOp::Put { key, value: encode(&companion) });
+        }
+        if self.put_if_with(key, CompareTarget::CreateRevision(0), &mut obj, vec![], companions).await? {
             Ok(obj)
         } else {
             Err(RegistryError::AlreadyExists { kind: res.plural.into(), name })
@@ -885,6 +894,11 @@ impl Registry {
         let ns_res = &NAMESPACES;
         for ns in ["default", "flotilla-system"] {
             match self.create(ns_res, None, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await {
+                Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            // Namespaces made before ServiceAccounts were served have none.
+            match self.create(&SERVICE_ACCOUNTS, Some(ns), crate::model::kinds::service_account::default_account(ns)).await {
                 Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
             }

@@ -20,25 +20,9 @@ use sha2::{Digest, Sha256};
 use super::status::ApiError;
 use super::ApiState;
 
-/// The group whose members may do anything (Kubernetes' name).
-pub const MASTERS_GROUP: &str = "system:masters";
-/// Every authenticated request carries this group too.
-pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+pub use super::user::{User, AUTHENTICATED_GROUP, MASTERS_GROUP};
 /// Largest static token file read.
 pub const TOKEN_FILE_MAX_BYTES: u64 = 1024 * 1024;
-
-/// An authenticated caller.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
-}
-
-impl User {
-    pub fn in_group(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| g == group)
-    }
-}
 
 /// What the TLS layer learnt of the client's certificate, per connection.
 #[derive(Clone, Debug, Default)]
@@ -224,6 +208,11 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, nex
     let user = match (bearer, cert) {
         (Some(token), _) => match state.authn.token_user(&token) {
             Some(u) => u.clone(),
+            None if super::token_request::looks_like_jwt(&token) => match super::token_request::authenticate(&state.registry, &token).await
+            {
+                Ok(u) => u,
+                Err(why) => return unauthorized(format!("Unauthorized: the ServiceAccount token is refused: {why}")),
+            },
             None => return unauthorized("Unauthorized: the bearer token is not known to this cluster (expired, revoked or mistyped)"),
         },
         (None, ClientCertificate::Verified(u)) => u,

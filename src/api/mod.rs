@@ -13,6 +13,8 @@ pub mod protobuf;
 pub mod rbac_cache;
 pub mod serve;
 pub mod status;
+pub mod token_request;
+pub mod user;
 pub mod watch;
 
 use std::sync::Arc;

@@ -145,6 +145,11 @@ pub async fn handle(
             let obj = registry.get(res, ns, name).await?;
             Ok(object_response(table, res, obj, params.full_objects))
         }
+        (Method::POST, Some(name), Some("token")) => {
+            let (request, _) = decode_body(headers, &body, OBJECT_TYPES).await?;
+            let issued = super::token_request::create(registry, ns.unwrap_or("default"), name, request).await?;
+            Ok(respond(StatusCode::CREATED, issued))
+        }
         (Method::GET, Some(name), Some("log")) => super::logs::pod_log(state, ns.unwrap_or("default"), name, query).await,
         (Method::GET, Some(name), Some("scale")) => Ok(respond(StatusCode::OK, scale_of(&registry.get(res, ns, name).await?))),
         (Method::POST, None, None) => {

@@ -101,6 +101,13 @@ pub trait Strategy: Sync {
     fn keys_deleted_with(&self, _object: &Value) -> Vec<Vec<u8>> {
         Vec::new()
     }
+
+    /// Objects created in the transaction that creates this one (a
+    /// namespace's `default` ServiceAccount), by plural, as a client would
+    /// write them.
+    fn created_with(&self, _object: &Value) -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
 }
 
 /// Decodes `object` as `T` without copying it, for `check_typed` and for

@@ -22,6 +22,7 @@ mod replicaset;
 mod role;
 mod role_binding;
 pub mod service;
+pub mod service_account;
 mod workload;
 
 use super::resources::Resource;
@@ -40,6 +41,7 @@ pub use replicaset::REPLICASETS;
 pub use role::ROLES;
 pub use role_binding::ROLE_BINDINGS;
 pub use service::SERVICES;
+pub use service_account::SERVICE_ACCOUNTS;
 
 /// Every resource flotilla serves, in discovery order.
 pub const RESOURCES: &[Resource] = &[
@@ -49,6 +51,7 @@ pub const RESOURCES: &[Resource] = &[
     SERVICES,
     ENDPOINTS,
     CONFIGMAPS,
+    SERVICE_ACCOUNTS,
     EVENTS,
     DEPLOYMENTS,
     REPLICASETS,

@@ -22,6 +22,11 @@ impl Strategy for Namespace {
         typed::<core::Namespace>(object).map(drop)
     }
 
+    fn created_with(&self, object: &Value) -> Vec<(&'static str, Value)> {
+        let ns = name(object).unwrap_or("");
+        vec![(super::service_account::SERVICE_ACCOUNTS.plural, super::service_account::default_account(ns))]
+    }
+
     /// A namespace's name is a DNS label of every Service name in it.
     fn name_rule(&self) -> NameRule {
         NameRule::Label
