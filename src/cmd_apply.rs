@@ -110,34 +110,45 @@ async fn apply_one(client: &ApiClient, object: &Value, namespace: Option<&str>) 
     };
     let path = resource_path(res, ns.as_deref(), Some(name));
     let shown = display_name(res, name);
-    match client.get(&path, false).await {
-        Err(e) if e.code == 404 => {
-            let body = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
-            client
-                .call(reqwest::Method::POST, &resource_path(res, ns.as_deref(), None), false, Some(("application/json", body)))
-                .await
-                .map_err(|e| e.message)?;
-            Ok(format!("{shown} created"))
-        }
-        Err(e) => Err(e.message),
-        Ok(existing) => {
-            let last: Value = existing
-                .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
-                .and_then(Value::as_str)
-                .and_then(|s| serde_json::from_str(s).ok())
-                .unwrap_or(json!({}));
-            let patch = three_way_patch(&last, &desired, &existing);
-            let mut merged = existing.clone();
-            merge_patch(&mut merged, &patch);
-            if strip_server_fields(&merged) == strip_server_fields(&existing) {
-                return Ok(format!("{shown} unchanged"));
+    // The update is a compare-and-swap on the resourceVersion read; a
+    // controller writing the object meanwhile (a Deployment's status) makes
+    // it 409, and the patch is worked out again from what is there now.
+    for _ in 0..APPLY_CONFLICT_RETRIES_MAX {
+        let existing = match client.get(&path, false).await {
+            Err(e) if e.code == 404 => {
+                let body = serde_json::to_vec(&desired).map_err(|e| e.to_string())?;
+                client
+                    .call(reqwest::Method::POST, &resource_path(res, ns.as_deref(), None), false, Some(("application/json", body)))
+                    .await
+                    .map_err(|e| e.message)?;
+                return Ok(format!("{shown} created"));
             }
-            let body = serde_json::to_vec(&merged).map_err(|e| e.to_string())?;
-            client.call(reqwest::Method::PUT, &path, false, Some(("application/json", body))).await.map_err(|e| e.message)?;
-            Ok(format!("{shown} configured"))
+            Err(e) => return Err(e.message),
+            Ok(existing) => existing,
+        };
+        let last: Value = existing
+            .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or(json!({}));
+        let patch = three_way_patch(&last, &desired, &existing);
+        let mut merged = existing.clone();
+        merge_patch(&mut merged, &patch);
+        if strip_server_fields(&merged) == strip_server_fields(&existing) {
+            return Ok(format!("{shown} unchanged"));
+        }
+        let body = serde_json::to_vec(&merged).map_err(|e| e.to_string())?;
+        match client.call(reqwest::Method::PUT, &path, false, Some(("application/json", body))).await {
+            Ok(_) => return Ok(format!("{shown} configured")),
+            Err(e) if e.code == 409 => continue,
+            Err(e) => return Err(e.message),
         }
     }
+    Err(format!("{shown} kept changing while it was being applied ({APPLY_CONFLICT_RETRIES_MAX} tries); apply it again"))
 }
+
+/// Tries of one object's update when it changes under the apply.
+const APPLY_CONFLICT_RETRIES_MAX: usize = 5;
 
 #[cfg(test)]
 mod tests {

@@ -81,8 +81,8 @@ fn apply_get_describe_scale_delete_like_kubectl() {
     assert_eq!(out, "namespace/shop unchanged\ndeployment.apps/web unchanged\nconfigmap/settings unchanged\n");
     // Change one field and drop another: configured, and the dropped key goes.
     let changed = MANIFEST.replace("colour: blue", "size: large").replace("replicas: 2", "replicas: 3");
-    let (_, out, _) = flotilla(&url, &["apply", "-f", "-"], Some(&changed));
-    assert_eq!(out, "namespace/shop unchanged\ndeployment.apps/web configured\nconfigmap/settings configured\n");
+    let (_, out, err) = flotilla(&url, &["apply", "-f", "-"], Some(&changed));
+    assert_eq!(out, "namespace/shop unchanged\ndeployment.apps/web configured\nconfigmap/settings configured\n", "{err}");
     let (_, yaml, _) = flotilla(&url, &["get", "configmap", "settings", "-n", "shop", "-o", "yaml"], None);
     assert!(yaml.contains("size: large") && !yaml.contains("colour"), "{yaml}");
 
