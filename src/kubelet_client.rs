@@ -6,8 +6,9 @@
 //! certificate only after the server's has been verified, and a
 //! certificate proves nothing once replayed.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_raft::tls::ClusterCa;
@@ -24,8 +25,15 @@ const CLIENT_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Deadline of connecting to an agent's endpoint.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Nodes whose clients (and so pooled connections) are kept at once; then
+/// all are dropped and made again as needed.
+const NODE_CLIENTS_MAX: usize = 1024;
+
 pub struct KubeletClient {
     tls: rustls::ClientConfig,
+    /// One client per node and address, so `top` over a node's pods reuses
+    /// one TLS connection instead of a handshake per pod.
+    clients: Mutex<HashMap<(String, SocketAddr), reqwest::Client>>,
 }
 
 impl KubeletClient {
@@ -46,19 +54,29 @@ impl KubeletClient {
             .with_root_certificates(roots)
             .with_client_auth_cert(vec![leaf], key)
             .map_err(|e| format!("the API server's certificate for agents: {e}"))?;
-        Ok(KubeletClient { tls })
+        Ok(KubeletClient { tls, clients: Mutex::default() })
     }
 
     /// A client for node `node`'s endpoint at `addr`, and the base URL to
     /// ask it at: the URL names the node, so the certificate is checked
     /// against the node's name whatever address it is reached at.
     pub fn for_node(&self, node: &str, addr: SocketAddr) -> Result<(String, reqwest::Client), String> {
+        let base = format!("https://{node}:{}", addr.port());
+        let key = (node.to_string(), addr);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(client) = clients.get(&key) {
+            return Ok((base, client.clone()));
+        }
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(self.tls.clone())
             .resolve(node, addr)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| format!("a client for node {node:?}: {e}"))?;
-        Ok((format!("https://{node}:{}", addr.port()), client))
+        if clients.len() >= NODE_CLIENTS_MAX {
+            clients.clear();
+        }
+        clients.insert(key, client.clone());
+        Ok((base, client))
     }
 }

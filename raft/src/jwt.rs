@@ -4,6 +4,8 @@
 //! are the caller's; this module only signs, verifies and checks the
 //! registered claims (`exp`, `nbf`, `aud`).
 
+use std::sync::{Arc, Mutex};
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::signature::{EcdsaKeyPair, UnparsedPublicKey, ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -31,11 +33,25 @@ pub enum JwtError {
     Key(String),
 }
 
+/// The last CA key parsed, by its PEM: a token is checked on every request
+/// that presents one, and parsing the key costs more than the check.
+static PARSED_KEY: Mutex<Option<(String, Arc<EcdsaKeyPair>)>> = Mutex::new(None);
+
 impl ClusterCa {
-    fn signing_key(&self) -> Result<EcdsaKeyPair, JwtError> {
-        let key = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|e| JwtError::Key(e.to_string()))?;
-        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.serialize_der(), &ring::rand::SystemRandom::new())
-            .map_err(|e| JwtError::Key(e.to_string()))
+    fn signing_key(&self) -> Result<Arc<EcdsaKeyPair>, JwtError> {
+        let mut parsed = PARSED_KEY.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((pem, key)) = parsed.as_ref() {
+            if *pem == self.key_pem {
+                return Ok(key.clone());
+            }
+        }
+        let der = rcgen::KeyPair::from_pem(&self.key_pem).map_err(|e| JwtError::Key(e.to_string()))?.serialize_der();
+        let key = Arc::new(
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der, &ring::rand::SystemRandom::new())
+                .map_err(|e| JwtError::Key(e.to_string()))?,
+        );
+        *parsed = Some((self.key_pem.clone(), key.clone()));
+        Ok(key)
     }
 
     /// Signs `claims` as a compact JWT.
@@ -65,7 +81,7 @@ impl ClusterCa {
         }
         let signature = URL_SAFE_NO_PAD.decode(s).map_err(|_| JwtError::Malformed)?;
         let key = self.signing_key()?;
-        let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, ring::signature::KeyPair::public_key(&key).as_ref().to_vec());
+        let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, ring::signature::KeyPair::public_key(key.as_ref()).as_ref().to_vec());
         public.verify(format!("{h}.{c}").as_bytes(), &signature).map_err(|_| JwtError::BadSignature)?;
         let claims: Value = URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| serde_json::from_slice(&b).ok()).ok_or(JwtError::Malformed)?;
         let number = |k: &str| claims.get(k).and_then(Value::as_u64);

@@ -47,7 +47,7 @@ pub fn digest(secret: &str) -> String {
 
 /// Compares two digests without an early exit.
 pub fn digests_match(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    flotilla_raft::tls::same_in_constant_time(a.as_bytes(), b.as_bytes())
 }
 
 impl NodeCredential {
