@@ -21,7 +21,7 @@ use super::pod_state::{
 use super::probe::Probe;
 use crate::model::object;
 use crate::model::quantity::Quantity;
-use crate::runtime::{ContainerRuntime, ContainerSpec, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerSpec, RunAs, RuntimeError};
 
 /// How soon a status or finalize write that failed is tried again.
 const CONTROL_RETRY: Duration = Duration::from_millis(500);
@@ -130,6 +130,22 @@ fn chaos_kill_order(pod: &Value) -> Option<&str> {
     pod.pointer("/metadata/annotations").and_then(|a| a.get(CHAOS_KILL_ANNOTATION)).and_then(Value::as_str)
 }
 
+/// Who a container runs as: its own securityContext over the pod's, as in
+/// Kubernetes. Validation keeps the ids in range; one that is not (an
+/// object written before that check) counts as unset.
+fn run_as(pod: &Value, container: &Value) -> RunAs {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SecurityContext};
+    let pod_ctx: PodSecurityContext =
+        pod.pointer("/spec/securityContext").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    let ctx: SecurityContext = container.get("securityContext").and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    let id = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
+    RunAs {
+        user: id(ctx.run_as_user.or(pod_ctx.run_as_user)),
+        group: id(ctx.run_as_group.or(pod_ctx.run_as_group)),
+        non_root: ctx.run_as_non_root.or(pod_ctx.run_as_non_root).unwrap_or(false),
+    }
+}
+
 /// The runtime's view of one container of a pod object.
 pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSpec {
     let strings = |v: Option<&Value>| -> Vec<String> {
@@ -164,6 +180,7 @@ pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSp
         working_dir: container.get("workingDir").and_then(Value::as_str).map(String::from),
         cpu_millis: pick("cpu").map(|q| q.millis()),
         memory_bytes: pick("memory").map(|q| q.value()),
+        run_as: run_as(pod, container),
     }
 }
 
@@ -557,4 +574,24 @@ async fn cleanup(state: &mut PodState) {
         }
     }
     tracing::debug!(pod = %state.name, node = %state.args_node, "pod cleaned up");
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_containers_security_context_overrides_the_pods() {
+        let pod = json!({"metadata": {"name": "p", "uid": "u"},
+            "spec": {"securityContext": {"runAsUser": 1000, "runAsGroup": 100, "runAsNonRoot": true}, "containers": []}});
+        let inherits = super::container_spec(&pod, &json!({"name": "a", "image": "i"}), "n1");
+        assert_eq!(inherits.run_as, crate::runtime::RunAs { user: Some(1000), group: Some(100), non_root: true });
+        let own = json!({"name": "b", "image": "i", "securityContext": {"runAsUser": 65534, "runAsNonRoot": false}});
+        assert_eq!(
+            super::container_spec(&pod, &own, "n1").run_as,
+            crate::runtime::RunAs { user: Some(65534), group: Some(100), non_root: false }
+        );
+        let bare = super::container_spec(&json!({"spec": {}}), &json!({"name": "c"}), "n1");
+        assert_eq!(bare.run_as, crate::runtime::RunAs::default());
+    }
 }

@@ -136,6 +136,30 @@ impl DockerRuntime {
         Exit::from_code(code)
     }
 
+    /// Docker's `User` for the container: `runAsUser[:runAsGroup]`, or the
+    /// image's own user (None) once runAsNonRoot has been checked on it.
+    async fn user_for(&self, spec: &ContainerSpec) -> Result<Option<String>, RuntimeError> {
+        let run_as = &spec.run_as;
+        if let Some(uid) = run_as.user {
+            run_as.check_non_root(Some(uid), "its runAsUser")?;
+            return Ok(Some(match run_as.group {
+                Some(gid) => format!("{uid}:{gid}"),
+                None => uid.to_string(),
+            }));
+        }
+        if !run_as.non_root && run_as.group.is_none() {
+            return Ok(None);
+        }
+        let image = timed(self.docker.inspect_image(&spec.image)).await?;
+        let user = image.config.and_then(|c| c.user).unwrap_or_default();
+        run_as.check_non_root(image_uid(&user), &format!("the image's user {user:?}"))?;
+        // A group alone: the image's user with that group, as Kubernetes.
+        Ok(run_as.group.map(|gid| {
+            let name = user.split(':').next().filter(|n| !n.is_empty()).unwrap_or("0");
+            format!("{name}:{gid}")
+        }))
+    }
+
     async fn ensure_image(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
         let present = match timed(self.docker.inspect_image(&spec.image)).await {
             Ok(_) => true,
@@ -168,6 +192,17 @@ impl DockerRuntime {
     }
 }
 
+/// The uid an image's `User` names: empty is root; `NAME` or `NAME:GROUP`
+/// cannot be known without the image's passwd file (None), as Kubernetes
+/// treats it.
+fn image_uid(user: &str) -> Option<u32> {
+    let name = user.split(':').next().unwrap_or("");
+    match name {
+        "" | "root" => Some(0),
+        n => n.parse().ok(),
+    }
+}
+
 #[async_trait::async_trait]
 impl ContainerRuntime for DockerRuntime {
     fn kind(&self) -> &'static str {
@@ -176,6 +211,7 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn start(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
         self.ensure_image(spec).await?;
+        let user = self.user_for(spec).await?;
         let labels = HashMap::from([
             (LABEL_NODE.to_string(), spec.node.clone()),
             (LABEL_POD_UID.to_string(), spec.pod_uid.clone()),
@@ -205,6 +241,7 @@ impl ContainerRuntime for DockerRuntime {
             cmd: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             working_dir: spec.working_dir.clone(),
+            user,
             labels: Some(labels),
             host_config: Some(HostConfig {
                 nano_cpus: spec.cpu_millis.map(|m| m * 1_000_000),
@@ -425,5 +462,18 @@ impl ContainerRuntime for DockerRuntime {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn image_users_count_as_root_unless_a_non_zero_uid() {
+        assert_eq!(super::image_uid(""), Some(0));
+        assert_eq!(super::image_uid("root"), Some(0));
+        assert_eq!(super::image_uid("0:0"), Some(0));
+        assert_eq!(super::image_uid("65534"), Some(65534));
+        assert_eq!(super::image_uid("1000:1000"), Some(1000));
+        assert_eq!(super::image_uid("app"), None);
     }
 }

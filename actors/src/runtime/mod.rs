@@ -26,6 +26,38 @@ pub struct ContainerSpec {
     pub working_dir: Option<String>,
     pub cpu_millis: Option<i64>,
     pub memory_bytes: Option<i64>,
+    /// Who the container runs as (`securityContext`, the container's over
+    /// the pod's).
+    pub run_as: RunAs,
+}
+
+/// The identity a container asks to run with.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: Option<u32>,
+    pub group: Option<u32>,
+    /// `runAsNonRoot`: refuse to start rather than run as uid 0.
+    pub non_root: bool,
+}
+
+impl RunAs {
+    /// Refuses a container that asked not to run as root but would: `uid`
+    /// is the user it would run as (its `runAsUser`, else the image's or
+    /// the runtime's own), None where that cannot be known to be numeric.
+    pub fn check_non_root(&self, uid: Option<u32>, whose: &str) -> Result<(), RuntimeError> {
+        if !self.non_root {
+            return Ok(());
+        }
+        match uid {
+            Some(0) => Err(RuntimeError::Config(format!(
+                "the container has runAsNonRoot and would run as root ({whose} is uid 0); set securityContext.runAsUser to a non-zero uid"
+            ))),
+            Some(_) => Ok(()),
+            None => Err(RuntimeError::Config(format!(
+                "the container has runAsNonRoot and {whose} is not a numeric uid, so it cannot be verified to be non-root; set securityContext.runAsUser"
+            ))),
+        }
+    }
 }
 
 /// How a container ended.
@@ -61,6 +93,10 @@ pub enum RuntimeError {
     /// The container could not be created (command not found, bad spec).
     #[error("cannot create container: {0}")]
     Create(String),
+    /// The container's own settings forbid starting it (runAsNonRoot on a
+    /// root user, a user the runtime cannot switch to).
+    #[error("{0}")]
+    Config(String),
     /// The runtime itself is not reachable (Docker engine down). Retryable.
     #[error("container runtime unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +111,7 @@ impl RuntimeError {
         match self {
             RuntimeError::ImagePull { .. } => "ErrImagePull",
             RuntimeError::Create(_) => "CreateContainerError",
+            RuntimeError::Config(_) => "CreateContainerConfigError",
             RuntimeError::Unavailable(_) => "RuntimeUnavailable",
             RuntimeError::NotFound(_) => "ContainerMissing",
         }
@@ -170,6 +207,19 @@ pub fn tail_lines(bytes: &[u8], n: usize) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    use super::{RunAs, RuntimeError};
+
+    #[test]
+    fn non_root_is_checked_on_the_uid_the_container_would_get() {
+        let free = RunAs::default();
+        assert_eq!(free.check_non_root(Some(0), "the agent"), Ok(()));
+        let strict = RunAs { non_root: true, ..RunAs::default() };
+        assert_eq!(strict.check_non_root(Some(65534), "runAsUser"), Ok(()));
+        assert!(matches!(strict.check_non_root(Some(0), "the agent"), Err(RuntimeError::Config(m)) if m.contains("uid 0")));
+        assert!(matches!(strict.check_non_root(None, "the image's user \"app\""), Err(RuntimeError::Config(m)) if m.contains("numeric")));
+        assert_eq!(RuntimeError::Config(String::new()).reason(), "CreateContainerConfigError");
+    }
+
     #[test]
     fn tails_lines() {
         assert_eq!(super::tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");

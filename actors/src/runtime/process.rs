@@ -185,9 +185,55 @@ impl ProcessRuntime {
     }
 }
 
+/// The uid and gid a container's process gets, where they differ from the
+/// agent's: `runAsUser` with `runAsGroup`, else the user's own id as its
+/// group, so a container that drops root never keeps root's group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Switch {
+    uid: u32,
+    gid: u32,
+}
+
+/// Checks the container's identity against what this agent can do and
+/// answers the switch to make, if any.
+fn identity(spec: &ContainerSpec, agent_uid: u32) -> Result<Option<Switch>, RuntimeError> {
+    let run_as = &spec.run_as;
+    let whose = if run_as.user.is_some() { "its runAsUser" } else { "the agent that runs it" };
+    run_as.check_non_root(Some(run_as.user.unwrap_or(agent_uid)), whose)?;
+    let Some(uid) = run_as.user.or(run_as.group.map(|_| agent_uid)) else { return Ok(None) };
+    let gid = run_as.group.unwrap_or(uid);
+    if agent_uid != 0 && (uid != agent_uid || run_as.group.is_some()) {
+        return Err(RuntimeError::Config(format!(
+            "container {:?} asks to run as uid {uid} gid {gid}, and this agent runs as uid {agent_uid}, which cannot switch users; run the agent as root or drop runAsUser and runAsGroup",
+            spec.name
+        )));
+    }
+    Ok(Some(Switch { uid, gid }))
+}
+
+/// Drops to `switch` between fork and exec: supplementary groups first
+/// (root's would otherwise stay), then the group, then the user, which
+/// ends the right to change the others. Async-signal-safe calls only.
+fn drop_to(switch: Switch) -> std::io::Result<()> {
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+    unsafe {
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(switch.gid))?;
+        check(libc::setuid(switch.uid))
+    }
+}
+
 /// The command for a container; with `join`, the child moves itself into
-/// those cgroups before exec, so all it runs is limited from the start.
-fn command(program: &str, rest: &[String], spec: &ContainerSpec, join: Option<Vec<CString>>) -> tokio::process::Command {
+/// those cgroups before exec, so all it runs is limited from the start,
+/// and then takes the container's user (after the join, which needs the
+/// agent's rights over the cgroup).
+fn command(
+    program: &str,
+    rest: &[String],
+    spec: &ContainerSpec,
+    join: Option<Vec<CString>>,
+    switch: Option<Switch>,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(rest)
         .envs(spec.env.iter().cloned())
@@ -199,12 +245,20 @@ fn command(program: &str, rest: &[String], spec: &ContainerSpec, join: Option<Ve
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
-    if let Some(files) = join {
-        // SAFETY: join_self runs between fork and exec and makes only
-        // async-signal-safe calls (open, write, close) on paths formatted
-        // before the fork.
+    if join.is_some() || switch.is_some() {
+        // SAFETY: runs between fork and exec and makes only
+        // async-signal-safe calls (open, write, close, setgroups, setgid,
+        // setuid) on paths formatted before the fork.
         unsafe {
-            cmd.pre_exec(move || cgroup::join_self(&files));
+            cmd.pre_exec(move || {
+                if let Some(files) = &join {
+                    cgroup::join_self(files)?;
+                }
+                match switch {
+                    Some(switch) => drop_to(switch),
+                    None => Ok(()),
+                }
+            });
         }
     }
     cmd
@@ -242,18 +296,19 @@ impl ContainerRuntime for ProcessRuntime {
                 spec.name
             )));
         };
+        let switch = identity(spec, unsafe { libc::geteuid() })?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{}-{n}", spec.pod_name, spec.name);
         let log_path = self.log_path(&id);
         let file = tokio::fs::File::create(&log_path).await.map_err(|e| RuntimeError::Unavailable(format!("log file: {e}")))?;
         let mut cgroup = self.cgroup_for(spec, n);
-        let mut spawned = command(program, rest, spec, cgroup.as_ref().map(|c| c.procs().to_vec())).spawn();
+        let mut spawned = command(program, rest, spec, cgroup.as_ref().map(|c| c.procs().to_vec()), switch).spawn();
         if spawned.is_err() && cgroup.is_some() {
             // The child reports only an errno, so a cgroup it could not
             // join looks like a program that cannot run. Once more without
             // the cgroup tells them apart: the first attempt never got to
             // exec, so nothing runs twice.
-            let retried = command(program, rest, spec, None).spawn();
+            let retried = command(program, rest, spec, None, switch).spawn();
             if let (Err(first), true) = (&spawned, retried.is_ok()) {
                 self.no_limits(&spec.name, &format!("the process could not join its cgroup: {first}"));
             }
@@ -458,7 +513,59 @@ mod tests {
             working_dir: None,
             cpu_millis: None,
             memory_bytes: None,
+            run_as: Default::default(),
         }
+    }
+
+    fn run_as(user: Option<u32>, group: Option<u32>, non_root: bool) -> ContainerSpec {
+        ContainerSpec { run_as: crate::runtime::RunAs { user, group, non_root }, ..spec(&["id"]) }
+    }
+
+    #[test]
+    fn identity_follows_run_as_user_and_what_the_agent_may_do() {
+        // A root agent switches to what is asked; the group defaults to
+        // the user's own id, never root's.
+        assert_eq!(identity(&run_as(Some(65534), None, false), 0), Ok(Some(Switch { uid: 65534, gid: 65534 })));
+        assert_eq!(identity(&run_as(Some(1000), Some(100), true), 0), Ok(Some(Switch { uid: 1000, gid: 100 })));
+        assert_eq!(identity(&run_as(None, Some(100), false), 0), Ok(Some(Switch { uid: 0, gid: 100 })));
+        assert_eq!(identity(&run_as(None, None, false), 0), Ok(None));
+        // runAsNonRoot: refused where the process would be root.
+        assert!(matches!(identity(&run_as(None, None, true), 0), Err(RuntimeError::Config(m)) if m.contains("uid 0")));
+        assert!(matches!(identity(&run_as(Some(0), None, true), 1000), Err(RuntimeError::Config(m)) if m.contains("uid 0")));
+        // An unprivileged agent runs containers as itself only.
+        assert_eq!(identity(&run_as(None, None, true), 1000), Ok(None));
+        assert_eq!(identity(&run_as(Some(1000), None, false), 1000), Ok(Some(Switch { uid: 1000, gid: 1000 })));
+        assert!(matches!(identity(&run_as(Some(65534), None, false), 1000), Err(RuntimeError::Config(m)) if m.contains("cannot switch")));
+    }
+
+    #[tokio::test]
+    async fn a_container_runs_as_its_run_as_user_not_as_the_agent() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: switching users needs the test to run as root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let rt = ProcessRuntime::new(dir.path()).unwrap();
+        let id = rt
+            .start(&ContainerSpec {
+                command: vec!["sh".into(), "-c".into(), "echo $(id -u) $(id -g) $(id -G)".into()],
+                ..run_as(Some(65534), None, true)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rt.wait(&id).await.unwrap().code, 0);
+        let start = std::time::Instant::now();
+        loop {
+            let logs = String::from_utf8(rt.logs(&id, None).await.unwrap()).unwrap();
+            if !logs.is_empty() {
+                assert_eq!(logs, "65534 65534 65534\n", "uid, gid and every group are the container's, none is root's");
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no output");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let refused = rt.start(&run_as(None, None, true)).await;
+        assert!(matches!(refused, Err(RuntimeError::Config(_))), "{refused:?}");
     }
 
     #[tokio::test]

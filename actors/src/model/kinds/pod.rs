@@ -135,6 +135,23 @@ pub(super) fn pod_spec_defaults(spec: &mut Value) {
 }
 
 /// Validation of a pod spec at `path` (`spec` or `spec.template.spec`).
+/// Kubernetes' range for user and group ids: what fits a signed 32-bit id.
+const RUN_AS_ID_MAX: i64 = 2_147_483_647;
+
+fn validate_run_as(context: Option<&Value>, path: &str, errors: &mut Errors) {
+    let Some(context) = context else { return };
+    for field in ["runAsUser", "runAsGroup"] {
+        if let Some(v) = context.get(field) {
+            if v.as_i64().is_none_or(|n| !(0..=RUN_AS_ID_MAX).contains(&n)) {
+                errors.add(format!("{path}.{field}"), format!("{v} must be a whole number from 0 to {RUN_AS_ID_MAX}"));
+            }
+        }
+    }
+    if context.get("runAsNonRoot") == Some(&Value::Bool(true)) && context.get("runAsUser").and_then(Value::as_i64) == Some(0) {
+        errors.add(format!("{path}.runAsUser"), "0 (root) contradicts runAsNonRoot: true; choose a non-zero uid");
+    }
+}
+
 pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
     let containers = spec.get("containers").and_then(Value::as_array);
     let count = containers.map_or(0, Vec::len) + spec.get("initContainers").and_then(Value::as_array).map_or(0, Vec::len);
@@ -181,11 +198,13 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
                         }
                     }
                 }
+                validate_run_as(c.get("securityContext"), &format!("{cp}.securityContext"), errors);
                 validate_quantities(c.pointer("/resources/requests"), &format!("{cp}.resources.requests"), errors);
                 validate_quantities(c.pointer("/resources/limits"), &format!("{cp}.resources.limits"), errors);
             }
         }
     }
+    validate_run_as(spec.get("securityContext"), &format!("{path}.securityContext"), errors);
     if let Some(rp) = spec.get("restartPolicy").and_then(Value::as_str) {
         if !matches!(rp, "Always" | "OnFailure" | "Never") {
             errors.add(format!("{path}.restartPolicy"), format!("{rp:?} must be Always, OnFailure or Never"));
@@ -214,6 +233,19 @@ mod tests {
             Pod.cells(&pod, now),
             vec![json!("web-1"), json!("1/2"), json!("CrashLoopBackOff"), json!("3"), json!("5m"), json!("10.0.0.5"), json!("n1")]
         );
+    }
+
+    #[test]
+    fn run_as_ids_are_in_range_and_agree_with_run_as_non_root() {
+        let check = |ctx: Value| {
+            let mut errors = Errors::default();
+            validate_pod_spec(&json!({"securityContext": ctx, "containers": [{"name": "a", "image": "i"}]}), "spec", &mut errors);
+            errors
+        };
+        assert!(check(json!({"runAsUser": 65534, "runAsGroup": 0, "runAsNonRoot": true})).is_empty());
+        assert!(!check(json!({"runAsUser": -1})).is_empty());
+        assert!(!check(json!({"runAsGroup": 2147483648i64})).is_empty());
+        assert!(!check(json!({"runAsUser": 0, "runAsNonRoot": true})).is_empty());
     }
 
     #[test]
