@@ -21,6 +21,7 @@ pub mod cmd_get;
 pub mod cmd_kubeconfig;
 pub mod cmd_logs;
 pub mod cmd_rollout;
+pub mod cmd_secrets_encrypt;
 pub mod cmd_server;
 pub mod cmd_sim;
 pub mod cmd_store;

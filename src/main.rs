@@ -4,7 +4,8 @@
 use clap::{Parser, Subcommand};
 use flotilla::{
     bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
-    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_server, cmd_sim, cmd_store, cmd_token, cmd_up,
+    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_secrets_encrypt, cmd_server, cmd_sim, cmd_store,
+    cmd_token, cmd_up,
 };
 
 #[derive(Parser)]
@@ -47,6 +48,9 @@ enum Command {
     /// ServiceAccount tokens.
     #[command(subcommand)]
     Token(cmd_token::TokenCommand),
+    /// The keys that encrypt Secrets at rest: status and rotation.
+    #[command(subcommand)]
+    SecretsEncrypt(cmd_secrets_encrypt::SecretsEncryptCommand),
     /// Create or update objects from YAML or JSON.
     Apply {
         /// File, directory or - for stdin (repeatable).
@@ -186,6 +190,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Store(args) => cmd_store::run(args).await,
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
         Command::Token(command) => cmd_token::run(&client()?, command).await,
+        Command::SecretsEncrypt(command) => cmd_secrets_encrypt::run(&client()?, command).await,
         Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,
         Command::Get { ref kind, ref name, ref ns, all_namespaces, output, ref selector, watch } => {
             let opts = cmd_get::GetOptions { namespace: ns.namespace.clone(), all_namespaces, output, selector: selector.clone(), watch };

@@ -533,6 +533,24 @@ async fn every_member_serves_the_api_and_it_survives_the_leader() {
         let (_, list) = call(reqwest::Method::GET, &format!("{}{CM}", api.base), "", "").await;
         assert_eq!(list["items"].as_array().map(Vec::len), Some(3));
     }
+    // A Secret sealed through one member opens through the others (each
+    // derives the same key-encryption key from the CA the join gave it),
+    // and so does one sealed after a rotation asked of another member.
+    let secrets = "/api/v1/namespaces/default/secrets";
+    let secret =
+        |name: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"k": name}}).to_string();
+    let (code, v) = call(reqwest::Method::POST, &format!("{}{secrets}", apis[0].base), "application/json", &secret("one")).await;
+    assert_eq!(code, 201, "{v}");
+    let (code, v) = call(reqwest::Method::POST, &format!("{}/flotilla/v1/secrets-encryption/rotate", apis[1].base), "", "").await;
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = call(reqwest::Method::POST, &format!("{}{secrets}", apis[0].base), "application/json", &secret("two")).await;
+    assert_eq!(code, 201, "member 0's view of the keys was stale; the write is sealed again, not refused: {v}");
+    for api in &apis {
+        for name in ["one", "two"] {
+            let (code, got) = call(reqwest::Method::GET, &format!("{}{secrets}/{name}", api.base), "", "").await;
+            assert_eq!((code, got["data"]["k"].as_str()), (200, Some(base64_encode(name).as_str())), "{name} via {}: {got}", api.base);
+        }
+    }
     // Stop the leader; the others keep serving after the election.
     let leader = members.iter().position(|m| m.is_leader()).expect("a leader");
     members[leader].shutdown().await;
@@ -890,4 +908,92 @@ async fn service_account_tokens_open_what_their_roles_allow() {
     assert_eq!(code, 401, "{body}");
     assert!(body["message"].as_str().unwrap_or("").contains("no longer exists"), "{body}");
     api.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn secrets_are_sealed_at_rest_readable_through_the_api_and_rotated() {
+    use flotilla_raft::Consistency;
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let secrets = format!("{b}/api/v1/namespaces/default/secrets");
+    let secret = |name: &str, password: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"password": password}}).to_string()
+    };
+    let (code, created) = call(reqwest::Method::POST, &secrets, "application/json", &secret("db", "hunter2-db")).await;
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["type"], "Opaque");
+    assert_eq!(created["data"]["password"], base64_encode("hunter2-db"), "stringData is merged into data");
+    assert_eq!(created.get("stringData"), None, "stringData is not kept");
+    for i in 0..5 {
+        let (code, body) =
+            call(reqwest::Method::POST, &secrets, "application/json", &secret(&format!("s{i}"), &format!("hunter2-{i}"))).await;
+        assert_eq!(code, 201, "{body}");
+    }
+
+    // What the store holds is sealed: no plain text, no base64 of it.
+    let raw = |name: &str| {
+        let member = api.member.clone();
+        let key = format!("/registry/secrets/default/{name}");
+        async move { member.get(key.as_bytes(), Consistency::Linearizable).await.expect("read").0.expect("stored").value }
+    };
+    let stored = raw("db").await;
+    assert_eq!(stored[0], flotilla_actors::secrets_keyring::FORMAT_SEALED_V1, "the value is sealed");
+    for plain in ["hunter2-db".to_string(), base64_encode("hunter2-db"), "password".to_string()] {
+        assert!(!stored.windows(plain.len()).any(|w| w == plain.as_bytes()), "{plain:?} is in the stored bytes");
+    }
+    let first_key = flotilla_actors::secrets_keyring::SecretsKeyring::sealed_under(&stored).expect("names its key").to_string();
+    let (code, read) = call(reqwest::Method::GET, &format!("{secrets}/db"), "", "").await;
+    assert_eq!((code, &read["data"]["password"]), (200, &json!(base64_encode("hunter2-db"))), "{read}");
+    let (code, listed) = call(reqwest::Method::GET, &secrets, "", "").await;
+    assert_eq!((code, listed["items"].as_array().map(Vec::len)), (200, Some(6)), "{listed}");
+
+    // A sealed value copied to another key does not open there: a 500
+    // that names the key, not a panic and not the value.
+    api.member.put(b"/registry/secrets/default/copied".to_vec(), stored.clone()).await.expect("raw put");
+    let (code, body) = call(reqwest::Method::GET, &format!("{secrets}/copied"), "", "").await;
+    assert_eq!(code, 500, "{body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("does not open"), "{body}");
+    api.member.delete(b"/registry/secrets/default/copied".to_vec(), false).await.expect("raw delete");
+
+    // `view` does not read Secrets; `edit` does.
+    let binding = |role: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": format!("alice-{role}")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "User", "name": "alice"}]})
+        .to_string()
+    };
+    let bindings = format!("{b}/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings");
+    let alice = http_with(ALICE_TOKEN);
+    let (code, body) = call(reqwest::Method::POST, &bindings, "application/json", &binding("view")).await;
+    assert_eq!(code, 201, "{body}");
+    let pods = format!("{b}/api/v1/namespaces/default/pods");
+    let start = tokio::time::Instant::now();
+    while call_as(&alice, reqwest::Method::GET, &pods, "", "").await.0 != 200 {
+        assert!(start.elapsed() < DEADLINE, "the view binding never took effect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = call_as(&alice, reqwest::Method::GET, &format!("{secrets}/db"), "", "").await;
+    assert_eq!(code, 403, "view reads no Secrets: {body}");
+    let status_url = format!("{b}/flotilla/v1/secrets-encryption");
+    let (code, _) = call_as(&alice, reqwest::Method::POST, &format!("{status_url}/rotate"), "", "").await;
+    assert_eq!(code, 403, "only cluster-admin rotates keys");
+
+    // Rotation: a new key, every Secret under it, the old key gone, the
+    // data unchanged; a second rotation works the same.
+    for round in 0..2 {
+        let (code, done) = call(reqwest::Method::POST, &format!("{status_url}/rotate"), "", "").await;
+        assert_eq!(code, 200, "{done}");
+        assert_eq!((done["resealed"].as_u64(), done["retired"].as_u64()), (Some(6), Some(1)), "round {round}: {done}");
+        let key = done["key"].as_str().expect("key").to_string();
+        assert_ne!(key, first_key);
+        for name in ["db", "s0", "s4"] {
+            let under = flotilla_actors::secrets_keyring::SecretsKeyring::sealed_under(&raw(name).await).map(String::from);
+            assert_eq!(under.as_deref(), Some(key.as_str()), "{name} after round {round}");
+        }
+        let (code, status) = call(reqwest::Method::GET, &status_url, "", "").await;
+        assert_eq!(code, 200, "{status}");
+        assert_eq!(status["keys"], json!([{"name": key, "state": "active", "values": 6}]), "round {round}");
+    }
+    let (code, read) = call(reqwest::Method::GET, &format!("{secrets}/s3"), "", "").await;
+    assert_eq!((code, &read["data"]["password"]), (200, &json!(base64_encode("hunter2-3"))), "{read}");
 }

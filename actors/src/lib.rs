@@ -12,6 +12,7 @@ pub mod model;
 pub mod network;
 pub mod registry;
 pub mod runtime;
+pub mod secrets_keyring;
 pub mod sim;
 pub mod tasks;
 pub mod watcher;

@@ -50,6 +50,9 @@ pub const HEARTBEAT_RELAY_TIMEOUT: Duration = Duration::from_millis(1_000);
 
 /// Tries of a read-modify-write that keeps losing to concurrent writers.
 pub const UPDATE_RETRIES_MAX: usize = 8;
+/// Times a Secret's write is sealed again because a rotation retired its
+/// data key while it was in flight (one rotation at a time needs one).
+pub const KEYRING_RESEALS_MAX: usize = 3;
 
 /// Tries of a Service write that lost the address-allocation race.
 pub const ALLOCATION_RETRIES_MAX: usize = 8;

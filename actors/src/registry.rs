@@ -7,12 +7,14 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, EventKind, Member, Outcome, StoreError, TxnOp, TxnOpResult, Watcher};
+use flotilla_raft::{
+    Compare, CompareOp, CompareTarget, Consistency, EventKind, KeyValue, Member, Outcome, StoreError, TxnOp, TxnOpResult, Watcher,
+};
 use serde_json::{json, Value};
 
 use crate::clock::SharedClock;
 use crate::identities::{RandomIdentities, SharedIdentities};
-use crate::limits::{ALLOCATION_RETRIES_MAX, UPDATE_RETRIES_MAX};
+use crate::limits::{ALLOCATION_RETRIES_MAX, KEYRING_RESEALS_MAX, UPDATE_RETRIES_MAX};
 use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::RESOURCES;
@@ -21,6 +23,7 @@ use crate::model::object::{self, decode, encode};
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
 use crate::model::strategy::{Allocation, Deletion};
+use crate::secrets_keyring::{KeyringError, SecretsKeyring};
 
 /// Objects per page when the registry walks a whole resource internally.
 const LIST_PAGE: usize = 1_000;
@@ -58,6 +61,15 @@ pub enum RegistryError {
     /// 500: a stored object could not be decoded.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<KeyringError> for RegistryError {
+    fn from(e: KeyringError) -> Self {
+        match e {
+            KeyringError::Store(e) => RegistryError::Store(e),
+            KeyringError::Corrupt(m) => RegistryError::Internal(m),
+        }
+    }
 }
 
 /// One change seen by a registry watch.
@@ -118,6 +130,8 @@ pub struct Registry {
     plan: NetworkPlan,
     clock: SharedClock,
     ids: SharedIdentities,
+    /// Seals Secrets before they are stored and opens them when read.
+    keyring: Arc<SecretsKeyring>,
 }
 
 /// Bumped by every write that gives out or changes a Service's addresses,
@@ -133,9 +147,41 @@ fn pod_cidr_key(cidr: &str) -> Vec<u8> {
     format!("/registry/flotilla.io/podcidrs/{}", cidr.replace('/', "_")).into_bytes()
 }
 
+/// Whether values at `key` are sealed: the keys of kinds whose strategy
+/// keeps them encrypted at rest.
+fn sealed_at_rest(key: &[u8]) -> bool {
+    static PREFIXES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    PREFIXES
+        .get_or_init(|| RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()).map(|r| r.prefix()).collect())
+        .iter()
+        .any(|p| key.starts_with(p.as_bytes()))
+}
+
 impl Registry {
     pub fn new(member: Arc<Member>) -> Self {
-        Registry { member, plan: NetworkPlan::default(), clock: crate::clock::system(), ids: RandomIdentities::from_entropy() }
+        let keyring = Arc::new(SecretsKeyring::from_ca_key(&member.ca().key_pem));
+        Registry { member, plan: NetworkPlan::default(), clock: crate::clock::system(), ids: RandomIdentities::from_entropy(), keyring }
+    }
+
+    /// The keys that seal Secrets (for rotation).
+    pub fn keyring(&self) -> &Arc<SecretsKeyring> {
+        &self.keyring
+    }
+
+    /// The stored form of `obj` at `key`: sealed where the keyring seals
+    /// that key, with the compare the write must carry.
+    async fn stored(&self, key: &[u8], obj: &Value) -> Result<(Vec<u8>, Option<(Compare, String)>), RegistryError> {
+        let plain = encode(obj);
+        if !sealed_at_rest(key) {
+            return Ok((plain, None));
+        }
+        let sealed = self.keyring.seal(&self.member, key, &plain).await?;
+        Ok((sealed.value, Some((sealed.guard, sealed.key_name))))
+    }
+
+    /// The object a stored key-value holds, opened if sealed.
+    async fn load(&self, kv: &KeyValue) -> Result<Value, RegistryError> {
+        load(&self.keyring, &self.member, kv).await
     }
 
     /// The clock timestamps (creation, deletion deadlines, events) are
@@ -190,7 +236,7 @@ impl Registry {
         let key = res.key(Self::ns(res, namespace), name);
         let (kv, _) = self.member.get(key.as_bytes(), Consistency::Linearizable).await?;
         let kv = kv.ok_or_else(|| RegistryError::NotFound { kind: res.plural.into(), name: name.into() })?;
-        decode(&kv.value, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))
+        self.load(&kv).await
     }
 
     /// Lists objects (in one namespace or all), filtered by selectors, with
@@ -225,7 +271,7 @@ impl Registry {
                 .await?;
             revision.get_or_insert(page.revision);
             for kv in &page.kvs {
-                let o = decode(&kv.value, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))?;
+                let o = self.load(kv).await?;
                 if labels.matches_object(&o) && fields.matches_fields(&o) {
                     items.push(o);
                     if limit > 0 && items.len() == limit {
@@ -267,15 +313,20 @@ impl Registry {
             return self.create_service(res, ns.unwrap_or("default"), &name, key, obj).await;
         }
         let mut companions = Vec::new();
+        let mut companion_guards = Vec::new();
         for (plural, mut companion) in res.strategy.created_with(&obj) {
             let Some(companion_res) = crate::model::kinds::lookup(plural) else { continue };
             let companion_ns = if companion_res.namespaced { object::namespace(&companion).map(String::from) } else { None };
             admit_create(companion_res, &mut companion, &self.context(companion_ns.as_deref()))?;
             let companion_name = object::name(&companion).unwrap_or_default().to_string();
             let key = companion_res.key(companion_ns.as_deref(), &companion_name).into_bytes();
-            companions.push(TxnOp::Put { key, value: encode(&companion) });
+            let (value, guard) = self.stored(&key, &companion).await?;
+            companions.push(TxnOp::Put { key, value });
+            if let Some((guard, _)) = guard {
+                companion_guards.push(guard);
+            }
         }
-        if self.put_if_with(key, CompareTarget::CreateRevision(0), &mut obj, vec![], companions).await? {
+        if self.put_if_with(key, CompareTarget::CreateRevision(0), &mut obj, companion_guards, companions).await? {
             Ok(obj)
         } else {
             Err(RegistryError::AlreadyExists { kind: res.plural.into(), name })
@@ -349,7 +400,9 @@ impl Registry {
             admit_create(res, &mut obj, &self.context(ns))?;
             let key = res.key(ns, object::name(&obj).unwrap_or_default()).into_bytes();
             compares.push(Compare { key: key.clone(), op: CompareOp::Equal, target: CompareTarget::CreateRevision(0) });
-            puts.push(TxnOp::Put { key, value: encode(&obj) });
+            let (value, guard) = self.stored(&key, &obj).await?;
+            compares.extend(guard.map(|(g, _)| g));
+            puts.push(TxnOp::Put { key, value });
             admitted.push(obj);
         }
         let result = self.member.txn(compares, puts, vec![]).await?;
@@ -388,16 +441,36 @@ impl Registry {
         expected: CompareTarget,
         obj: &mut Value,
         mut compares: Vec<Compare>,
-        mut also: Vec<TxnOp>,
+        also: Vec<TxnOp>,
     ) -> Result<bool, RegistryError> {
         compares.insert(0, Compare { key: key.clone(), op: CompareOp::Equal, target: expected });
-        also.insert(0, TxnOp::Put { key, value: encode(obj) });
-        let result = self.member.txn(compares, also, vec![]).await?;
-        let succeeded = matches!(result.outcome, Outcome::Txn { succeeded: true, .. });
-        if succeeded {
-            object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
+        for attempt in 0.. {
+            let (value, guard) = self.stored(&key, obj).await?;
+            let mut compares = compares.clone();
+            let mut ops = also.clone();
+            ops.insert(0, TxnOp::Put { key: key.clone(), value });
+            let sealed_under = guard.map(|(g, name)| {
+                compares.push(g);
+                name
+            });
+            let result = self.member.txn(compares, ops, vec![]).await?;
+            if matches!(result.outcome, Outcome::Txn { succeeded: true, .. }) {
+                object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
+                return Ok(true);
+            }
+            // A Secret's write also fails when its data key was retired
+            // meanwhile (a rotation): sealed again under the new one, it is
+            // not a conflict. Anything else is the caller's to answer.
+            let Some(name) = sealed_under else { return Ok(false) };
+            if attempt >= KEYRING_RESEALS_MAX {
+                return Ok(false);
+            }
+            self.keyring.reload(&self.member).await?;
+            if self.keyring.is_active(&name) {
+                return Ok(false);
+            }
         }
-        Ok(succeeded)
+        Ok(false)
     }
 
     /// Binds pods to nodes in one transaction: each pod is written back with
@@ -880,12 +953,109 @@ impl Registry {
                 .ok_or_else(|| RegistryError::BadRequest(format!("resourceVersion {rv} is beyond any revision the store can reach")))?,
         };
         match self.member.watch(prefix.into_bytes(), from) {
-            Ok(w) => Ok(RegistryWatch { inner: w }),
+            Ok(w) => Ok(RegistryWatch { inner: w, keyring: self.keyring.clone(), member: self.member.clone() }),
             Err(StoreError::Compacted { requested, compact_revision }) => {
                 Err(RegistryError::Expired { requested: requested.saturating_sub(1), oldest: compact_revision })
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Rotates the data key that seals Secrets: a new key, every Secret
+    /// sealed again under it, then the old keys deleted. Safe to run again
+    /// after a crash part-way (a further key is made; the old ones stay
+    /// readable until nothing is sealed under them).
+    pub async fn rotate_secrets_key(&self) -> Result<KeyRotation, RegistryError> {
+        let key = self.keyring.add_key(&self.member, true).await?;
+        let mut resealed = 0;
+        for _ in 0..KEYRING_RESEALS_MAX {
+            let (moved, left) = self.reseal_all().await?;
+            resealed += moved;
+            if left == 0 {
+                let retired = self.keyring.delete_retiring(&self.member).await?;
+                return Ok(KeyRotation { key, resealed, retired });
+            }
+        }
+        Err(RegistryError::Conflict {
+            kind: "secrets".into(),
+            name: String::new(),
+            message: "Secrets kept changing under the rotation; run it again (the new key is in use and the old ones are kept)".into(),
+        })
+    }
+
+    /// Seals again, under the active key, every value of every sealed kind
+    /// that is not: answers (how many were rewritten, how many are still
+    /// under another key because they changed meanwhile).
+    async fn reseal_all(&self) -> Result<(usize, usize), RegistryError> {
+        let (mut moved, mut left) = (0, 0);
+        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
+            let prefix = res.prefix();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Linearizable).await?;
+                for kv in &page.kvs {
+                    if SecretsKeyring::sealed_under(&kv.value).is_some_and(|k| self.keyring.is_active(k)) {
+                        continue;
+                    }
+                    let mut obj = self.load(kv).await?;
+                    if self.put_if(kv.key.clone(), CompareTarget::ModRevision(kv.mod_revision), &mut obj).await? {
+                        moved += 1;
+                    } else {
+                        left += 1;
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+                cursor = page.kvs.last().map(|kv| kv.key.clone());
+            }
+        }
+        Ok((moved, left))
+    }
+
+    /// The data keys, and how many stored values each seals (for
+    /// `flotilla secrets-encrypt status`); values under no key are counted
+    /// under "plain".
+    pub async fn secrets_key_status(&self) -> Result<Vec<(String, &'static str, usize)>, RegistryError> {
+        self.keyring.reload(&self.member).await?;
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
+            let prefix = res.prefix();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Serializable).await?;
+                for kv in &page.kvs {
+                    *counts.entry(SecretsKeyring::sealed_under(&kv.value).unwrap_or("plain").to_string()).or_default() += 1;
+                }
+                if !page.more {
+                    break;
+                }
+                cursor = page.kvs.last().map(|kv| kv.key.clone());
+            }
+        }
+        let mut out: Vec<(String, &'static str, usize)> = self
+            .keyring
+            .keys()
+            .into_iter()
+            .map(|(name, retiring)| {
+                let state = if retiring {
+                    "retiring"
+                } else if self.keyring.is_active(&name) {
+                    "active"
+                } else {
+                    "readable"
+                };
+                let n = counts.remove(&name).unwrap_or(0);
+                (name, state, n)
+            })
+            .collect();
+        // What is left: values stored in plain (written around the
+        // registry) or under a key the store no longer holds.
+        out.extend(counts.into_iter().map(|(name, n)| {
+            let state = if name == "plain" { "not encrypted" } else { "key missing" };
+            (name, state, n)
+        }));
+        Ok(out)
     }
 
     /// Creates what every cluster has, if missing: the namespaces `default`
@@ -1002,9 +1172,31 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
+/// What a rotation of the Secrets' data key did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The key Secrets are now sealed under.
+    pub key: String,
+    pub resealed: usize,
+    /// Old keys deleted.
+    pub retired: usize,
+}
+
 /// A watch on one resource, yielding Kubernetes watch events.
 pub struct RegistryWatch {
     inner: Watcher,
+    keyring: Arc<SecretsKeyring>,
+    member: Arc<Member>,
+}
+
+/// The object a stored key-value holds, opened first if it is sealed.
+async fn load(keyring: &SecretsKeyring, member: &Member, kv: &KeyValue) -> Result<Value, RegistryError> {
+    let plain = if SecretsKeyring::sealed_under(&kv.value).is_some() {
+        std::borrow::Cow::Owned(keyring.open(member, &kv.key, &kv.value).await?)
+    } else {
+        std::borrow::Cow::Borrowed(&kv.value[..])
+    };
+    decode(&plain, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))
 }
 
 impl RegistryWatch {
@@ -1014,18 +1206,17 @@ impl RegistryWatch {
             StoreError::Compacted { requested, compact_revision } => RegistryError::Expired { requested, oldest: compact_revision },
             other => other.into(),
         })?;
-        events
-            .into_iter()
-            .map(|ev| {
-                let object = decode(&ev.kv.value, ev.kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))?;
-                let kind = match ev.kind {
-                    EventKind::Delete => WatchEventKind::Deleted,
-                    EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => WatchEventKind::Added,
-                    EventKind::Put => WatchEventKind::Modified,
-                };
-                Ok(WatchEvent { kind, object })
-            })
-            .collect()
+        let mut out = Vec::with_capacity(events.len());
+        for ev in events {
+            let object = load(&self.keyring, &self.member, &ev.kv).await?;
+            let kind = match ev.kind {
+                EventKind::Delete => WatchEventKind::Deleted,
+                EventKind::Put if ev.kv.create_revision == ev.kv.mod_revision => WatchEventKind::Added,
+                EventKind::Put => WatchEventKind::Modified,
+            };
+            out.push(WatchEvent { kind, object });
+        }
+        Ok(out)
     }
 
     /// The last revision the watch has fully delivered (for bookmarks).

@@ -11,6 +11,7 @@ pub mod objects;
 pub mod params;
 pub mod protobuf;
 pub mod rbac_cache;
+pub mod secrets_encryption;
 pub mod serve;
 pub mod status;
 pub mod token_request;
@@ -62,6 +63,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/apis", get(|| async { Json(discovery::api_group_list()) }))
         .route("/apis/metrics.k8s.io/v1beta1/nodes", get(logs::node_metrics))
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(logs::pod_metrics))
+        .route(secrets_encryption::STATUS_PATH, get(secrets_encryption::status))
+        .route(secrets_encryption::ROTATE_PATH, axum::routing::post(secrets_encryption::rotate))
         .fallback(resource_entry)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)

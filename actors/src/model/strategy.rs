@@ -102,6 +102,12 @@ pub trait Strategy: Sync {
         Vec::new()
     }
 
+    /// Whether objects of the kind are stored encrypted (Secrets); see
+    /// `secrets_keyring`.
+    fn sealed_at_rest(&self) -> bool {
+        false
+    }
+
     /// Objects created in the transaction that creates this one (a
     /// namespace's `default` ServiceAccount), by plural, as a client would
     /// write them.

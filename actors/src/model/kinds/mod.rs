@@ -21,6 +21,7 @@ mod pod;
 mod replicaset;
 mod role;
 mod role_binding;
+pub mod secret;
 pub mod service;
 pub mod service_account;
 mod workload;
@@ -40,6 +41,7 @@ pub use pod::{pod_status, PODS};
 pub use replicaset::REPLICASETS;
 pub use role::ROLES;
 pub use role_binding::ROLE_BINDINGS;
+pub use secret::SECRETS;
 pub use service::SERVICES;
 pub use service_account::SERVICE_ACCOUNTS;
 
@@ -51,6 +53,7 @@ pub const RESOURCES: &[Resource] = &[
     SERVICES,
     ENDPOINTS,
     CONFIGMAPS,
+    SECRETS,
     SERVICE_ACCOUNTS,
     EVENTS,
     DEPLOYMENTS,
