@@ -4,6 +4,7 @@
 
 pub mod access_review;
 pub mod auth;
+pub mod client_limits;
 pub mod discovery;
 pub mod listen;
 pub mod logs;
@@ -66,9 +67,39 @@ pub fn router(state: ApiState) -> Router {
         .route(secrets_encryption::STATUS_PATH, get(secrets_encryption::status))
         .route(secrets_encryption::ROTATE_PATH, axum::routing::post(secrets_encryption::rotate))
         .fallback(resource_entry)
+        // Inside the guard: counts requests by the user it authenticated.
+        .layer(axum::middleware::from_fn_with_state(Arc::new(client_limits::ClientLimits::default()), limit_per_client))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)
         .layer(axum::extract::DefaultBodyLimit::disable())
+}
+
+/// 429 for a user with too many short requests in flight.
+async fn limit_per_client(
+    State(limits): State<Arc<client_limits::ClientLimits>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(user) = request.extensions().get::<auth::User>().map(|u| u.name.clone()) else { return next.run(request).await };
+    if client_limits::long_running(request.uri().query().unwrap_or("")) {
+        return next.run(request).await;
+    }
+    let Some(_permit) = limits.admit(&user) else {
+        tracing::info!(user = %user, "too many requests in flight");
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "TooManyRequests",
+            format!(
+                "{user} has {} requests in flight, the most one client may have; retry after {}s",
+                client_limits::REQUESTS_IN_FLIGHT_PER_USER_MAX,
+                client_limits::RETRY_AFTER_SECONDS
+            ),
+        )
+        .into_response();
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, client_limits::RETRY_AFTER_SECONDS.into());
+        return response;
+    };
+    next.run(request).await
 }
 
 async fn readyz(State(s): State<Arc<ApiState>>) -> Response {
@@ -192,6 +223,61 @@ pub fn wants_table(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limiter in front of a handler that holds every request until
+    /// released: the request past the limit is a 429 with Retry-After, a
+    /// watch is not counted, and places come back once requests finish.
+    #[tokio::test]
+    async fn a_client_over_its_in_flight_limit_gets_429() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tower::ServiceExt;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let entered = Arc::new(AtomicUsize::new(0));
+        let (held, count) = (gate.clone(), entered.clone());
+        let app = Router::new()
+            .fallback(move || {
+                let (held, count) = (held.clone(), count.clone());
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = held.acquire().await;
+                    "done"
+                }
+            })
+            .layer(axum::middleware::from_fn_with_state(Arc::new(client_limits::ClientLimits::default()), limit_per_client));
+        let request = |user: &str, uri: &str| {
+            let mut r = Request::builder().uri(uri).body(axum::body::Body::empty()).expect("request");
+            r.extensions_mut().insert(auth::User { name: user.into(), groups: vec![] });
+            r
+        };
+        let max = client_limits::REQUESTS_IN_FLIGHT_PER_USER_MAX;
+        let waiting: Vec<_> = (0..max).map(|_| tokio::spawn(app.clone().oneshot(request("alice", "/api/v1/pods")))).collect();
+        let until = |n: usize| {
+            let entered = entered.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+                while entered.load(Ordering::SeqCst) < n {
+                    assert!(tokio::time::Instant::now() < deadline, "requests never reached the handler");
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        };
+        until(max).await;
+        let refused = app.clone().oneshot(request("alice", "/api/v1/pods")).await.expect("response");
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(refused.headers().get(axum::http::header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+        let watch = tokio::spawn(app.clone().oneshot(request("alice", "/api/v1/pods?watch=true")));
+        let bob = tokio::spawn(app.clone().oneshot(request("bob", "/api/v1/pods")));
+        until(max + 2).await;
+        gate.add_permits(max + 2);
+        for r in waiting {
+            assert_eq!(r.await.expect("task").expect("response").status(), StatusCode::OK);
+        }
+        assert_eq!(watch.await.expect("task").expect("response").status(), StatusCode::OK, "a watch is not counted");
+        assert_eq!(bob.await.expect("task").expect("response").status(), StatusCode::OK, "another user is not limited");
+        gate.add_permits(1);
+        let again = app.clone().oneshot(request("alice", "/api/v1/pods")).await.expect("response");
+        assert_eq!(again.status(), StatusCode::OK, "places come back");
+    }
 
     #[test]
     fn paths_parse_like_kubernetes() {
