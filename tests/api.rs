@@ -997,3 +997,87 @@ async fn secrets_are_sealed_at_rest_readable_through_the_api_and_rotated() {
     let (code, read) = call(reqwest::Method::GET, &format!("{secrets}/s3"), "", "").await;
     assert_eq!((code, &read["data"]["password"]), (200, &json!(base64_encode("hunter2-3"))), "{read}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_bound_to_a_pod_ends_with_the_pod() {
+    let (_dir, api) = single().await;
+    let b = &api.base;
+    let post = |url: String, body: Value| async move { call(reqwest::Method::POST, &url, "application/json", &body.to_string()).await };
+    let pod = |name: &str, account: Option<&str>| {
+        let mut spec = json!({"containers": [{"name": "c", "image": "flotilla/busybox:latest"}]});
+        if let Some(a) = account {
+            spec["serviceAccountName"] = json!(a);
+        }
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+    };
+    let (code, web) = post(format!("{b}/api/v1/namespaces/default/pods"), pod("web", None)).await;
+    assert_eq!(code, 201, "{web}");
+    let uid = web["metadata"]["uid"].as_str().expect("uid").to_string();
+    let (code, body) = post(
+        format!("{b}/api/v1/namespaces/default/serviceaccounts"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder"}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = post(format!("{b}/api/v1/namespaces/default/pods"), pod("build", Some("builder"))).await;
+    assert_eq!(code, 201, "{body}");
+
+    let token_url = |sa: &str| format!("{b}/api/v1/namespaces/default/serviceaccounts/{sa}/token");
+    let bound = |name: &str, uid: Option<&str>| {
+        let mut r = json!({"kind": "Pod", "apiVersion": "v1", "name": name});
+        if let Some(u) = uid {
+            r["uid"] = json!(u);
+        }
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"boundObjectRef": r}})
+    };
+    // Refused: another account's pod, a stale uid, a pod that is not there,
+    // a kind that cannot be bound.
+    let (code, body) = post(token_url("default"), bound("build", None)).await;
+    assert_eq!(code, 400, "build runs as builder: {body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("builder"), "{body}");
+    let (code, body) = post(token_url("default"), bound("web", Some("not-the-uid"))).await;
+    assert_eq!(code, 409, "{body}");
+    let (code, body) = post(token_url("default"), bound("ghost", None)).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = post(
+        token_url("default"),
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"boundObjectRef": {"kind": "Node", "name": "n1"}}}),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+
+    let (code, issued) = post(token_url("default"), bound("web", Some(&uid))).await;
+    assert_eq!(code, 201, "{issued}");
+    assert_eq!(issued["spec"]["boundObjectRef"]["uid"], json!(uid), "{issued}");
+    let token = issued["status"]["token"].as_str().expect("token").to_string();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = api.member.ca().verify_jwt(&token, flotilla::api::token_request::API_AUDIENCE, now);
+    let claims = claims.expect("the token verifies");
+    assert_eq!(claims["kubernetes.io"]["pod"], json!({"name": "web", "uid": uid}), "{claims}");
+
+    // The token opens the API (who it is: the account) while the pod lives.
+    let robot = http_with(&token);
+    let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+        "spec": {"resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "default"}}});
+    let (code, body) = call_as(
+        &robot,
+        reqwest::Method::POST,
+        &format!("{b}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
+        "application/json",
+        &review.to_string(),
+    )
+    .await;
+    assert_eq!(code, 201, "the bound token authenticates: {body}");
+    let (code, body) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/namespaces/default/pods/web?gracePeriodSeconds=0"), "", "").await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call_as(
+        &robot,
+        reqwest::Method::POST,
+        &format!("{b}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
+        "application/json",
+        &review.to_string(),
+    )
+    .await;
+    assert_eq!(code, 401, "the pod is gone, and its token with it: {body}");
+    assert!(body["message"].as_str().unwrap_or("").contains("no longer exists"), "{body}");
+}

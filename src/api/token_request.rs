@@ -3,7 +3,9 @@
 //! ask), and checking such a token when a client presents it. A token is
 //! an ES256 JWT signed with the cluster CA's key, so any server issues and
 //! checks it with nothing stored; it is valid while it has not expired
-//! and its ServiceAccount still exists with the uid it names.
+//! and its ServiceAccount still exists with the uid it names. A token
+//! bound to a pod (`spec.boundObjectRef`, what the kubelet asks for the
+//! pods it runs) names the pod and its node too, and ends with the pod.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -11,7 +13,7 @@ use flotilla_actors::limits::{
     SERVICE_ACCOUNT_TOKEN_AUDIENCES_MAX, SERVICE_ACCOUNT_TOKEN_TTL_DEFAULT_SECONDS, SERVICE_ACCOUNT_TOKEN_TTL_MAX_SECONDS,
     SERVICE_ACCOUNT_TOKEN_TTL_MIN_SECONDS,
 };
-use flotilla_actors::model::kinds::SERVICE_ACCOUNTS;
+use flotilla_actors::model::kinds::{NODES, PODS, SERVICE_ACCOUNTS};
 use flotilla_actors::model::object;
 use flotilla_actors::model::rbac::service_account_user;
 use flotilla_actors::Registry;
@@ -59,9 +61,38 @@ pub fn requested(spec: &Value) -> Result<(i64, Vec<String>), String> {
     Ok((ttl, audiences))
 }
 
+/// The pod (and its node, once bound) a token is bound to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BoundPod {
+    pub name: String,
+    pub uid: String,
+    /// The node's name and uid.
+    pub node: Option<(String, String)>,
+}
+
+/// How long a token outlives the deletion of the pod it is bound to, as in
+/// Kubernetes: the pod's processes are still being stopped.
+pub const BOUND_POD_DELETION_GRACE_SECONDS: i64 = 60;
+
 /// The claims of a token for ServiceAccount `name` (uid `uid`) in `ns`,
 /// issued at `now` for `ttl` seconds, as Kubernetes' bound tokens carry them.
 pub fn claims(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, ttl: i64) -> Value {
+    claims_bound(ns, name, uid, audiences, now, ttl, None)
+}
+
+/// `claims`, bound to a pod when one is given.
+pub fn claims_bound(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, ttl: i64, pod: Option<&BoundPod>) -> Value {
+    let mut claims = claims_unbound(ns, name, uid, audiences, now, ttl);
+    if let Some(pod) = pod {
+        claims["kubernetes.io"]["pod"] = json!({"name": pod.name, "uid": pod.uid});
+        if let Some((node, node_uid)) = &pod.node {
+            claims["kubernetes.io"]["node"] = json!({"name": node, "uid": node_uid});
+        }
+    }
+    claims
+}
+
+fn claims_unbound(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, ttl: i64) -> Value {
     json!({
         "iss": API_AUDIENCE,
         "sub": service_account_user(ns, name),
@@ -80,23 +111,26 @@ pub async fn create(registry: &Registry, ns: &str, name: &str, request: Value) -
     if request.get("kind").and_then(Value::as_str).is_some_and(|k| k != "TokenRequest") {
         return Err(ApiError::bad_request("the body must be an authentication.k8s.io/v1 TokenRequest"));
     }
-    let spec = request.get("spec").cloned().unwrap_or(json!({}));
-    if spec.get("boundObjectRef").is_some_and(|b| !b.is_null()) {
-        return Err(ApiError::bad_request("spec.boundObjectRef is not supported yet; ask for a token without it"));
-    }
+    let mut spec = request.get("spec").cloned().unwrap_or(json!({}));
     let (ttl, audiences) = requested(&spec).map_err(ApiError::bad_request)?;
     let account = registry.get(&SERVICE_ACCOUNTS, Some(ns), name).await?;
     let uid = object::uid(&account).unwrap_or_default().to_string();
+    let bound = match spec.get("boundObjectRef") {
+        None | Some(Value::Null) => None,
+        Some(reference) => Some(bound_pod(registry, ns, name, reference).await?),
+    };
     let now = now_secs();
     let token = registry
         .member()
         .ca()
-        .sign_jwt(&claims(ns, name, &uid, &audiences, now, ttl))
+        .sign_jwt(&claims_bound(ns, name, &uid, &audiences, now, ttl, bound.as_ref()))
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "InternalError", e.to_string()))?;
     let expires = object::timestamp(UNIX_EPOCH + std::time::Duration::from_secs((now + ttl).max(0) as u64));
-    let mut spec = spec;
     spec["expirationSeconds"] = json!(ttl);
     spec["audiences"] = json!(audiences);
+    if let Some(pod) = &bound {
+        spec["boundObjectRef"] = json!({"kind": "Pod", "apiVersion": "v1", "name": pod.name, "uid": pod.uid});
+    }
     Ok(json!({
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenRequest",
@@ -104,6 +138,45 @@ pub async fn create(registry: &Registry, ns: &str, name: &str, request: Value) -
         "spec": spec,
         "status": {"token": token, "expirationTimestamp": expires},
     }))
+}
+
+/// The pod a TokenRequest asks to bind its token to, checked as Kubernetes
+/// checks it: a Pod of this namespace, with the uid given (if one is),
+/// running as this ServiceAccount.
+async fn bound_pod(registry: &Registry, ns: &str, account: &str, reference: &Value) -> Result<BoundPod, ApiError> {
+    let kind = reference.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != "Pod" || reference.get("apiVersion").and_then(Value::as_str).is_some_and(|v| v != "v1") {
+        return Err(ApiError::bad_request(format!(
+            "spec.boundObjectRef: a token can be bound to a v1 Pod only, not {kind:?}; name a pod, or leave boundObjectRef out"
+        )));
+    }
+    let name = reference.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
+    let name = name.ok_or_else(|| ApiError::bad_request("spec.boundObjectRef.name is required"))?;
+    let pod = registry.get(&PODS, Some(ns), name).await?;
+    let uid = object::uid(&pod).unwrap_or_default().to_string();
+    if let Some(asked) = reference.get("uid").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+        if asked != uid {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Conflict",
+                format!("the uid in spec.boundObjectRef ({asked}) is not pod {ns}/{name}'s ({uid}): the pod was made again"),
+            ));
+        }
+    }
+    let runs_as = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).filter(|s| !s.is_empty()).unwrap_or("default");
+    if runs_as != account {
+        return Err(ApiError::bad_request(format!(
+            "pod {ns}/{name} runs as ServiceAccount {runs_as:?}, not {account:?}: a token can be bound only to a pod of its own account"
+        )));
+    }
+    let node = match pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        None => None,
+        Some(node) => {
+            let node_uid = registry.get(&NODES, None, node).await.ok().and_then(|n| object::uid(&n).map(String::from)).unwrap_or_default();
+            Some((node.to_string(), node_uid))
+        }
+    };
+    Ok(BoundPod { name: name.to_string(), uid, node })
 }
 
 /// The user a ServiceAccount token names, if it is one this cluster signed
@@ -123,6 +196,24 @@ pub async fn authenticate(registry: &Registry, token: &str) -> Result<User, Stri
         .ok_or_else(|| format!("ServiceAccount {ns}/{sa} no longer exists"))?;
     if object::uid(&account) != Some(uid) {
         return Err(format!("ServiceAccount {ns}/{sa} was deleted and made again; ask for a new token"));
+    }
+    if let Some(pod) = k8s.get("pod") {
+        let name = pod.get("name").and_then(Value::as_str).unwrap_or("");
+        let key = PODS.key(Some(ns), name);
+        let (kv, _) = registry.member().get(key.as_bytes(), Consistency::Serializable).await.map_err(|e| e.to_string())?;
+        let found: Value = kv
+            .and_then(|kv| object::decode(&kv.value, kv.mod_revision).ok())
+            .ok_or_else(|| format!("the token is bound to pod {ns}/{name}, which no longer exists"))?;
+        if object::uid(&found) != pod.get("uid").and_then(Value::as_str) {
+            return Err(format!("the token is bound to an earlier pod {ns}/{name}, since deleted"));
+        }
+        let deleted = found.pointer("/metadata/deletionTimestamp").and_then(Value::as_str).and_then(object::parse_timestamp);
+        if let Some(at) = deleted {
+            let at = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            if at + BOUND_POD_DELETION_GRACE_SECONDS < now_secs() {
+                return Err(format!("the token is bound to pod {ns}/{name}, which is being deleted"));
+            }
+        }
     }
     Ok(User {
         name: service_account_user(ns, sa),
