@@ -6,3 +6,5 @@ cd "$(dirname "$0")/.."
 . scripts/setup.sh
 cargo build --bins
 cargo test --workspace -- --test-threads 2
+# A bounded fuzzing pass over the decoders that face unauthenticated input.
+scripts/fuzz.sh "${FLOTILLA_FUZZ_SECONDS:-30}"
