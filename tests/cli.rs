@@ -211,6 +211,35 @@ fn up_runs_a_pod_shows_its_logs_and_stops_it_on_delete() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // A pod that ran to completion keeps its logs; it ran as its
+    // runAsUser, not as the agent (when the test can switch users).
+    let as_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false);
+    let run_as = if as_root { "65534" } else { "" };
+    let once = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: once}}\nspec:\n  restartPolicy: Never\n  nodeName: n1\n{}  containers:\n  - name: c\n    image: flotilla/busybox:latest\n    command: [sh, -c, 'echo ran as $(id -u)']\n",
+        if as_root { format!("  securityContext: {{runAsUser: {run_as}}}\n") } else { String::new() }
+    );
+    assert_eq!(flotilla(&url, &["apply", "-f", "-"], Some(&once)).0, 0);
+    let start = Instant::now();
+    loop {
+        let (_, out, err) = flotilla(&url, &["logs", "once"], None);
+        let (_, pods, _) = flotilla(&url, &["get", "pod", "once"], None);
+        if pods.contains("Completed") && out.starts_with("ran as ") {
+            if as_root {
+                assert_eq!(out, "ran as 65534\n");
+            } else {
+                eprintln!("not root: runAsUser is not exercised here");
+            }
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "a completed pod's logs never showed: {pods} {out} {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(flotilla(&url, &["delete", "pod", "once"], None).0, 0);
+
     // A Deployment through the scheduler and controllers, a rolling
     // update followed with `rollout status`, an undo, and a chaos kill of
     // one replica that its restart policy brings back.

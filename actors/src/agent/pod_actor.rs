@@ -208,8 +208,15 @@ impl PodState {
                     "state": s.view.state.to_json(), "ready": s.view.ready,
                     "restartCount": s.restarts, "started": matches!(s.view.state, ContainerState::Running { .. }),
                 });
-                if let Some(id) = &s.id {
-                    v["containerID"] = json!(format!("{}://{id}", self.runtime.kind()));
+                // A container that ended and is not restarted keeps its id
+                // (in `previous_id`), so its logs can still be read.
+                let ended = matches!(s.view.state, ContainerState::Terminated { .. });
+                if let Some(id) = s.id.as_ref().or(s.previous_id.as_ref().filter(|_| ended)) {
+                    let id = format!("{}://{id}", self.runtime.kind());
+                    if let Some(t) = v["state"].get_mut("terminated") {
+                        t["containerID"] = json!(id);
+                    }
+                    v["containerID"] = json!(id);
                 }
                 if let Some(last) = &s.last_state {
                     v["lastState"] = last.to_json();
@@ -339,7 +346,9 @@ impl Actor for PodActor {
                         };
                         // Between pull attempts Kubernetes shows ImagePullBackOff.
                         let shown = if reason == "ErrImagePull" && slot.restarts > 0 { "ImagePullBackOff" } else { reason };
-                        slot.restarts += i64::from(reason != "ErrImagePull" && !transient);
+                        // Nothing was started for an image that cannot be had or a
+                        // container its own settings forbid, so nothing restarted.
+                        slot.restarts += i64::from(!matches!(reason, "ErrImagePull" | "CreateContainerConfigError") && !transient);
                         slot.view.state = ContainerState::Waiting { reason: shown.into(), message: message.clone() };
                         myself.send_after(delay, move || PodMsg::StartContainer { index });
                         if transient && already_waiting {
