@@ -1081,3 +1081,73 @@ async fn a_token_bound_to_a_pod_ends_with_the_pod() {
     assert_eq!(code, 401, "the pod is gone, and its token with it: {body}");
     assert!(body["message"].as_str().unwrap_or("").contains("no longer exists"), "{body}");
 }
+
+/// Rotations racing each other and a stream of Secret writes: every write
+/// that was acknowledged is what a read shows afterwards, none is refused
+/// for the rotation's sake, and once the writes stop one more rotation
+/// leaves every Secret under one key and the old keys gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotations_racing_writes_lose_no_acknowledged_secret() {
+    let (_dir, api) = single().await;
+    let secrets = format!("{}/api/v1/namespaces/default/secrets", api.base);
+    let body = |name: &str, value: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": {"v": value}}).to_string()
+    };
+    const SECRETS: usize = 8;
+    for i in 0..SECRETS {
+        let (code, v) = call(reqwest::Method::POST, &secrets, "application/json", &body(&format!("s{i}"), "0")).await;
+        assert_eq!(code, 201, "{v}");
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for i in 0..SECRETS {
+        let (url, stop) = (format!("{secrets}/s{i}"), stop.clone());
+        writers.push(tokio::spawn(async move {
+            // Each Secret has one writer, so the last acknowledged value is
+            // the one that must be there.
+            let mut acknowledged = 0u64;
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let patch = json!({"stringData": {"v": n.to_string()}}).to_string();
+                let (code, v) = call(reqwest::Method::PATCH, &url, "application/merge-patch+json", &patch).await;
+                assert_eq!(code, 200, "a write during rotation was refused: {v}");
+                acknowledged = n;
+            }
+            acknowledged
+        }));
+    }
+    let rotate = format!("{}/flotilla/v1/secrets-encryption/rotate", api.base);
+    let mut rotations = Vec::new();
+    for _ in 0..2 {
+        let url = rotate.clone();
+        rotations.push(tokio::spawn(async move {
+            let mut done = 0;
+            for _ in 0..3 {
+                let (code, v) = call(reqwest::Method::POST, &url, "", "").await;
+                // A rotation outrun by writers says so (409) and keeps the
+                // new key in use; anything else is a failure.
+                assert!(code == 200 || code == 409, "{code} {v}");
+                done += usize::from(code == 200);
+            }
+            done
+        }));
+    }
+    for r in rotations {
+        r.await.expect("rotation task");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut last = Vec::new();
+    for w in writers {
+        last.push(w.await.expect("writer"));
+    }
+    let (code, done) = call(reqwest::Method::POST, &rotate, "", "").await;
+    assert_eq!(code, 200, "with the writes stopped a rotation completes: {done}");
+    for (i, n) in last.iter().enumerate() {
+        let (code, got) = call(reqwest::Method::GET, &format!("{secrets}/s{i}"), "", "").await;
+        assert_eq!((code, got["data"]["v"].as_str()), (200, Some(base64_encode(&n.to_string()).as_str())), "s{i}: {got}");
+    }
+    let (_, status) = call(reqwest::Method::GET, &format!("{}/flotilla/v1/secrets-encryption", api.base), "", "").await;
+    assert_eq!(status["keys"], json!([{"name": done["key"], "state": "active", "values": SECRETS}]), "{status}");
+    assert!(last.iter().all(|n| *n > 0), "every writer wrote: {last:?}");
+}

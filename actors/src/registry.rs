@@ -966,21 +966,54 @@ impl Registry {
     /// after a crash part-way (a further key is made; the old ones stay
     /// readable until nothing is sealed under them).
     pub async fn rotate_secrets_key(&self) -> Result<KeyRotation, RegistryError> {
-        let key = self.keyring.add_key(&self.member, true).await?;
+        self.keyring.add_key(&self.member, true).await?;
         let mut resealed = 0;
         for _ in 0..KEYRING_RESEALS_MAX {
             let (moved, left) = self.reseal_all().await?;
             resealed += moved;
-            if left == 0 {
-                let retired = self.keyring.delete_retiring(&self.member).await?;
-                return Ok(KeyRotation { key, resealed, retired });
+            if left > 0 {
+                continue;
             }
+            // Once a key is marked retiring nothing new can be sealed under
+            // it (writes compare its record), so a scan that starts after
+            // the mark and finds nothing under it proves it unused, even
+            // when another rotation marked it after this one began.
+            let retiring = self.keyring.retiring(&self.member).await?;
+            if self.sealed_under_any(&retiring).await? > 0 {
+                continue;
+            }
+            let retired = self.keyring.delete_keys(&self.member, &retiring).await?;
+            let key = self.keyring.active_name().unwrap_or_default();
+            return Ok(KeyRotation { key, resealed, retired });
         }
         Err(RegistryError::Conflict {
             kind: "secrets".into(),
             name: String::new(),
             message: "Secrets kept changing under the rotation; run it again (the new key is in use and the old ones are kept)".into(),
         })
+    }
+
+    /// How many stored values of the sealed kinds are under one of `keys`
+    /// or not sealed at all (linearizable).
+    async fn sealed_under_any(&self, keys: &[(String, u64)]) -> Result<usize, RegistryError> {
+        let mut found = 0;
+        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
+            let prefix = res.prefix();
+            let mut cursor: Option<Vec<u8>> = None;
+            loop {
+                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Linearizable).await?;
+                found += page
+                    .kvs
+                    .iter()
+                    .filter(|kv| SecretsKeyring::sealed_under(&kv.value).is_none_or(|k| keys.iter().any(|(name, _)| name == k)))
+                    .count();
+                if !page.more {
+                    break;
+                }
+                cursor = page.kvs.last().map(|kv| kv.key.clone());
+            }
+        }
+        Ok(found)
     }
 
     /// Seals again, under the active key, every value of every sealed kind

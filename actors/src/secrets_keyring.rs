@@ -13,7 +13,8 @@
 //!
 //! Rotation (`flotilla secrets rotate-key`) adds a DEK and marks the
 //! others retiring in one transaction, rewrites every Secret under the new
-//! one, then deletes the retiring keys. Every sealed write compares the
+//! one, then deletes the retiring keys once a scan begun after they were
+//! marked finds nothing sealed under them. Every sealed write compares the
 //! mod revision of the DEK record it used, so a writer holding a stale
 //! keyring cannot seal under a key after it was marked retiring: its write
 //! fails, it reloads and seals again.
@@ -39,6 +40,8 @@ const DEK_RETIRING: u8 = 1;
 const KEK_SALT: &[u8] = b"flotilla secrets at rest, key-encryption key, v1";
 /// DEK records read at once; a rotation leaves one, a crashed one a few.
 const KEYS_LISTED_MAX: usize = 1_000;
+/// Deleted DEKs a member keeps in memory for reads of older snapshots.
+const GONE_KEYS_KEPT_MAX: usize = 16;
 
 /// Why sealing or opening failed.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +60,10 @@ struct DataKey {
     /// The mod revision of its record: sealed writes compare it.
     mod_revision: u64,
     retiring: bool,
+    /// Deleted from the store since this member read it: kept so a value
+    /// read from a snapshot taken before the delete (a list page, a watch
+    /// event) still opens.
+    gone: bool,
 }
 
 /// The DEKs, and the KEK that opens them.
@@ -148,15 +155,23 @@ impl SecretsKeyring {
         for kv in &page.kvs {
             let Some(name) = key_name(&kv.key) else { continue };
             let (key, retiring) = self.open_record(&kv.key, &kv.value)?;
-            keys.insert(name, DataKey { key: Arc::new(key), mod_revision: kv.mod_revision, retiring });
+            keys.insert(name, DataKey { key: Arc::new(key), mod_revision: kv.mod_revision, retiring, gone: false });
         }
-        *self.lock() = keys;
+        let mut held = self.lock();
+        // A page read a moment before a rotation deleted a key may still
+        // hold values sealed under it: the key stays known, never used.
+        let gone: Vec<(String, Arc<LessSafeKey>)> =
+            held.iter().filter(|(n, _)| !keys.contains_key(*n)).map(|(n, k)| (n.clone(), k.key.clone())).collect();
+        for (name, key) in gone.into_iter().rev().take(GONE_KEYS_KEPT_MAX) {
+            keys.insert(name, DataKey { key, mod_revision: 0, retiring: true, gone: true });
+        }
+        *held = keys;
         Ok(())
     }
 
     /// The name, key and record revision new values are sealed under.
     fn active(&self) -> Option<(String, Arc<LessSafeKey>, u64)> {
-        self.lock().iter().rev().find(|(_, k)| !k.retiring).map(|(n, k)| (n.clone(), k.key.clone(), k.mod_revision))
+        self.lock().iter().rev().find(|(_, k)| !k.retiring && !k.gone).map(|(n, k)| (n.clone(), k.key.clone(), k.mod_revision))
     }
 
     /// Seals the plain encoding of an object bound for `store_key`. The
@@ -214,6 +229,7 @@ impl SecretsKeyring {
     /// other one retiring in the same transaction. Answers its name.
     pub async fn add_key(&self, member: &Member, retire_others: bool) -> Result<String, KeyringError> {
         self.reload(member).await?;
+        // Gone keys count too: a name is never given out twice.
         let existing: Vec<(String, u64)> = self.lock().iter().map(|(n, k)| (n.clone(), k.mod_revision)).collect();
         let next = existing.last().and_then(|(n, _)| n.parse::<u64>().ok()).map_or(1, |n| n + 1);
         let name = format!("{next:020}");
@@ -246,28 +262,39 @@ impl SecretsKeyring {
         Ok(self.active().map(|(n, _, _)| n).unwrap_or(name))
     }
 
-    /// Deletes the retiring DEKs; callers have rewritten every value sealed
-    /// under them. Answers how many went.
-    pub async fn delete_retiring(&self, member: &Member) -> Result<usize, KeyringError> {
+    /// The DEKs marked retiring, with their records' revisions, read anew.
+    pub async fn retiring(&self, member: &Member) -> Result<Vec<(String, u64)>, KeyringError> {
         self.reload(member).await?;
-        let retiring: Vec<(String, u64)> =
-            self.lock().iter().filter(|(_, k)| k.retiring).map(|(n, k)| (n.clone(), k.mod_revision)).collect();
-        if retiring.is_empty() {
+        Ok(self.lock().iter().filter(|(_, k)| k.retiring && !k.gone).map(|(n, k)| (n.clone(), k.mod_revision)).collect())
+    }
+
+    /// Deletes DEKs the caller has proved unused (see
+    /// `Registry::rotate_secrets_key`), each only if its record is as the
+    /// caller read it. Answers how many went.
+    pub async fn delete_keys(&self, member: &Member, keys: &[(String, u64)]) -> Result<usize, KeyringError> {
+        if keys.is_empty() {
             return Ok(0);
         }
-        let compares = retiring
+        let compares = keys
             .iter()
             .map(|(n, rev)| Compare { key: record_key(n), op: CompareOp::Equal, target: CompareTarget::ModRevision(*rev) })
             .collect();
-        let ops = retiring.iter().map(|(n, _)| TxnOp::Delete { key: record_key(n), prefix: false }).collect();
-        member.txn(compares, ops, vec![]).await?;
+        let ops = keys.iter().map(|(n, _)| TxnOp::Delete { key: record_key(n), prefix: false }).collect();
+        let result = member.txn(compares, ops, vec![]).await?;
         self.reload(member).await?;
-        Ok(retiring.len())
+        // Changed since (another rotation marked them again): they stay
+        // until a rotation proves them unused once more.
+        Ok(if matches!(result.outcome, Outcome::Txn { succeeded: true, .. }) { keys.len() } else { 0 })
+    }
+
+    /// The name of the DEK new values are sealed under, if there is one.
+    pub fn active_name(&self) -> Option<String> {
+        self.active().map(|(n, _, _)| n)
     }
 
     /// The DEKs by name, with whether each is retiring (for status output).
     pub fn keys(&self) -> Vec<(String, bool)> {
-        self.lock().iter().map(|(n, k)| (n.clone(), k.retiring)).collect()
+        self.lock().iter().filter(|(_, k)| !k.gone).map(|(n, k)| (n.clone(), k.retiring)).collect()
     }
 }
 
