@@ -1059,25 +1059,14 @@ async fn a_token_bound_to_a_pod_ends_with_the_pod() {
     let robot = http_with(&token);
     let review = json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
         "spec": {"resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "default"}}});
-    let (code, body) = call_as(
-        &robot,
-        reqwest::Method::POST,
-        &format!("{b}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
-        "application/json",
-        &review.to_string(),
-    )
-    .await;
+    let reviews = format!("{b}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews");
+    let review = review.to_string();
+    let ask = || call_as(&robot, reqwest::Method::POST, &reviews, "application/json", &review);
+    let (code, body) = ask().await;
     assert_eq!(code, 201, "the bound token authenticates: {body}");
     let (code, body) = call(reqwest::Method::DELETE, &format!("{b}/api/v1/namespaces/default/pods/web?gracePeriodSeconds=0"), "", "").await;
     assert_eq!(code, 200, "{body}");
-    let (code, body) = call_as(
-        &robot,
-        reqwest::Method::POST,
-        &format!("{b}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"),
-        "application/json",
-        &review.to_string(),
-    )
-    .await;
+    let (code, body) = ask().await;
     assert_eq!(code, 401, "the pod is gone, and its token with it: {body}");
     assert!(body["message"].as_str().unwrap_or("").contains("no longer exists"), "{body}");
 }
