@@ -187,6 +187,77 @@ fn unauthorized(message: impl Into<String>) -> Response {
     ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message).into_response()
 }
 
+/// Who a request asks to act as (`Impersonate-User`, `Impersonate-Group`,
+/// what `kubectl --as` and `--as-group` send); None when it asks nothing.
+pub struct Impersonation {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+/// Reads the impersonation headers; groups without a user are refused, as
+/// in Kubernetes. `Impersonate-Extra-*` and `-Uid` are not supported.
+pub fn impersonation(headers: &axum::http::HeaderMap) -> Result<Option<Impersonation>, String> {
+    let text = |v: &axum::http::HeaderValue| v.to_str().map(str::to_string).map_err(|_| "impersonation headers must be text".to_string());
+    let user = headers.get("impersonate-user").map(text).transpose()?;
+    let groups = headers.get_all("impersonate-group").iter().map(text).collect::<Result<Vec<_>, _>>()?;
+    if headers.keys().any(|k| k.as_str().starts_with("impersonate-extra-") || k.as_str() == "impersonate-uid") {
+        return Err("Impersonate-Extra-* and Impersonate-Uid are not supported; impersonate a user and groups only".into());
+    }
+    match user {
+        None if groups.is_empty() => Ok(None),
+        None => Err("Impersonate-Group needs Impersonate-User".into()),
+        Some(u) if u.is_empty() => Err("Impersonate-User is empty".into()),
+        Some(user) => Ok(Some(Impersonation { user, groups })),
+    }
+}
+
+/// The user `caller` acts as, if RBAC lets it impersonate that user (or
+/// ServiceAccount) and each group, as Kubernetes checks: verb
+/// `impersonate` on `users`, `serviceaccounts` or `groups`.
+pub fn impersonate(caller: &User, wanted: Impersonation, rbac: Option<&RbacSnapshot>) -> Result<User, String> {
+    let as_account = wanted.user.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':'));
+    let target = match as_account {
+        Some((ns, name)) => Attributes::Resource {
+            verb: "impersonate",
+            group: String::new(),
+            resource: "serviceaccounts".into(),
+            subresource: None,
+            namespace: Some(ns.into()),
+            name: Some(name.into()),
+        },
+        None => Attributes::Resource {
+            verb: "impersonate",
+            group: String::new(),
+            resource: "users".into(),
+            subresource: None,
+            namespace: None,
+            name: Some(wanted.user.clone()),
+        },
+    };
+    authorize(caller, &target, rbac)?;
+    for group in &wanted.groups {
+        let attrs = Attributes::Resource {
+            verb: "impersonate",
+            group: String::new(),
+            resource: "groups".into(),
+            subresource: None,
+            namespace: None,
+            name: Some(group.clone()),
+        };
+        authorize(caller, &attrs, rbac)?;
+    }
+    let mut groups = wanted.groups;
+    if let Some((ns, _)) = as_account {
+        // A ServiceAccount's own groups come with it, as when it logs in.
+        groups.extend(["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")]);
+    }
+    if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
+        groups.push(AUTHENTICATED_GROUP.into());
+    }
+    tracing::info!(user = %caller.name, as_user = %wanted.user, "impersonating");
+    Ok(User { name: wanted.user, groups })
+}
+
 /// The middleware in front of every route: authenticates, authorizes, and
 /// hands the `User` on to handlers as a request extension.
 pub async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, next: Next) -> Response {
@@ -225,6 +296,17 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, nex
             )
         }
     };
+    let user = match impersonation(request.headers()) {
+        Ok(None) => user,
+        Ok(Some(wanted)) => match impersonate(&user, wanted, state.rbac.snapshot().as_deref()) {
+            Ok(as_user) => as_user,
+            Err(message) => {
+                tracing::info!(user = %user.name, "impersonation refused");
+                return ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message).into_response();
+            }
+        },
+        Err(message) => return ApiError::bad_request(message).into_response(),
+    };
     let attrs = attributes(&method, &path, request.uri().query().unwrap_or(""));
     if let Err(message) = authorize(&user, &attrs, state.rbac.snapshot().as_deref()) {
         tracing::info!(user = %user.name, ?attrs, "forbidden");
@@ -237,6 +319,32 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, nex
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn impersonation_is_read_from_headers_and_checked_like_any_request() {
+        let mut h = axum::http::HeaderMap::new();
+        assert!(impersonation(&h).unwrap().is_none());
+        h.insert("impersonate-group", "dev".parse().unwrap());
+        assert!(impersonation(&h).is_err(), "a group alone is refused");
+        h.insert("impersonate-user", "system:serviceaccount:team:robot".parse().unwrap());
+        let wanted = impersonation(&h).unwrap().unwrap();
+        let admin = user("root", &[MASTERS_GROUP]);
+        let robot = impersonate(&admin, wanted, None).unwrap();
+        assert_eq!(robot.name, "system:serviceaccount:team:robot");
+        assert_eq!(
+            robot.groups,
+            ["dev", "system:serviceaccounts", "system:serviceaccounts:team", AUTHENTICATED_GROUP].map(String::from).to_vec()
+        );
+        // Nobody else may, without a role granting `impersonate`; and the
+        // impersonated user does not keep the caller's groups.
+        let alice = user("alice", &[AUTHENTICATED_GROUP]);
+        let refused = impersonate(&alice, Impersonation { user: "root".into(), groups: vec![] }, Some(&RbacSnapshot::default()));
+        assert!(refused.is_err());
+        let plain = impersonate(&admin, Impersonation { user: "bob".into(), groups: vec![] }, None).unwrap();
+        assert!(!plain.in_group(MASTERS_GROUP));
+        h.insert("impersonate-uid", "1".parse().unwrap());
+        assert!(impersonation(&h).is_err());
+    }
 
     fn user(name: &str, groups: &[&str]) -> User {
         User { name: name.into(), groups: groups.iter().map(|g| g.to_string()).collect() }
