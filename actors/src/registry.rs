@@ -150,22 +150,44 @@ fn pod_cidr_key(cidr: &str) -> Vec<u8> {
 /// Whether values at `key` are sealed: the keys of kinds whose strategy
 /// keeps them encrypted at rest.
 fn sealed_at_rest(key: &[u8]) -> bool {
+    sealed_prefixes().iter().any(|p| key.starts_with(p.as_bytes()))
+}
+
+/// The store prefixes of the kinds sealed at rest.
+fn sealed_prefixes() -> &'static [String] {
     static PREFIXES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    PREFIXES
-        .get_or_init(|| RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()).map(|r| r.prefix()).collect())
-        .iter()
-        .any(|p| key.starts_with(p.as_bytes()))
+    PREFIXES.get_or_init(|| RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()).map(|r| r.prefix()).collect())
+}
+
+/// Every stored value of the kinds sealed at rest, a page at a time.
+struct SealedPages<'a> {
+    member: &'a Member,
+    consistency: Consistency,
+    prefix: usize,
+    cursor: Option<Vec<u8>>,
+}
+
+impl<'a> SealedPages<'a> {
+    fn new(member: &'a Member, consistency: Consistency) -> Self {
+        SealedPages { member, consistency, prefix: 0, cursor: None }
+    }
+
+    /// The next page; None once every sealed kind has been read.
+    async fn next(&mut self) -> Result<Option<Vec<KeyValue>>, RegistryError> {
+        let Some(prefix) = sealed_prefixes().get(self.prefix) else { return Ok(None) };
+        let page = self.member.range(prefix.as_bytes(), LIST_PAGE, self.cursor.as_deref(), self.consistency).await?;
+        self.cursor = if page.more { page.kvs.last().map(|kv| kv.key.clone()) } else { None };
+        if self.cursor.is_none() {
+            self.prefix += 1;
+        }
+        Ok(Some(page.kvs))
+    }
 }
 
 impl Registry {
     pub fn new(member: Arc<Member>) -> Self {
         let keyring = Arc::new(SecretsKeyring::from_ca_key(&member.ca().key_pem));
         Registry { member, plan: NetworkPlan::default(), clock: crate::clock::system(), ids: RandomIdentities::from_entropy(), keyring }
-    }
-
-    /// The keys that seal Secrets (for rotation).
-    pub fn keyring(&self) -> &Arc<SecretsKeyring> {
-        &self.keyring
     }
 
     /// The stored form of `obj` at `key`: sealed where the keyring seals
@@ -444,33 +466,40 @@ impl Registry {
         also: Vec<TxnOp>,
     ) -> Result<bool, RegistryError> {
         compares.insert(0, Compare { key: key.clone(), op: CompareOp::Equal, target: expected });
-        for attempt in 0.. {
+        for _ in 0..=KEYRING_RESEALS_MAX {
             let (value, guard) = self.stored(&key, obj).await?;
-            let mut compares = compares.clone();
+            let Some((guard, sealed_under)) = guard else {
+                let mut ops = also;
+                ops.insert(0, TxnOp::Put { key, value });
+                return self.commit(compares, ops, obj).await;
+            };
+            let mut sealed_compares = compares.clone();
+            sealed_compares.push(guard);
             let mut ops = also.clone();
             ops.insert(0, TxnOp::Put { key: key.clone(), value });
-            let sealed_under = guard.map(|(g, name)| {
-                compares.push(g);
-                name
-            });
-            let result = self.member.txn(compares, ops, vec![]).await?;
-            if matches!(result.outcome, Outcome::Txn { succeeded: true, .. }) {
-                object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
+            if self.commit(sealed_compares, ops, obj).await? {
                 return Ok(true);
             }
             // A Secret's write also fails when its data key was retired
             // meanwhile (a rotation): sealed again under the new one, it is
             // not a conflict. Anything else is the caller's to answer.
-            let Some(name) = sealed_under else { return Ok(false) };
-            if attempt >= KEYRING_RESEALS_MAX {
-                return Ok(false);
-            }
             self.keyring.reload(&self.member).await?;
-            if self.keyring.is_active(&name) {
+            if self.keyring.is_active(&sealed_under) {
                 return Ok(false);
             }
         }
         Ok(false)
+    }
+
+    /// Runs the write; on success sets the object's resourceVersion to its
+    /// revision.
+    async fn commit(&self, compares: Vec<Compare>, ops: Vec<TxnOp>, obj: &mut Value) -> Result<bool, RegistryError> {
+        let result = self.member.txn(compares, ops, vec![]).await?;
+        let succeeded = matches!(result.outcome, Outcome::Txn { succeeded: true, .. });
+        if succeeded {
+            object::metadata_mut(obj).insert("resourceVersion".into(), json!(result.revision.to_string()));
+        }
+        Ok(succeeded)
     }
 
     /// Binds pods to nodes in one transaction: each pod is written back with
@@ -997,21 +1026,12 @@ impl Registry {
     /// or not sealed at all (linearizable).
     async fn sealed_under_any(&self, keys: &[(String, u64)]) -> Result<usize, RegistryError> {
         let mut found = 0;
-        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
-            let prefix = res.prefix();
-            let mut cursor: Option<Vec<u8>> = None;
-            loop {
-                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Linearizable).await?;
-                found += page
-                    .kvs
-                    .iter()
-                    .filter(|kv| SecretsKeyring::sealed_under(&kv.value).is_none_or(|k| keys.iter().any(|(name, _)| name == k)))
-                    .count();
-                if !page.more {
-                    break;
-                }
-                cursor = page.kvs.last().map(|kv| kv.key.clone());
-            }
+        let mut pages = SealedPages::new(&self.member, Consistency::Linearizable);
+        while let Some(kvs) = pages.next().await? {
+            found += kvs
+                .iter()
+                .filter(|kv| SecretsKeyring::sealed_under(&kv.value).is_none_or(|k| keys.iter().any(|(name, _)| name == k)))
+                .count();
         }
         Ok(found)
     }
@@ -1021,26 +1041,18 @@ impl Registry {
     /// under another key because they changed meanwhile).
     async fn reseal_all(&self) -> Result<(usize, usize), RegistryError> {
         let (mut moved, mut left) = (0, 0);
-        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
-            let prefix = res.prefix();
-            let mut cursor: Option<Vec<u8>> = None;
-            loop {
-                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Linearizable).await?;
-                for kv in &page.kvs {
-                    if SecretsKeyring::sealed_under(&kv.value).is_some_and(|k| self.keyring.is_active(k)) {
-                        continue;
-                    }
-                    let mut obj = self.load(kv).await?;
-                    if self.put_if(kv.key.clone(), CompareTarget::ModRevision(kv.mod_revision), &mut obj).await? {
-                        moved += 1;
-                    } else {
-                        left += 1;
-                    }
+        let mut pages = SealedPages::new(&self.member, Consistency::Linearizable);
+        while let Some(kvs) = pages.next().await? {
+            for kv in kvs {
+                if SecretsKeyring::sealed_under(&kv.value).is_some_and(|k| self.keyring.is_active(k)) {
+                    continue;
                 }
-                if !page.more {
-                    break;
+                let mut obj = self.load(&kv).await?;
+                if self.put_if(kv.key, CompareTarget::ModRevision(kv.mod_revision), &mut obj).await? {
+                    moved += 1;
+                } else {
+                    left += 1;
                 }
-                cursor = page.kvs.last().map(|kv| kv.key.clone());
             }
         }
         Ok((moved, left))
@@ -1052,18 +1064,10 @@ impl Registry {
     pub async fn secrets_key_status(&self) -> Result<Vec<(String, &'static str, usize)>, RegistryError> {
         self.keyring.reload(&self.member).await?;
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
-        for res in RESOURCES.iter().filter(|r| r.strategy.sealed_at_rest()) {
-            let prefix = res.prefix();
-            let mut cursor: Option<Vec<u8>> = None;
-            loop {
-                let page = self.member.range(prefix.as_bytes(), LIST_PAGE, cursor.as_deref(), Consistency::Serializable).await?;
-                for kv in &page.kvs {
-                    *counts.entry(SecretsKeyring::sealed_under(&kv.value).unwrap_or("plain").to_string()).or_default() += 1;
-                }
-                if !page.more {
-                    break;
-                }
-                cursor = page.kvs.last().map(|kv| kv.key.clone());
+        let mut pages = SealedPages::new(&self.member, Consistency::Serializable);
+        while let Some(kvs) = pages.next().await? {
+            for kv in &kvs {
+                *counts.entry(SecretsKeyring::sealed_under(&kv.value).unwrap_or("plain").to_string()).or_default() += 1;
             }
         }
         let mut out: Vec<(String, &'static str, usize)> = self
@@ -1224,11 +1228,7 @@ pub struct RegistryWatch {
 
 /// The object a stored key-value holds, opened first if it is sealed.
 async fn load(keyring: &SecretsKeyring, member: &Member, kv: &KeyValue) -> Result<Value, RegistryError> {
-    let plain = if SecretsKeyring::sealed_under(&kv.value).is_some() {
-        std::borrow::Cow::Owned(keyring.open(member, &kv.key, &kv.value).await?)
-    } else {
-        std::borrow::Cow::Borrowed(&kv.value[..])
-    };
+    let plain = keyring.open(member, &kv.key, &kv.value).await?;
     decode(&plain, kv.mod_revision).map_err(|e| RegistryError::Internal(e.to_string()))
 }
 

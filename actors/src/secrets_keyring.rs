@@ -19,10 +19,11 @@
 //! keyring cannot seal under a key after it was marked retiring: its write
 //! fails, it reloads and seals again.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, Member, Outcome, StoreError, TxnOp};
+use flotilla_raft::{Compare, CompareOp, CompareTarget, Consistency, KeyValue, Member, Outcome, StoreError, TxnOp};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -150,6 +151,12 @@ impl SecretsKeyring {
     /// names a key this member has not seen, or a sealed write lost its
     /// guard).
     pub async fn reload(&self, member: &Member) -> Result<(), KeyringError> {
+        self.read_records(member).await.map(drop)
+    }
+
+    /// Reads the DEK records (linearizable), takes them as this member's
+    /// view and answers them as stored.
+    async fn read_records(&self, member: &Member) -> Result<Vec<KeyValue>, KeyringError> {
         let page = member.range(KEYS_PREFIX, KEYS_LISTED_MAX, None, Consistency::Linearizable).await?;
         let mut keys = BTreeMap::new();
         for kv in &page.kvs {
@@ -166,7 +173,7 @@ impl SecretsKeyring {
             keys.insert(name, DataKey { key, mod_revision: 0, retiring: true, gone: true });
         }
         *held = keys;
-        Ok(())
+        Ok(page.kvs)
     }
 
     /// The name, key and record revision new values are sealed under.
@@ -199,8 +206,8 @@ impl SecretsKeyring {
 
     /// The plain encoding of a stored value: sealed values are opened,
     /// others returned as they are.
-    pub async fn open(&self, member: &Member, store_key: &[u8], stored: &[u8]) -> Result<Vec<u8>, KeyringError> {
-        let Some(name) = Self::sealed_under(stored) else { return Ok(stored.to_vec()) };
+    pub async fn open<'a>(&self, member: &Member, store_key: &[u8], stored: &'a [u8]) -> Result<Cow<'a, [u8]>, KeyringError> {
+        let Some(name) = Self::sealed_under(stored) else { return Ok(Cow::Borrowed(stored)) };
         let header_len = 2 + name.len();
         let known = self.lock().get(name).map(|k| k.key.clone());
         let key = match known {
@@ -215,7 +222,7 @@ impl SecretsKeyring {
                 })?
             }
         };
-        Self::decrypt(&key, store_key, &stored[header_len..]).ok_or_else(|| {
+        Self::decrypt(&key, store_key, &stored[header_len..]).map(Cow::Owned).ok_or_else(|| {
             KeyringError::Corrupt(format!("{} does not open: tampered with, or moved from another key", String::from_utf8_lossy(store_key)))
         })
     }
@@ -226,13 +233,12 @@ impl SecretsKeyring {
     }
 
     /// Adds a DEK after the newest; with `retire_others`, marks every
-    /// other one retiring in the same transaction. Answers its name.
-    pub async fn add_key(&self, member: &Member, retire_others: bool) -> Result<String, KeyringError> {
-        self.reload(member).await?;
+    /// other one retiring in the same transaction.
+    pub async fn add_key(&self, member: &Member, retire_others: bool) -> Result<(), KeyringError> {
+        let records = self.read_records(member).await?;
         // Gone keys count too: a name is never given out twice.
-        let existing: Vec<(String, u64)> = self.lock().iter().map(|(n, k)| (n.clone(), k.mod_revision)).collect();
-        let next = existing.last().and_then(|(n, _)| n.parse::<u64>().ok()).map_or(1, |n| n + 1);
-        let name = format!("{next:020}");
+        let newest = self.lock().keys().next_back().and_then(|n| n.parse::<u64>().ok());
+        let name = format!("{:020}", newest.map_or(1, |n| n + 1));
         let mut dek = [0u8; 32];
         self.random.fill(&mut dek).map_err(|_| KeyringError::Corrupt("the system's random source failed".into()))?;
         let store_key = record_key(&name);
@@ -240,8 +246,7 @@ impl SecretsKeyring {
         let mut compares = vec![Compare { key: store_key.clone(), op: CompareOp::Equal, target: CompareTarget::Version(0) }];
         let mut ops = vec![TxnOp::Put { key: store_key, value: record }];
         if retire_others {
-            let page = member.range(KEYS_PREFIX, KEYS_LISTED_MAX, None, Consistency::Linearizable).await?;
-            for kv in page.kvs {
+            for kv in records {
                 let mut value = kv.value.clone();
                 if let Some(flags) = value.get_mut(1) {
                     *flags |= DEK_RETIRING;
@@ -258,8 +263,7 @@ impl SecretsKeyring {
         if !matches!(result.outcome, Outcome::Txn { succeeded: true, .. }) {
             tracing::info!("another writer changed the Secrets' data keys at the same time; keeping theirs");
         }
-        self.reload(member).await?;
-        Ok(self.active().map(|(n, _, _)| n).unwrap_or(name))
+        self.reload(member).await
     }
 
     /// The DEKs marked retiring, with their records' revisions, read anew.

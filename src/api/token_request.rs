@@ -82,18 +82,7 @@ pub fn claims(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, t
 
 /// `claims`, bound to a pod when one is given.
 pub fn claims_bound(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, ttl: i64, pod: Option<&BoundPod>) -> Value {
-    let mut claims = claims_unbound(ns, name, uid, audiences, now, ttl);
-    if let Some(pod) = pod {
-        claims["kubernetes.io"]["pod"] = json!({"name": pod.name, "uid": pod.uid});
-        if let Some((node, node_uid)) = &pod.node {
-            claims["kubernetes.io"]["node"] = json!({"name": node, "uid": node_uid});
-        }
-    }
-    claims
-}
-
-fn claims_unbound(ns: &str, name: &str, uid: &str, audiences: &[String], now: i64, ttl: i64) -> Value {
-    json!({
+    let mut claims = json!({
         "iss": API_AUDIENCE,
         "sub": service_account_user(ns, name),
         "aud": audiences,
@@ -102,7 +91,14 @@ fn claims_unbound(ns: &str, name: &str, uid: &str, audiences: &[String], now: i6
         "exp": now + ttl,
         "jti": rand::random::<[u8; 16]>().iter().map(|b| format!("{b:02x}")).collect::<String>(),
         "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": uid}},
-    })
+    });
+    if let Some(pod) = pod {
+        claims["kubernetes.io"]["pod"] = json!({"name": pod.name, "uid": pod.uid});
+        if let Some((node, node_uid)) = &pod.node {
+            claims["kubernetes.io"]["node"] = json!({"name": node, "uid": node_uid});
+        }
+    }
+    claims
 }
 
 /// POST .../serviceaccounts/NAME/token: a TokenRequest in, the same with
@@ -179,6 +175,20 @@ async fn bound_pod(registry: &Registry, ns: &str, account: &str, reference: &Val
     Ok(BoundPod { name: name.to_string(), uid, node })
 }
 
+/// An object as this member holds it. A local read: one deleted a moment
+/// ago on another member may still open a token here for as long as it
+/// takes to apply the delete.
+async fn read_local(
+    registry: &Registry,
+    res: &flotilla_actors::model::resources::Resource,
+    ns: &str,
+    name: &str,
+) -> Result<Option<Value>, String> {
+    let key = res.key(Some(ns), name);
+    let (kv, _) = registry.member().get(key.as_bytes(), Consistency::Serializable).await.map_err(|e| e.to_string())?;
+    Ok(kv.and_then(|kv| object::decode(&kv.value, kv.mod_revision).ok()))
+}
+
 /// The user a ServiceAccount token names, if it is one this cluster signed
 /// for this API, unexpired, and its account still exists with that uid.
 pub async fn authenticate(registry: &Registry, token: &str) -> Result<User, String> {
@@ -187,22 +197,15 @@ pub async fn authenticate(registry: &Registry, token: &str) -> Result<User, Stri
     let ns = k8s.get("namespace").and_then(Value::as_str).ok_or("the token names no namespace")?;
     let sa = k8s.pointer("/serviceaccount/name").and_then(Value::as_str).ok_or("the token names no ServiceAccount")?;
     let uid = k8s.pointer("/serviceaccount/uid").and_then(Value::as_str).unwrap_or("");
-    // A local read: an account deleted a moment ago on another member may
-    // still open this one for as long as it takes to apply the delete.
-    let key = SERVICE_ACCOUNTS.key(Some(ns), sa);
-    let (kv, _) = registry.member().get(key.as_bytes(), Consistency::Serializable).await.map_err(|e| e.to_string())?;
-    let account: Value = kv
-        .and_then(|kv| object::decode(&kv.value, kv.mod_revision).ok())
-        .ok_or_else(|| format!("ServiceAccount {ns}/{sa} no longer exists"))?;
+    let account =
+        read_local(registry, &SERVICE_ACCOUNTS, ns, sa).await?.ok_or_else(|| format!("ServiceAccount {ns}/{sa} no longer exists"))?;
     if object::uid(&account) != Some(uid) {
         return Err(format!("ServiceAccount {ns}/{sa} was deleted and made again; ask for a new token"));
     }
     if let Some(pod) = k8s.get("pod") {
         let name = pod.get("name").and_then(Value::as_str).unwrap_or("");
-        let key = PODS.key(Some(ns), name);
-        let (kv, _) = registry.member().get(key.as_bytes(), Consistency::Serializable).await.map_err(|e| e.to_string())?;
-        let found: Value = kv
-            .and_then(|kv| object::decode(&kv.value, kv.mod_revision).ok())
+        let found = read_local(registry, &PODS, ns, name)
+            .await?
             .ok_or_else(|| format!("the token is bound to pod {ns}/{name}, which no longer exists"))?;
         if object::uid(&found) != pod.get("uid").and_then(Value::as_str) {
             return Err(format!("the token is bound to an earlier pod {ns}/{name}, since deleted"));

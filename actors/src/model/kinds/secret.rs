@@ -74,7 +74,7 @@ impl Strategy for Secret {
     /// for the typed check to refuse.
     fn defaults(&self, object: &mut Value) {
         let Some(o) = object.as_object_mut() else { return };
-        if !o.get("type").is_some_and(Value::is_string) || o.get("type") == Some(&json!("")) {
+        if o.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
             o.insert("type".into(), json!(OPAQUE));
         }
         let Some(Value::Object(strings)) = o.remove("stringData") else { return };
