@@ -76,6 +76,7 @@ pub async fn run(args: StartupBenchArgs) -> Result<i32, String> {
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
         kubelet_port: None,
+        volumes_dir: dir.join("pod-volumes"),
     };
     let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| e.to_string())?;
     let rss_before = rss_bytes(std::process::id() as i32).unwrap_or(0);

@@ -112,6 +112,7 @@ pub async fn run(args: AgentArgs) -> Result<i32, String> {
         fence: Duration::from_millis(args.fence_ms),
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
         kubelet_port: Some(kubelet_port),
+        volumes_dir: args.state_dir.join("pod-volumes"),
     };
     let (agent, mut handle) =
         ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the agent could not register its node: {e}"))?;

@@ -65,9 +65,13 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
         .limits
         .with_raft_timing(args.heartbeat_interval_ms, election_min, election_max)
         .map_err(|e| format!("--heartbeat-interval-ms/--election-timeout-ms: {e}"))?;
-    let listeners = args.api.bind().await?;
+    let mut listeners = args.api.bind().await?;
     let member = Member::start(config).await.map_err(|e| e.to_string())?;
     let registry = flotilla_actors::Registry::new(member.clone()).with_network_plan(plan);
+    if let Some(vip) = registry.api_service_ip() {
+        listeners.add_san(vip.to_string());
+    }
+    let api_addr = listeners.https_addr;
     // Node agents reach the control plane through this member.
     let heartbeats = flotilla_actors::agent::control_plane::Heartbeats::default();
     let local = flotilla_actors::agent::control_plane::LocalControlPlane::new(registry.clone(), heartbeats.clone());
@@ -89,7 +93,7 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     };
     let api = listeners.start(member.ca(), &args.data_dir, crate::api::router(state))?;
     // Ends with the server, if it has not finished by then.
-    let _namespaces = flotilla_actors::tasks::OwnedTask::spawn(ensure_namespaces(registry));
+    let _namespaces = flotilla_actors::tasks::OwnedTask::spawn(ensure_namespaces(registry, member.id(), api_addr));
     println!(
         "flotilla server: member {} of cluster {} serving peers on {}, API on {}",
         member.id(),
@@ -115,11 +119,16 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     Ok(0)
 }
 
-/// Creates `default` and `flotilla-system` once the cluster has a leader;
-/// every member tries, and creating an existing namespace is a no-op.
-async fn ensure_namespaces(registry: flotilla_actors::Registry) {
+/// Creates `default` and `flotilla-system` once the cluster has a leader
+/// (every member tries, and creating an existing namespace is a no-op),
+/// and adds this member to the `kubernetes` Service's endpoints.
+async fn ensure_namespaces(registry: flotilla_actors::Registry, member: u64, api: std::net::SocketAddr) {
     for attempt in 0u32.. {
-        match registry.ensure_builtin_objects().await {
+        let done = match registry.ensure_builtin_objects().await {
+            Ok(()) => registry.ensure_api_service(member, api).await,
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(()) => return,
             Err(e) => {
                 if attempt % 20 == 19 {

@@ -68,7 +68,7 @@ pub fn host_memory_bytes() -> i64 {
 }
 
 pub async fn run(args: UpArgs) -> Result<i32, String> {
-    let listeners = args.api.bind().await?;
+    let mut listeners = args.api.bind().await?;
     let start = if args.data_dir.join("member.json").exists() { StartMode::Restart } else { StartMode::Bootstrap };
     let member = Member::start(StoreConfig::new(1, &args.data_dir, &args.peer, start)).await.map_err(|e| e.to_string())?;
     // The agent's state lives beside the store, once the store exists.
@@ -92,11 +92,19 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
     };
     let registry = Registry::new(member.clone()).with_network_plan(args.plan.plan()?);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while let Err(e) = registry.ensure_builtin_objects().await {
-        if tokio::time::Instant::now() > deadline {
-            return Err(format!("the store did not become writable: {e}"));
+    loop {
+        let done = match registry.ensure_builtin_objects().await {
+            Ok(()) => registry.ensure_api_service(member.id(), listeners.https_addr).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() > deadline => return Err(format!("the store did not become writable: {e}")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(vip) = registry.api_service_ip() {
+        listeners.add_san(vip.to_string());
     }
     let heartbeats = Heartbeats::default();
     let (leader, _) = crate::wiring::start_leader_supervisor(registry.clone(), heartbeats.clone(), Default::default()).await?;
@@ -129,6 +137,7 @@ pub async fn run(args: UpArgs) -> Result<i32, String> {
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
         kubelet_port: None,
+        volumes_dir: args.data_dir.join("pod-volumes"),
     };
     let (agent, _) = ractor::Actor::spawn(None, NodeAgent, agent_args).await.map_err(|e| format!("the node agent did not start: {e}"))?;
     println!("flotilla is up: API on {}, node {node_name:?} with the {} runtime{note}", api.url, runtime.kind());

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use flotilla_actors::agent::control_plane::ControlPlane;
+use flotilla_actors::network::api_relay::ApiRelay;
 use flotilla_actors::network::dns::{self, DnsConfig, DnsServer};
 use flotilla_actors::network::nft;
 use flotilla_actors::network::proxy::{ProxyActor, ProxyArgs, ProxyMode, ProxyMsg};
@@ -26,6 +27,9 @@ const POD_CIDR_POLL: std::time::Duration = std::time::Duration::from_millis(500)
 const POD_NETWORK_TRIES_BEFORE_FALLBACK: u32 = 5;
 /// The DNS port pods ask on their gateway.
 const POD_DNS_PORT: u16 = 53;
+/// Where the API relay listens on the gateway: the `kubernetes` Service's
+/// own port, so the rules only change the address.
+const API_RELAY_PORT: u16 = 443;
 
 /// The cluster's address plan, given to every server (the same on each).
 #[derive(Args, Clone, Debug)]
@@ -126,7 +130,13 @@ fn admit_forwarding(subnet: &str) -> Result<(), String> {
 
 /// Waits for the leader to give the node a pod subnet, sets up the pod
 /// network on it, and serves cluster DNS on its gateway for the pods.
-async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: Arc<dyn ContainerRuntime>, table: dns::SharedServiceTable) {
+async fn run_pod_network(
+    node: String,
+    control: Arc<dyn ControlPlane>,
+    runtime: Arc<dyn ContainerRuntime>,
+    table: dns::SharedServiceTable,
+    relay: Option<(ActorRef<ProxyMsg>, tokio::sync::watch::Receiver<Arc<ServiceTable>>)>,
+) {
     let network = loop {
         let cidr = control.list_objects("nodes").await.ok().and_then(|(nodes, _)| {
             nodes
@@ -170,7 +180,24 @@ async fn run_pod_network(node: String, control: Arc<dyn ControlPlane>, runtime: 
         Ok(()) => {}
         Err(e) => tracing::warn!(node = %node, error = %e, "pods are not reachable from other machines or through node ports"),
     }
-    let Ok(gateway) = network.gateway.parse::<std::net::IpAddr>() else { return };
+    let Ok(gateway) = network.gateway.parse::<std::net::Ipv4Addr>() else { return };
+    // Pods reach the API through the node (the servers may listen on
+    // loopback); the relay ends with this task.
+    let _relay = match relay {
+        None => None,
+        Some((proxy, tables)) => match ApiRelay::start(SocketAddr::from((gateway, API_RELAY_PORT)), tables).await {
+            Ok(relay) => {
+                let _ = proxy.send_message(ProxyMsg::ApiRelay(std::net::SocketAddrV4::new(gateway, API_RELAY_PORT)));
+                tracing::info!(node = %node, addr = %relay.local_addr, "API relay for pods listening");
+                Some(relay)
+            }
+            Err(e) => {
+                tracing::warn!(node = %node, error = %e, "API relay for pods not started; pods cannot reach the API");
+                None
+            }
+        },
+    };
+    let gateway = std::net::IpAddr::V4(gateway);
     let bind = SocketAddr::new(gateway, POD_DNS_PORT);
     let config = DnsConfig { bind, zone: CLUSTER_DOMAIN.into(), upstreams: dns::host_upstreams(bind) };
     match DnsServer::start(config, table).await {
@@ -229,9 +256,16 @@ pub async fn start(
     let (tables, mut table_rx) = tokio::sync::watch::channel(Arc::new(ServiceTable::default()));
     // One table for every DNS listener: the host's and the pods'.
     let shared = dns.as_ref().map_or_else(|| dns::share(ServiceTable::default()), |d| d.shared());
+    let relay_tables = tables.subscribe();
+    let (proxy, proxy_handle) =
+        Actor::spawn(None, ProxyActor, ProxyArgs { node: node.to_string(), control: control.clone(), mode, tables })
+            .await
+            .map_err(|e| format!("the proxy did not start: {e}"))?;
+    // Only the kernel's rules carry the API's virtual IP to the relay.
+    let relay = (mode == ProxyMode::Nftables).then(|| (proxy.clone(), relay_tables));
     let pod_network = (runtime.kind() == "docker").then(|| {
         runtime.expect_pod_network();
-        tokio::spawn(run_pod_network(node.to_string(), control.clone(), runtime.clone(), shared.clone()))
+        tokio::spawn(run_pod_network(node.to_string(), control.clone(), runtime.clone(), shared.clone(), relay))
     });
     let forward = tokio::spawn(async move {
         while table_rx.changed().await.is_ok() {
@@ -239,8 +273,5 @@ pub async fn start(
             *shared.write().unwrap_or_else(std::sync::PoisonError::into_inner) = table;
         }
     });
-    let (proxy, proxy_handle) = Actor::spawn(None, ProxyActor, ProxyArgs { node: node.to_string(), control, mode, tables })
-        .await
-        .map_err(|e| format!("the proxy did not start: {e}"))?;
     Ok(NodeNetwork { proxy, proxy_handle, dns, forward, pod_network, mode })
 }

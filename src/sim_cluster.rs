@@ -156,6 +156,7 @@ impl SimCluster {
             fence: shape.fence,
             pods_max: shape.pods_max,
             kubelet_port: None,
+            volumes_dir: std::env::temp_dir().join(format!("flotilla-sim-volumes-{}", std::process::id())).join(name),
         };
         let (agent, handle) = ractor::Actor::spawn(None, NodeAgent, args).await.map_err(|e| format!("agent {name}: {e}"))?;
         self.nodes.insert(name.to_string(), SimNode { agent, handle, runtime });

@@ -115,21 +115,6 @@ spec:
   - from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: alpha}}}]
 ";
 
-/// The container of `pod` in `ns` on `node`.
-fn container_of(node: &str, ns: &str, pod: &str) -> Option<String> {
-    let (_, out) = docker(&[
-        "ps",
-        "-q",
-        "--filter",
-        &format!("label=io.flotilla.node={node}"),
-        "--filter",
-        &format!("label=io.flotilla.namespace={ns}"),
-        "--filter",
-        &format!("label=io.flotilla.pod={pod}"),
-    ]);
-    out.lines().next().map(String::from)
-}
-
 /// One HTTP GET from inside `container`; the body, or None when it failed
 /// or took more than 3 s (a dropped connection hangs until then).
 fn fetch_from(container: &str, url: &str) -> Option<String> {
@@ -137,54 +122,17 @@ fn fetch_from(container: &str, url: &str) -> Option<String> {
     ok.then(|| out.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// The node's nftables table, left when its `flotilla up` is killed.
-struct TableGone(String);
-
-impl Drop for TableGone {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("flotilla_{}", self.0)]).output();
-    }
-}
-
 #[test]
 fn services_dns_and_network_policy_on_real_containers() {
-    if !docker(&["info"]).0 {
-        eprintln!("SKIPPED: no Docker engine answers");
+    if !docker_and_nft_ready() {
         return;
     }
-    if !nft_usable() {
-        eprintln!("SKIPPED: programming nftables needs root and the nft tool");
-        return;
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
-    assert!(std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false), "build-image.sh failed");
     let dir = tempfile::tempdir().expect("tempdir");
     let node = format!("dn{}", std::process::id());
     let (_leftovers, _table) = (DockerLeftovers(vec![node.clone()]), TableGone(node.clone()));
     let http = free_tcp();
     let api = format!("http://{http}");
-    let _up = spawn(&[
-        "up",
-        "--runtime",
-        "docker",
-        "--node-name",
-        &node,
-        "--data-dir",
-        dir.path().join("data").to_str().expect("utf8"),
-        "--peer",
-        &free_udp(),
-        "--insecure-http",
-        &http,
-        "--http",
-        "127.0.0.1:0",
-        "--proxy",
-        "nftables",
-        "--dns-listen",
-        "127.0.0.1:0",
-        // Pod subnets of its own, apart from the other Docker tests'.
-        "--cluster-cidr",
-        "10.233.0.0/16",
-    ]);
+    let _up = docker_up(&node, &dir.path().join("data"), &http, "10.233.0.0/16");
     until("the node is ready", || cli(&api, &["get", "nodes"], None).1.contains(" Ready"));
     for ns in ["alpha", "beta"] {
         assert_eq!(cli(&api, &["apply", "-f", "-"], Some(&namespace(ns))).0, 0);

@@ -11,7 +11,7 @@ use flotilla_actors::agent::agent_protocol::{AgentMessage, AgentReply, AgentRequ
 use flotilla_actors::agent::control_plane::{AgentError, ControlPlane, NodeUsage};
 use flotilla_actors::agent::remote::RemoteControlPlane;
 use flotilla_actors::leader::LeaderSettings;
-use flotilla_actors::model::kinds::{NODES, PODS};
+use flotilla_actors::model::kinds::{NODES, PODS, SECRETS};
 use flotilla_actors::Propagation;
 use flotilla_raft::StoreClient;
 use rustls::pki_types::pem::PemObject;
@@ -90,6 +90,33 @@ async fn an_agent_is_one_node_and_acts_only_for_it() {
     let still = registry.get(&PODS, Some("default"), "pb").await.expect("b's pod is still there");
     assert_ne!(still.pointer("/status/phase"), Some(&json!("Failed")), "a's write did not land");
     b.update_pod_status("default", "pb", &uid, json!({"phase": "Running"})).await.expect("b writes its own pod");
+
+    // A node reads Secrets only through its own pods, and only those they
+    // name (Kubernetes' node authorizer).
+    for (name, value) in [("named", "bmFtZWQ="), ("unnamed", "dW5uYW1lZA==")] {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": {"k": value}});
+        registry.create(&SECRETS, Some("default"), secret).await.expect("a secret");
+    }
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ps"},
+        "spec": {"nodeName": "worker-b", "containers": [{"name": "c", "image": "busybox",
+                 "env": [{"name": "K", "valueFrom": {"secretKeyRef": {"name": "named", "key": "k"}}}]}]}});
+    let pod = registry.create(&PODS, Some("default"), pod).await.expect("pod naming a secret");
+    let ps_uid = pod["metadata"]["uid"].as_str().expect("uid").to_string();
+    refused(a.pod_inputs("default", "ps", &ps_uid).await, "a's read of b's pod's secrets", "bound to node \"worker-b\"");
+    let inputs = b.pod_inputs("default", "ps", &ps_uid).await.expect("b reads its own pod's inputs");
+    assert_eq!(inputs.secrets.keys().collect::<Vec<_>>(), ["named"], "only the secret the pod names");
+    assert_eq!(inputs.secrets["named"]["data"]["k"], "bmFtZWQ=");
+    assert!(inputs.automount, "the default account's token is mounted unless someone opts out");
+    let jwt = &inputs.tokens[flotilla::api::token_request::API_AUDIENCE].token;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    let claims = cluster.servers[0].member.ca().verify_jwt(jwt, flotilla::api::token_request::API_AUDIENCE, now).expect("a valid token");
+    assert_eq!(claims["sub"], "system:serviceaccount:default:default");
+    assert_eq!(claims["kubernetes.io"]["pod"]["uid"], ps_uid.as_str(), "bound to the pod");
+    assert_eq!(claims["kubernetes.io"]["node"]["name"], "worker-b", "and to its node");
+    match b.pod_inputs("default", "ps", "another-uid").await {
+        Err(AgentError::Gone(_)) => {}
+        other => panic!("a replaced pod's inputs: expected Gone, got {:?}", other.map(|_| ())),
+    }
 
     // Forged credentials and relays.
     let client = StoreClient::new(peers.clone(), &token).expect("client");

@@ -67,6 +67,15 @@ pub const REPLICAS_MAX: i64 = 100_000;
 /// Containers and init containers of one pod, together.
 pub const CONTAINERS_PER_POD_MAX: usize = 64;
 
+/// Connections a node's API relay carries for its pods at once.
+pub const API_RELAY_CONNECTIONS_MAX: usize = 512;
+/// How long the relay waits for one API server to accept before it tries
+/// the next.
+pub const API_RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Volumes of one pod.
+pub const VOLUMES_PER_POD_MAX: usize = 256;
+
 /// The longest grace period a pod or a delete may ask for (one year): the
 /// deadline it gives must stay a time the clock can represent.
 pub const GRACE_PERIOD_SECONDS_MAX: i64 = 366 * 24 * 3600;
@@ -79,5 +88,16 @@ pub const SERVICE_ACCOUNT_TOKEN_TTL_MIN_SECONDS: i64 = 600;
 /// The longest (Kubernetes' --service-account-max-token-expiration is
 /// unset by default; flotilla bounds it at 48 hours).
 pub const SERVICE_ACCOUNT_TOKEN_TTL_MAX_SECONDS: i64 = 48 * 3600;
+/// The Secrets and ConfigMaps one pod may name, together, in bytes of
+/// JSON: what its node is sent before the pod starts (the peer port's
+/// replies are bounded at 64 MiB).
+pub const POD_INPUTS_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// How often a running pod's volumes are brought up to date with the
+/// Secrets and ConfigMaps they show (the kubelet's sync is about a minute).
+pub const POD_VOLUME_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);
+/// The first and the longest wait before a pod that could not be prepared
+/// (a Secret it names is missing, the servers are away) is tried again.
+pub const POD_INPUTS_RETRY_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+pub const POD_INPUTS_RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// Audiences one token may name.
 pub const SERVICE_ACCOUNT_TOKEN_AUDIENCES_MAX: usize = 16;

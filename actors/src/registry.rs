@@ -18,7 +18,7 @@ use crate::limits::{ALLOCATION_RETRIES_MAX, KEYRING_RESEALS_MAX, UPDATE_RETRIES_
 use crate::model::addresses::{assign_service, AllocError, NetworkPlan, Taken};
 use crate::model::admission::{admit_create, admit_update, AdmissionContext, AdmissionError};
 use crate::model::kinds::RESOURCES;
-use crate::model::kinds::{EVENTS, NAMESPACES, NODES, PODS, SERVICES, SERVICE_ACCOUNTS};
+use crate::model::kinds::{ENDPOINTS, EVENTS, NAMESPACES, NODES, PODS, SERVICES, SERVICE_ACCOUNTS};
 use crate::model::object::{self, decode, encode};
 use crate::model::resources::Resource;
 use crate::model::selector::Selector;
@@ -1122,6 +1122,58 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// The `kubernetes` Service's virtual IP: the first address of the
+    /// service range, which the allocator never hands out.
+    pub fn api_service_ip(&self) -> Option<std::net::Ipv4Addr> {
+        self.plan.service_cidr.nth(1)
+    }
+
+    /// The `kubernetes` Service in `default`, as every Kubernetes cluster
+    /// has it (port 443 on [`Self::api_service_ip`]), with this API server
+    /// (`member`, at `api`) among its endpoints: in-cluster clients find
+    /// the API by it.
+    pub async fn ensure_api_service(&self, member: u64, api: std::net::SocketAddr) -> Result<(), RegistryError> {
+        let Some(vip) = self.api_service_ip() else { return Ok(()) };
+        let service = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"type": "ClusterIP", "clusterIP": vip.to_string(), "sessionAffinity": "None",
+                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": api.port()}]},
+        });
+        match self.create(&SERVICES, Some("default"), service).await {
+            Ok(_) | Err(RegistryError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        // The address other machines reach this server at, where it says;
+        // a server on every address is reached on this host's loopback.
+        let ip = match api.ip() {
+            std::net::IpAddr::V4(ip) if !ip.is_unspecified() => ip.to_string(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let hostname = format!("member-{member}");
+        let (ip, port) = (ip.as_str(), api.port());
+        match self.get(&ENDPOINTS, Some("default"), "kubernetes").await {
+            Err(RegistryError::NotFound { .. }) => {
+                match self.create(&ENDPOINTS, Some("default"), crate::model::kinds::with_api_server(None, &hostname, ip, port)).await {
+                    Ok(_) | Err(RegistryError::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+            Ok(_) => self
+                .read_modify_write(
+                    &ENDPOINTS,
+                    Some("default"),
+                    "kubernetes",
+                    None,
+                    |old| Ok(crate::model::kinds::with_api_server(Some(old), &hostname, ip, port)),
+                    None,
+                )
+                .await
+                .map(drop),
+        }
     }
 
     /// Records an Event about `involved` (best effort: failures are logged).

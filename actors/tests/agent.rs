@@ -54,6 +54,7 @@ async fn start_agent(
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
         kubelet_port: None,
+        volumes_dir: std::env::temp_dir().join(format!("flotilla-test-volumes-{}", std::process::id())).join(name),
     };
     let (agent, _) = Actor::spawn(None, NodeAgent, args).await.expect("agent starts");
     agent

@@ -65,6 +65,7 @@ fn agent_args(registry: &Registry, node: &str, runtime: Arc<dyn ContainerRuntime
         fence: flotilla_actors::agent::node_agent::FENCE_DEFAULT,
         pods_max: flotilla_actors::agent::node_agent::PODS_MAX_DEFAULT,
         kubelet_port: None,
+        volumes_dir: std::env::temp_dir().join(format!("flotilla-test-volumes-{}", std::process::id())).join(node),
     }
 }
 

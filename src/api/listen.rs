@@ -119,6 +119,14 @@ fn serving_names(bound: &SocketAddr, extra: &[String]) -> Vec<String> {
 }
 
 impl ApiListeners {
+    /// Another name or address for the serving certificate (the
+    /// `kubernetes` Service's virtual IP, which in-cluster clients dial).
+    pub fn add_san(&mut self, name: String) {
+        if !self.tls_san.contains(&name) {
+            self.tls_san.push(name);
+        }
+    }
+
     /// The URL clients on this machine use.
     pub fn local_url(&self) -> String {
         let host = if self.https_addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { self.https_addr.ip().to_string() };

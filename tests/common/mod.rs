@@ -284,6 +284,74 @@ pub fn nft_usable() -> bool {
     root && std::process::Command::new("nft").args(["list", "tables"]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+/// The nftables table of a node, left when its `flotilla up` is killed;
+/// removed when dropped.
+pub struct TableGone(pub String);
+
+impl Drop for TableGone {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft").args(["delete", "table", "ip", &format!("flotilla_{}", self.0)]).output();
+    }
+}
+
+/// Whether the tests on real containers with the nftables proxy can run
+/// here (saying why not), with the test image built.
+pub fn docker_and_nft_ready() -> bool {
+    if !docker(&["info"]).0 {
+        eprintln!("SKIPPED: no Docker engine answers");
+        return false;
+    }
+    if !nft_usable() {
+        eprintln!("SKIPPED: programming nftables needs root and the nft tool");
+        return false;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/build-image.sh");
+    assert!(std::process::Command::new("bash").arg(script).status().map(|s| s.success()).unwrap_or(false), "build-image.sh failed");
+    true
+}
+
+/// `flotilla up` as node `node` on the docker runtime with the nftables
+/// proxy, its API in plain HTTP on `http`, pod subnets from `cluster_cidr`
+/// (one per test, apart from the other Docker tests').
+pub fn docker_up(node: &str, data: &std::path::Path, http: &str, cluster_cidr: &str) -> Proc {
+    spawn(&[
+        "up",
+        "--runtime",
+        "docker",
+        "--node-name",
+        node,
+        "--data-dir",
+        data.to_str().expect("utf8"),
+        "--peer",
+        &free_udp(),
+        "--insecure-http",
+        http,
+        "--http",
+        "127.0.0.1:0",
+        "--proxy",
+        "nftables",
+        "--dns-listen",
+        "127.0.0.1:0",
+        "--cluster-cidr",
+        cluster_cidr,
+    ])
+}
+
+/// The container of `pod` in `ns` on `node`.
+pub fn container_of(node: &str, ns: &str, pod: &str) -> Option<String> {
+    let (_, out) = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.flotilla.node={node}"),
+        "--filter",
+        &format!("label=io.flotilla.namespace={ns}"),
+        "--filter",
+        &format!("label=io.flotilla.pod={pod}"),
+    ]);
+    out.lines().next().map(String::from)
+}
+
 /// Removes the Docker containers and networks of these nodes when
 /// dropped: a killed agent leaves them, and a failed test must not leave
 /// subnets taken for the next.

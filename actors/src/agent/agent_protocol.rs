@@ -71,6 +71,13 @@ pub enum AgentRequest {
         plural: String,
         after: u64,
     },
+    /// What a pod bound to this node needs before it starts: the Secrets
+    /// and ConfigMaps it names, its tokens, the CA and where the API is.
+    PodInputs {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
     /// A fresh node certificate (user `system:node:NAME`) naming these
     /// addresses, for the agent's own endpoint.
     Certificate {
@@ -88,4 +95,5 @@ pub enum AgentReply {
     Beat { order: Option<String> },
     Failed { retryable: bool, gone: bool, expired: bool, message: String },
     Certificate { ca_pem: String, cert_pem: String, key_pem: String },
+    PodInputs(Box<super::pod_inputs::PodInputs>),
 }

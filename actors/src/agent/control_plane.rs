@@ -11,8 +11,9 @@ use tokio::sync::mpsc;
 
 use super::chaos_orders::ChaosOrders;
 use super::pod_fanout::PodFanout;
+use super::pod_inputs::{references, service_account, IssuedToken, PodInputs, MOUNTED_TOKEN_TTL_SECONDS};
 use crate::model::kinds::lookup;
-use crate::model::kinds::{NODES, PODS};
+use crate::model::kinds::{CONFIGMAPS, NODES, PODS, SECRETS, SERVICES, SERVICE_ACCOUNTS};
 use crate::model::object;
 use crate::model::selector::Selector;
 use crate::registry::{Registry, RegistryError, WatchEvent};
@@ -45,6 +46,10 @@ pub trait ControlPlane: Send + Sync + 'static {
     async fn finalize_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<(), AgentError>;
     /// Records an Event about an object (best effort).
     async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str);
+    /// What pod `namespace/name` (uid `uid`), bound to this node, needs
+    /// before its containers start: the Secrets and ConfigMaps it names,
+    /// its ServiceAccount tokens, the cluster CA and where the API is.
+    async fn pod_inputs(&self, namespace: &str, name: &str, uid: &str) -> Result<PodInputs, AgentError>;
     /// All objects of one of the kinds a node's network needs
     /// ([`NETWORK_KINDS`]), and the revision of the list.
     async fn list_objects(&self, plural: &str) -> Result<(Vec<Value>, u64), AgentError>;
@@ -224,6 +229,10 @@ impl ControlPlane for LocalControlPlane {
     async fn record_event(&self, involved: &Value, event_type: &str, reason: &str, message: &str) {
         self.registry.record_event(involved, event_type, reason, message).await;
     }
+
+    async fn pod_inputs(&self, namespace: &str, name: &str, uid: &str) -> Result<PodInputs, AgentError> {
+        self.pod_inputs_on(None, namespace, name, uid).await
+    }
 }
 
 /// Refuses a node's write to a pod bound elsewhere (NodeRestriction).
@@ -289,6 +298,115 @@ impl LocalControlPlane {
         let rv = object::resource_version(&current);
         self.registry.delete_now(pods, Some(namespace), name, rv).await?;
         Ok(())
+    }
+}
+
+/// An object that may not exist: None when it does not.
+async fn get_optional(
+    registry: &Registry,
+    res: &crate::model::resources::Resource,
+    ns: Option<&str>,
+    name: &str,
+) -> Result<Option<Value>, AgentError> {
+    match registry.get(res, ns, name).await {
+        Ok(v) => Ok(Some(v)),
+        Err(RegistryError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+impl LocalControlPlane {
+    /// A pod's inputs, if the pod still has uid `uid` and (given a node)
+    /// is bound to that node: only the objects the pod itself names are
+    /// read, so a node reads no Secret no pod of its own asks for.
+    pub async fn pod_inputs_on(&self, node: Option<&str>, namespace: &str, name: &str, uid: &str) -> Result<PodInputs, AgentError> {
+        let object = self.registry.get(&PODS, Some(namespace), name).await?;
+        if object::uid(&object) != Some(uid) {
+            return Err(AgentError::Gone(format!("pod {namespace}/{name} was replaced")));
+        }
+        bound_here(node, &object)?;
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(object.clone())
+            .map_err(|e| AgentError::Refused(format!("pod {namespace}/{name} is not a valid Pod: {e}")))?;
+        let refs = references(&pod);
+        let mut inputs = PodInputs { ca_pem: self.registry.member().ca().cert_pem.clone(), ..PodInputs::default() };
+        let mut bytes = 0usize;
+        for secret in &refs.secrets {
+            if let Some(v) = get_optional(&self.registry, &SECRETS, Some(namespace), secret).await? {
+                bytes += v.to_string().len();
+                inputs.secrets.insert(secret.clone(), v);
+            }
+        }
+        for cm in &refs.config_maps {
+            if let Some(v) = get_optional(&self.registry, &CONFIGMAPS, Some(namespace), cm).await? {
+                bytes += v.to_string().len();
+                inputs.config_maps.insert(cm.clone(), v);
+            }
+        }
+        if bytes > crate::limits::POD_INPUTS_MAX_BYTES {
+            return Err(AgentError::Refused(format!(
+                "the Secrets and ConfigMaps pod {namespace}/{name} names hold {bytes} bytes; a pod may name at most {} bytes of them",
+                crate::limits::POD_INPUTS_MAX_BYTES
+            )));
+        }
+        let account_name = service_account(&pod);
+        let account = get_optional(&self.registry, &SERVICE_ACCOUNTS, Some(namespace), account_name).await?;
+        let account_opts_out = account.as_ref().and_then(|a| a.get("automountServiceAccountToken")).and_then(Value::as_bool) == Some(false);
+        // As in Kubernetes, the pod's own setting wins over its account's.
+        inputs.automount = match pod.spec.as_ref().and_then(|s| s.automount_service_account_token) {
+            Some(own) => own,
+            None => !account_opts_out,
+        };
+        let mut audiences = refs.token_audiences.clone();
+        if inputs.automount {
+            let api = crate::model::service_account_token::API_AUDIENCE.to_string();
+            let ttl = audiences.get(&api).copied().unwrap_or(MOUNTED_TOKEN_TTL_SECONDS).min(MOUNTED_TOKEN_TTL_SECONDS);
+            audiences.insert(api, ttl);
+        }
+        if !audiences.is_empty() {
+            let account = account.ok_or_else(|| {
+                AgentError::Refused(format!(
+                    "serviceaccount {namespace}/{account_name} not found: create it, or set spec.serviceAccountName to one that exists"
+                ))
+            })?;
+            let account_uid = object::uid(&account).unwrap_or_default().to_string();
+            let node_name = object.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().to_string();
+            let node_uid = get_optional(&self.registry, &NODES, None, &node_name)
+                .await?
+                .and_then(|n| object::uid(&n).map(String::from))
+                .unwrap_or_default();
+            let bound = crate::model::service_account_token::BoundPod {
+                name: name.to_string(),
+                uid: uid.to_string(),
+                node: (!node_name.is_empty()).then(|| (node_name.clone(), node_uid)),
+            };
+            let now = crate::model::service_account_token::now_secs();
+            for (audience, ttl) in audiences {
+                let claims = crate::model::service_account_token::claims_bound(
+                    namespace,
+                    account_name,
+                    &account_uid,
+                    std::slice::from_ref(&audience),
+                    now,
+                    ttl,
+                    Some(&bound),
+                );
+                let token = self
+                    .registry
+                    .member()
+                    .ca()
+                    .sign_jwt(&claims)
+                    .map_err(|e| AgentError::Unavailable(format!("signing pod {namespace}/{name}'s token: {e}")))?;
+                inputs.tokens.insert(audience, IssuedToken { token, expires_unix: now + ttl, ttl_seconds: ttl });
+            }
+        }
+        if let Some(svc) = get_optional(&self.registry, &SERVICES, Some("default"), "kubernetes").await? {
+            let ip = svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+            let port = svc.pointer("/spec/ports/0/port").and_then(Value::as_u64).and_then(|p| u16::try_from(p).ok());
+            if let (Some(ip), Some(port)) = (ip, port) {
+                inputs.api = Some((ip.to_string(), port));
+            }
+        }
+        Ok(inputs)
     }
 }
 
@@ -400,5 +518,9 @@ impl ControlPlane for PartitionableControlPlane {
         if self.check().is_ok() {
             self.inner.record_event(involved, event_type, reason, message).await
         }
+    }
+    async fn pod_inputs(&self, namespace: &str, name: &str, uid: &str) -> Result<PodInputs, AgentError> {
+        self.check()?;
+        self.inner.pod_inputs(namespace, name, uid).await
     }
 }

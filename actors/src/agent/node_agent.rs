@@ -49,6 +49,9 @@ pub struct NodeAgentArgs {
     /// Where the agent serves logs and usage to the API servers (the
     /// kubelet's port); advertised in the Node's `daemonEndpoints`.
     pub kubelet_port: Option<u16>,
+    /// Where the node keeps its pods' volumes (Secrets, ConfigMaps, the
+    /// ServiceAccount token); only root and the runtime need to read it.
+    pub volumes_dir: std::path::PathBuf,
 }
 
 /// The kubelet's default `maxPods`.
@@ -254,6 +257,9 @@ impl NodeAgentState {
             control: self.args.control.clone(),
             adopt: self.adoptable.remove(&uid).unwrap_or_default(),
             backoff: self.args.backoff,
+            volumes_dir: self.args.volumes_dir.clone(),
+            node_cpu_millis: self.args.cpu_millis,
+            node_memory_bytes: self.args.memory_bytes,
         };
         match Actor::spawn_linked(None, PodActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {

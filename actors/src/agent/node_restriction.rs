@@ -29,6 +29,7 @@ pub fn may(node: &str, request: &AgentRequest) -> Result<(), String> {
         AgentRequest::ListPods { node } | AgentRequest::WatchPods { node, .. } => node,
         AgentRequest::UpdatePodStatus { .. }
         | AgentRequest::FinalizePod { .. }
+        | AgentRequest::PodInputs { .. }
         | AgentRequest::RecordEvent { .. }
         | AgentRequest::ListObjects { .. }
         | AgentRequest::WatchObjects { .. }

@@ -5,6 +5,7 @@
 //! pod object).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,17 @@ use super::container_actor::{
     ContainerActor, ContainerArgs, ContainerMsg, ContainerReport, ContainerState as ContainerActorState, ReportTo,
 };
 use super::control_plane::{AgentError, ControlPlane};
+use super::pod_env::{environment, expand, PodFacts};
+use super::pod_inputs::{references, PodInputs};
 use super::pod_state::{
     after_exit, pod_phase, pod_ready, AfterExit, BackoffPolicy, ContainerState, ContainerView, RestartPolicy, Stopping,
 };
+use super::pod_volumes::{self, VolumeContent};
 use super::probe::Probe;
+use crate::limits::{POD_INPUTS_RETRY_FIRST, POD_INPUTS_RETRY_MAX, POD_VOLUME_REFRESH};
 use crate::model::object;
 use crate::model::quantity::Quantity;
-use crate::runtime::{ContainerRuntime, ContainerSpec, RunAs, RuntimeError};
+use crate::runtime::{ContainerRuntime, ContainerSpec, Mount, RunAs, RuntimeError};
 
 /// How soon a status or finalize write that failed is tried again.
 const CONTROL_RETRY: Duration = Duration::from_millis(500);
@@ -37,9 +42,19 @@ pub struct PodArgs {
     /// Running containers of this pod found at agent start-up, by name.
     pub adopt: HashMap<String, String>,
     pub backoff: BackoffPolicy,
+    /// Where the node keeps its pods' volumes (one directory per pod uid).
+    pub volumes_dir: PathBuf,
+    /// The node's allocatable CPU and memory (for `resourceFieldRef`s to
+    /// limits a container does not set).
+    pub node_cpu_millis: i64,
+    pub node_memory_bytes: i64,
 }
 
 pub enum PodMsg {
+    /// Fetch what the pod needs (Secrets, ConfigMaps, tokens), build its
+    /// containers' environment and write its volumes; the first success
+    /// starts the containers, later ones bring the volumes up to date.
+    Prepare,
     StartContainer {
         index: usize,
     },
@@ -106,6 +121,16 @@ pub struct PodState {
     start_time: String,
     /// The pod's own address where the runtime gives it one (docker).
     pod_ip: Option<String>,
+    /// This pod's volumes on the node.
+    pod_dir: PathBuf,
+    node_cpu_millis: i64,
+    node_memory_bytes: i64,
+    /// Whether the containers have their environment and volumes (and so
+    /// have been started).
+    prepared: bool,
+    /// The last wait before preparing again after a failure, and what failed.
+    prepare_retry: Option<Duration>,
+    prepare_error: Option<String>,
 }
 
 fn quantity(v: Option<&Value>) -> Option<Quantity> {
@@ -181,10 +206,94 @@ pub fn container_spec(pod: &Value, container: &Value, node: &str) -> ContainerSp
         cpu_millis: pick("cpu").map(|q| q.millis()),
         memory_bytes: pick("memory").map(|q| q.value()),
         run_as: run_as(pod, container),
+        mounts: vec![],
     }
 }
 
+/// Why a pod's environment and volumes could not be prepared.
+enum PrepareError {
+    /// The pod was replaced or deleted: nothing to do.
+    Gone,
+    /// What the pod's status and events say.
+    Failed(String),
+}
+
 impl PodState {
+    /// Fetches the pod's inputs (where it names any, or may mount its
+    /// ServiceAccount token), builds each container's environment and
+    /// mounts and writes the volumes. Answers whether the volumes show
+    /// anything that changes (and so are to be brought up to date).
+    async fn prepare(&mut self) -> Result<bool, PrepareError> {
+        let pod: k8s_openapi::api::core::v1::Pod =
+            serde_json::from_value(self.pod.clone()).map_err(|e| PrepareError::Failed(format!("the pod object cannot be read: {e}")))?;
+        let mounts = self.runtime.mounts_volumes();
+        let mut inputs = if mounts || !references(&pod).is_empty() {
+            match self.control.pod_inputs(&self.namespace, &self.name, &self.uid).await {
+                Ok(inputs) => inputs,
+                Err(AgentError::Gone(_)) => return Err(PrepareError::Gone),
+                Err(e) => return Err(PrepareError::Failed(e.to_string())),
+            }
+        } else {
+            PodInputs::default()
+        };
+        // Without a file system of its own a container has nowhere to
+        // mount the token; it gets the rest.
+        inputs.automount &= mounts;
+        let facts = PodFacts {
+            node_ip: &self.node_ip,
+            pod_ip: (!self.runtime.gives_pods_addresses()).then_some(self.node_ip.as_str()),
+            node_cpu_millis: self.node_cpu_millis,
+            node_memory_bytes: self.node_memory_bytes,
+        };
+        let planned = pod_volumes::plan(&pod, &inputs, &facts).map_err(PrepareError::Failed)?;
+        let containers = pod.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        let mut built = Vec::with_capacity(self.slots.len());
+        for (slot, c) in self.slots.iter().zip(&containers) {
+            let env = environment(&pod, c, &inputs, &facts).map_err(|m| PrepareError::Failed(format!("container {}: {m}", c.name)))?;
+            let plans = pod_volumes::mounts(&pod, c, &inputs).map_err(|m| PrepareError::Failed(format!("container {}: {m}", c.name)))?;
+            let mounts: Vec<Mount> = plans
+                .into_iter()
+                .map(|m| {
+                    let dir = pod_volumes::volume_dir(&self.pod_dir, &m.volume);
+                    Mount {
+                        host_path: m.sub_path.map_or(dir.clone(), |sub| dir.join(sub)),
+                        container_path: m.container_path,
+                        read_only: m.read_only,
+                    }
+                })
+                .collect();
+            let vars: std::collections::BTreeMap<String, String> = env.iter().cloned().collect();
+            let base = container_spec(&self.pod, &serde_json::to_value(c).unwrap_or_default(), &slot.spec.node);
+            built.push(ContainerSpec {
+                command: base.command.iter().map(|a| expand(a, &vars)).collect(),
+                args: base.args.iter().map(|a| expand(a, &vars)).collect(),
+                env,
+                mounts,
+                ..base
+            });
+        }
+        let refresh = planned.iter().any(|v| matches!(&v.content, VolumeContent::Files(f) if !f.is_empty()));
+        if !planned.is_empty() {
+            let dir = self.pod_dir.clone();
+            tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                // Only root (and the runtime, which is root) reads the
+                // node's pod volumes on the host.
+                if let Some(root) = dir.parent().filter(|r| !r.exists()) {
+                    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(root)?;
+                }
+                std::fs::create_dir_all(&dir)?;
+                planned.iter().try_for_each(|v| pod_volumes::write(&dir, v))
+            })
+            .await
+            .map_err(|e| PrepareError::Failed(format!("writing the pod's volumes: {e}")))?
+            .map_err(|e| PrepareError::Failed(format!("writing the pod's volumes under {}: {e}", self.pod_dir.display())))?;
+        }
+        for (slot, spec) in self.slots.iter_mut().zip(built) {
+            slot.spec = spec;
+        }
+        Ok(refresh)
+    }
+
     fn status(&self) -> Value {
         // Where pods get addresses of their own, a pod has none until its
         // first container runs; never the node's, which would stand for
@@ -287,14 +396,18 @@ impl Actor for PodActor {
             killed: false,
             start_time: object::now(),
             pod_ip: None,
+            pod_dir: args.volumes_dir.join(object::uid(&pod).unwrap_or("no-uid")),
+            node_cpu_millis: args.node_cpu_millis,
+            node_memory_bytes: args.node_memory_bytes,
+            prepared: false,
+            prepare_retry: None,
+            prepare_error: None,
             pod,
         };
         if object::meta_str(&state.pod, "deletionTimestamp").is_some() {
             myself.send_message(PodMsg::Update(state.pod.clone()))?;
         } else {
-            for index in 0..state.slots.len() {
-                myself.send_message(PodMsg::StartContainer { index })?;
-            }
+            myself.send_message(PodMsg::Prepare)?;
             myself.send_message(PodMsg::WriteStatus)?;
         }
         Ok(state)
@@ -302,6 +415,52 @@ impl Actor for PodActor {
 
     async fn handle(&self, myself: ActorRef<PodMsg>, msg: PodMsg, state: &mut PodState) -> Result<(), ActorProcessingErr> {
         match msg {
+            PodMsg::Prepare => {
+                if state.terminating || state.killed {
+                    return Ok(());
+                }
+                match state.prepare().await {
+                    Ok(refresh) => {
+                        state.prepare_retry = None;
+                        state.prepare_error = None;
+                        if !state.prepared {
+                            state.prepared = true;
+                            for index in 0..state.slots.len() {
+                                myself.send_message(PodMsg::StartContainer { index })?;
+                            }
+                        }
+                        if refresh {
+                            myself.send_after(POD_VOLUME_REFRESH, || PodMsg::Prepare);
+                        }
+                    }
+                    Err(PrepareError::Gone) => {}
+                    Err(PrepareError::Failed(message)) => {
+                        let delay = state.prepare_retry.map_or(POD_INPUTS_RETRY_FIRST, |d| (d * 2).min(POD_INPUTS_RETRY_MAX));
+                        state.prepare_retry = Some(delay);
+                        let new = state.prepare_error.as_deref() != Some(message.as_str());
+                        if state.prepared {
+                            // Running containers keep what their volumes
+                            // last held, as in Kubernetes.
+                            if new {
+                                tracing::warn!(pod = %state.name, error = %message, "pod volumes not brought up to date");
+                            }
+                            myself.send_after(POD_VOLUME_REFRESH, || PodMsg::Prepare);
+                        } else {
+                            for slot in &mut state.slots {
+                                slot.view.state =
+                                    ContainerState::Waiting { reason: "CreateContainerConfigError".into(), message: message.clone() };
+                            }
+                            myself.send_after(delay, || PodMsg::Prepare);
+                            if new {
+                                tracing::info!(pod = %state.name, error = %message, "pod cannot start yet; retrying in {delay:?}");
+                                state.control.record_event(&state.pod, "Warning", "Failed", &message).await;
+                                myself.send_message(PodMsg::WriteStatus)?;
+                            }
+                        }
+                        state.prepare_error = Some(message);
+                    }
+                }
+            }
             PodMsg::StartContainer { index } => {
                 if state.terminating || state.killed || state.slots.get(index).is_none_or(|s| s.actor.is_some()) {
                     return Ok(());
@@ -581,6 +740,13 @@ async fn cleanup(state: &mut PodState) {
         for id in [slot.id.take(), slot.previous_id.take()].into_iter().flatten() {
             let _ = state.runtime.remove(&id).await;
         }
+    }
+    let dir = state.pod_dir.clone();
+    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+        Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(pod = %state.name, error = %e, "the pod's volumes could not be removed")
+        }
+        _ => {}
     }
     tracing::debug!(pod = %state.name, node = %state.args_node, "pod cleaned up");
 }

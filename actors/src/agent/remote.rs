@@ -21,6 +21,7 @@ use super::control_plane::{AgentError, ControlPlane, LocalControlPlane, NodeUsag
 use super::heartbeat_relay::{HeartbeatRelay, SendBeat};
 use super::node_credential::NodeCredential;
 use super::node_restriction::{may, NodeCredentials};
+use super::pod_inputs::PodInputs;
 use crate::limits::{HEARTBEAT_RELAYS_IN_FLIGHT_MAX, HEARTBEAT_RELAY_NODES_MAX, HEARTBEAT_RELAY_TIMEOUT, NODE_CERT_ADDRESSES_MAX};
 use crate::model::kinds::PODS;
 use crate::registry::{WatchEvent, WatchEventKind};
@@ -153,6 +154,9 @@ impl ServiceInner {
             }
             AgentRequest::FinalizePod { namespace, name, uid } => {
                 local.finalize_pod_on(bound, &namespace, &name, &uid).await.map(|_| AgentReply::Done)
+            }
+            AgentRequest::PodInputs { namespace, name, uid } => {
+                local.pod_inputs_on(bound, &namespace, &name, &uid).await.map(|inputs| AgentReply::PodInputs(Box::new(inputs)))
             }
             AgentRequest::RecordEvent { involved, event_type, reason, message } => {
                 if let Some(node) = bound {
@@ -440,6 +444,13 @@ impl ControlPlane for RemoteControlPlane {
         };
         if let Err(e) = self.call(request).await {
             tracing::debug!(error = %e, "event not recorded");
+        }
+    }
+
+    async fn pod_inputs(&self, namespace: &str, name: &str, uid: &str) -> Result<PodInputs, AgentError> {
+        match self.call(AgentRequest::PodInputs { namespace: namespace.into(), name: name.into(), uid: uid.into() }).await? {
+            AgentReply::PodInputs(inputs) => Ok(*inputs),
+            _ => Err(AgentError::Refused("unexpected reply to a request for a pod's inputs".into())),
         }
     }
 }

@@ -13,5 +13,6 @@ pub mod quantity;
 pub mod rbac;
 pub mod resources;
 pub mod selector;
+pub mod service_account_token;
 pub mod strategy;
 pub mod table;

@@ -7,6 +7,7 @@
 //! part of the object model (`model::addresses`): the registry allocates
 //! from it without importing anything here.
 
+pub mod api_relay;
 pub mod dns;
 pub mod nft;
 pub mod policy;

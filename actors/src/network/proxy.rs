@@ -55,6 +55,10 @@ pub enum ProxyMsg {
     /// What the watcher of one kind saw.
     Watched(usize, Watched),
     Sync,
+    /// The node's API relay listens here: the `kubernetes` Service's
+    /// virtual IP is carried to it rather than to the servers (which may
+    /// listen where pods cannot reach).
+    ApiRelay(std::net::SocketAddrV4),
 }
 
 pub struct ProxyState {
@@ -63,6 +67,7 @@ pub struct ProxyState {
     objects: Vec<Reflector>,
     sync_pending: bool,
     applied: Option<String>,
+    api_relay: Option<std::net::SocketAddrV4>,
     _informers: Vec<OwnedTask>,
     userspace: super::userspace_proxy::UserspaceProxy,
 }
@@ -145,6 +150,7 @@ impl Actor for ProxyActor {
             objects: vec![Reflector::default(); KINDS.len()],
             sync_pending: false,
             applied: None,
+            api_relay: None,
             _informers: informers,
             userspace: Default::default(),
         })
@@ -152,6 +158,10 @@ impl Actor for ProxyActor {
 
     async fn handle(&self, myself: ActorRef<ProxyMsg>, msg: ProxyMsg, state: &mut ProxyState) -> Result<(), ActorProcessingErr> {
         match msg {
+            ProxyMsg::ApiRelay(addr) => {
+                state.api_relay = Some(addr);
+                state.schedule(&myself);
+            }
             ProxyMsg::Watched(i, watched) => {
                 state.objects[i].apply(watched);
                 state.schedule(&myself);
@@ -160,7 +170,13 @@ impl Actor for ProxyActor {
                 state.sync_pending = false;
                 let Some(table) = state.table() else { return Ok(()) };
                 let script = match state.args.mode {
-                    ProxyMode::Nftables => Some(state.script(&table)),
+                    ProxyMode::Nftables => Some(match state.api_relay {
+                        Some(relay) => {
+                            let (ns, name) = super::api_relay::API_SERVICE;
+                            state.script(&table.with_backend_for(ns, name, relay))
+                        }
+                        None => state.script(&table),
+                    }),
                     ProxyMode::Userspace => {
                         state.userspace.sync(&table).await;
                         None

@@ -91,6 +91,18 @@ fn port_u16(v: Option<&Value>) -> Option<u16> {
 }
 
 impl ServiceTable {
+    /// The table with Service `namespace/name` carried to `to` (the node's
+    /// API relay) instead of its own endpoints.
+    pub fn with_backend_for(&self, namespace: &str, name: &str, to: std::net::SocketAddrV4) -> ServiceTable {
+        let mut table = self.clone();
+        if let Some(svc) = table.services.get_mut(&(namespace.to_string(), name.to_string())) {
+            for port in &mut svc.ports {
+                port.backends = vec![Backend { ip: *to.ip(), port: to.port(), pod: None }];
+            }
+        }
+        table
+    }
+
     /// Builds the table from Service and Endpoints objects. Objects that
     /// are malformed (admission prevents that) are skipped, not fatal.
     pub fn build(services: &[Value], endpoints: &[Value]) -> ServiceTable {

@@ -249,6 +249,12 @@ impl ContainerRuntime for DockerRuntime {
                 init: Some(true),
                 dns_options: dns.as_ref().map(|_| vec!["ndots:5".to_string()]),
                 network_mode,
+                binds: (!spec.mounts.is_empty()).then(|| {
+                    spec.mounts
+                        .iter()
+                        .map(|m| format!("{}:{}:{}", m.host_path.display(), m.container_path, if m.read_only { "ro" } else { "rw" }))
+                        .collect()
+                }),
                 dns,
                 dns_search,
                 ..Default::default()
@@ -402,6 +408,10 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn pod_ip(&self, id: &str) -> Option<String> {
         self.address(id).await
+    }
+
+    fn mounts_volumes(&self) -> bool {
+        true
     }
 
     fn gives_pods_addresses(&self) -> bool {

@@ -29,6 +29,17 @@ pub struct ContainerSpec {
     /// Who the container runs as (`securityContext`, the container's over
     /// the pod's).
     pub run_as: RunAs,
+    /// The pod's volumes this container mounts (runtimes that cannot mount
+    /// refuse a container that has any).
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory (or file) a container sees at `container_path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: std::path::PathBuf,
+    pub container_path: String,
+    pub read_only: bool,
 }
 
 /// The identity a container asks to run with.
@@ -170,6 +181,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// None means pods share the node's address (process, sim).
     async fn pod_ip(&self, _id: &str) -> Option<String> {
         None
+    }
+    /// Whether containers can mount volumes (a file system of their own
+    /// to mount them in).
+    fn mounts_volumes(&self) -> bool {
+        false
     }
     /// Whether pods get addresses of their own (then a pod has none until
     /// its first container runs), rather than the node's.

@@ -296,6 +296,13 @@ impl ContainerRuntime for ProcessRuntime {
                 spec.name
             )));
         };
+        if let Some(m) = spec.mounts.first() {
+            return Err(RuntimeError::Config(format!(
+                "container {:?} mounts a volume at {}: the process runtime runs containers in the host's own file system \
+                 and cannot mount volumes; run this node with --runtime docker, or use env (valueFrom) instead",
+                spec.name, m.container_path
+            )));
+        }
         let switch = identity(spec, unsafe { libc::geteuid() })?;
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{}-{n}", spec.pod_name, spec.name);
@@ -514,6 +521,7 @@ mod tests {
             cpu_millis: None,
             memory_bytes: None,
             run_as: Default::default(),
+            mounts: vec![],
         }
     }
 

@@ -32,7 +32,7 @@ pub use cluster_role::CLUSTER_ROLES;
 pub use cluster_role_binding::CLUSTER_ROLE_BINDINGS;
 pub use configmap::CONFIGMAPS;
 pub use deployment::DEPLOYMENTS;
-pub use endpoints::ENDPOINTS;
+pub use endpoints::{with_api_server, ENDPOINTS};
 pub use event::EVENTS;
 pub use namespace::NAMESPACES;
 pub use network_policy::NETWORK_POLICIES;

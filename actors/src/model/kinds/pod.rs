@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1 as core;
 use serde_json::{json, Value};
 
-use crate::limits::{CONTAINERS_PER_POD_MAX, GRACE_PERIOD_SECONDS_MAX};
+use crate::limits::{CONTAINERS_PER_POD_MAX, GRACE_PERIOD_SECONDS_MAX, VOLUMES_PER_POD_MAX};
 use crate::model::admission::{is_dns1123_label, set_default, validate_port, validate_quantities, Errors};
 use crate::model::columns::{age, col, or_none, Column};
 use crate::model::resources::{core, Resource};
@@ -152,6 +152,140 @@ fn validate_run_as(context: Option<&Value>, path: &str, errors: &mut Errors) {
     }
 }
 
+/// The sources a volume may have; exactly one is set.
+const VOLUME_SOURCES: &[&str] = &[
+    "emptyDir",
+    "secret",
+    "configMap",
+    "downwardAPI",
+    "projected",
+    "hostPath",
+    "persistentVolumeClaim",
+    "nfs",
+    "csi",
+    "ephemeral",
+    "iscsi",
+    "gitRepo",
+    "cephfs",
+    "rbd",
+    "fc",
+    "flocker",
+    "azureFile",
+    "azureDisk",
+    "vsphereVolume",
+    "quobyte",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+    "awsElasticBlockStore",
+    "gcePersistentDisk",
+    "glusterfs",
+    "photonPersistentDisk",
+    "flexVolume",
+    "cinder",
+    "image",
+];
+
+/// A relative path inside a volume: not absolute, no `..` element.
+fn is_inside_path(p: &str) -> bool {
+    !p.starts_with('/') && !p.split('/').any(|part| part == "..")
+}
+
+/// Checks the pod's volumes; answers their names.
+fn validate_volumes(volumes: Option<&Value>, path: &str, errors: &mut Errors) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let Some(volumes) = volumes else { return names };
+    let Some(list) = volumes.as_array() else {
+        errors.add(path, "must be a list");
+        return names;
+    };
+    if list.len() > VOLUMES_PER_POD_MAX {
+        errors.add(path, format!("{} volumes; a pod may have at most {VOLUMES_PER_POD_MAX}", list.len()));
+        return names;
+    }
+    for (i, v) in list.iter().enumerate() {
+        let vp = format!("{path}[{i}]");
+        let name = v.get("name").and_then(Value::as_str).unwrap_or("");
+        if !is_dns1123_label(name) {
+            errors.add(format!("{vp}.name"), format!("{name:?} must be a DNS-1123 label (lower-case letters, digits and '-')"));
+        } else if !names.insert(name.to_string()) {
+            errors.add(format!("{vp}.name"), format!("duplicate volume name {name:?}"));
+        }
+        let sources: Vec<&str> = VOLUME_SOURCES.iter().copied().filter(|s| v.get(*s).is_some_and(|x| !x.is_null())).collect();
+        match sources.len() {
+            0 => errors.add(&vp, "must name exactly one source (emptyDir, secret, configMap, downwardAPI or projected)"),
+            1 => {}
+            _ => errors.add(&vp, format!("names {} sources ({}); a volume has exactly one", sources.len(), sources.join(", "))),
+        }
+        if let Some(s) = v.get("secret") {
+            if s.get("secretName").and_then(Value::as_str).is_none_or(str::is_empty) {
+                errors.add(format!("{vp}.secret.secretName"), "is required");
+            }
+        }
+        for items in [v.pointer("/secret/items"), v.pointer("/configMap/items")].into_iter().flatten() {
+            for (j, item) in items.as_array().into_iter().flatten().enumerate() {
+                let p = item.get("path").and_then(Value::as_str).unwrap_or("");
+                if p.is_empty() || !is_inside_path(p) {
+                    errors.add(format!("{vp}.items[{j}].path"), format!("{p:?} must be a relative path without '..'"));
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Checks a container's volume mounts against the pod's volumes.
+fn validate_mounts(c: &Value, volumes: &BTreeSet<String>, cp: &str, errors: &mut Errors) {
+    let mut paths = BTreeSet::new();
+    for (j, m) in c.get("volumeMounts").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let mp = format!("{cp}.volumeMounts[{j}]");
+        let name = m.get("name").and_then(Value::as_str).unwrap_or("");
+        if !volumes.contains(name) {
+            errors.add(format!("{mp}.name"), format!("Not found: {name:?} (no volume of the pod has this name)"));
+        }
+        let at = m.get("mountPath").and_then(Value::as_str).unwrap_or("");
+        if !at.starts_with('/') {
+            errors.add(format!("{mp}.mountPath"), format!("{at:?} must be an absolute path"));
+        } else if at.contains(':') {
+            errors.add(format!("{mp}.mountPath"), format!("{at:?} may not contain ':'"));
+        } else if !paths.insert(at.trim_end_matches('/').to_string()) {
+            errors.add(format!("{mp}.mountPath"), format!("{at:?} must be unique"));
+        }
+        if let Some(sub) = m.get("subPath").and_then(Value::as_str) {
+            if !is_inside_path(sub) || sub.contains(':') {
+                errors.add(format!("{mp}.subPath"), format!("{sub:?} must be a relative path without '..'"));
+            }
+        }
+    }
+}
+
+/// Checks a container's env: a name each, and a value or one source.
+fn validate_env(c: &Value, cp: &str, errors: &mut Errors) {
+    for (j, e) in c.get("env").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let ep = format!("{cp}.env[{j}]");
+        let name = e.get("name").and_then(Value::as_str).unwrap_or("");
+        if name.is_empty() || name.contains('=') {
+            errors.add(format!("{ep}.name"), format!("{name:?} must be a non-empty name without '='"));
+        }
+        let Some(from) = e.get("valueFrom") else { continue };
+        if e.get("value").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
+            errors.add(format!("{ep}.valueFrom"), "may not be set when value is");
+        }
+        let sources = ["fieldRef", "resourceFieldRef", "configMapKeyRef", "secretKeyRef"];
+        let set = sources.iter().filter(|s| from.get(**s).is_some_and(|x| !x.is_null())).count();
+        if set != 1 {
+            errors.add(format!("{ep}.valueFrom"), "must name exactly one of fieldRef, resourceFieldRef, configMapKeyRef and secretKeyRef");
+        }
+        for r in ["configMapKeyRef", "secretKeyRef"] {
+            if let Some(k) = from.get(r) {
+                if k.get("key").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    errors.add(format!("{ep}.valueFrom.{r}.key"), "is required");
+                }
+            }
+        }
+    }
+}
+
 pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
     let containers = spec.get("containers").and_then(Value::as_array);
     let count = containers.map_or(0, Vec::len) + spec.get("initContainers").and_then(Value::as_array).map_or(0, Vec::len);
@@ -171,6 +305,7 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
         ),
         _ => {}
     }
+    let volume_names = validate_volumes(spec.get("volumes"), &format!("{path}.volumes"), errors);
     match containers {
         None => errors.add(format!("{path}.containers"), "at least one container is required"),
         Some(cs) if cs.is_empty() => errors.add(format!("{path}.containers"), "at least one container is required"),
@@ -199,6 +334,8 @@ pub(super) fn validate_pod_spec(spec: &Value, path: &str, errors: &mut Errors) {
                     }
                 }
                 validate_run_as(c.get("securityContext"), &format!("{cp}.securityContext"), errors);
+                validate_env(c, &cp, errors);
+                validate_mounts(c, &volume_names, &cp, errors);
                 validate_quantities(c.pointer("/resources/requests"), &format!("{cp}.resources.requests"), errors);
                 validate_quantities(c.pointer("/resources/limits"), &format!("{cp}.resources.limits"), errors);
             }
@@ -232,6 +369,53 @@ mod tests {
         assert_eq!(
             Pod.cells(&pod, now),
             vec![json!("web-1"), json!("1/2"), json!("CrashLoopBackOff"), json!("3"), json!("5m"), json!("10.0.0.5"), json!("n1")]
+        );
+    }
+
+    #[test]
+    fn volumes_mounts_and_env_sources_are_checked() {
+        let fields = |volumes: Value, container: Value| {
+            let mut errors = Errors::default();
+            validate_pod_spec(&json!({"volumes": volumes, "containers": [container]}), "spec", &mut errors);
+            errors.into_vec().into_iter().map(|e| e.field).collect::<Vec<_>>()
+        };
+        let good = json!({"name": "a", "image": "i",
+            "env": [{"name": "P", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}],
+            "volumeMounts": [{"name": "conf", "mountPath": "/etc/app"}, {"name": "conf", "mountPath": "/etc/one", "subPath": "one.yaml"}]});
+        let volumes = json!([{"name": "conf", "configMap": {"name": "settings"}}, {"name": "scratch", "emptyDir": {}}]);
+        assert_eq!(fields(volumes.clone(), good), Vec::<String>::new());
+        let bad = json!({"name": "a", "image": "i",
+            "env": [{"name": "", "value": "x"},
+                    {"name": "B", "value": "x", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                    {"name": "C", "valueFrom": {}},
+                    {"name": "D", "valueFrom": {"secretKeyRef": {"name": "db"}}}],
+            "volumeMounts": [{"name": "nope", "mountPath": "/x"}, {"name": "conf", "mountPath": "relative"},
+                             {"name": "conf", "mountPath": "/a", "subPath": "../../etc"}, {"name": "conf", "mountPath": "/a"}]});
+        assert_eq!(
+            fields(volumes, bad),
+            [
+                "spec.containers[0].env[0].name",
+                "spec.containers[0].env[1].valueFrom",
+                "spec.containers[0].env[2].valueFrom",
+                "spec.containers[0].env[3].valueFrom.secretKeyRef.key",
+                "spec.containers[0].volumeMounts[0].name",
+                "spec.containers[0].volumeMounts[1].mountPath",
+                "spec.containers[0].volumeMounts[2].subPath",
+                "spec.containers[0].volumeMounts[3].mountPath",
+            ]
+        );
+        let bad_volumes = json!([{"name": "Bad_Name", "emptyDir": {}}, {"name": "two", "emptyDir": {}, "secret": {"secretName": "s"}},
+            {"name": "none"}, {"name": "two", "secret": {"secretName": "", "items": [{"key": "k", "path": "/abs"}]}}]);
+        assert_eq!(
+            fields(bad_volumes, json!({"name": "a", "image": "i"})),
+            [
+                "spec.volumes[0].name",
+                "spec.volumes[1]",
+                "spec.volumes[2]",
+                "spec.volumes[3].name",
+                "spec.volumes[3].secret.secretName",
+                "spec.volumes[3].items[0].path",
+            ]
         );
     }
 
