@@ -250,6 +250,16 @@ pub fn mounts(pod: &core::Pod, container: &core::Container, inputs: &PodInputs) 
             .ok_or_else(|| format!("volumeMount {:?} names no volume of the pod", m.name))?;
         if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
             check_path("subPath", sub)?;
+            // The runtime resolves a subPath on the host: in a directory the
+            // pod writes, a container could make it a link to anywhere on
+            // the node (CVE-2017-1002101). The agent writes the others.
+            if volume.empty_dir.is_some() {
+                return Err(format!(
+                    "volumeMount {:?}: subPath is not supported on an emptyDir volume, since a container could turn it into a \
+                     link to any path of the node; mount the whole volume instead",
+                    m.name
+                ));
+            }
         }
         out.push(MountPlan {
             volume: m.name.clone(),
@@ -462,6 +472,11 @@ mod tests {
         let optional = pod(json!({"containers": [{"name": "main", "image": "i"}],
             "volumes": [{"name": "v", "secret": {"secretName": "nope", "optional": true}}]}));
         assert!(plan(&optional, &inputs(false), &facts()).is_ok());
+        let escape = pod(json!({"containers": [{"name": "main", "image": "i",
+                "volumeMounts": [{"name": "shared", "mountPath": "/x", "subPath": "link-to-host-etc"}]}],
+            "volumes": [{"name": "shared", "emptyDir": {}}]}));
+        let c = &escape.spec.as_ref().unwrap().containers[0];
+        assert!(mounts(&escape, c, &inputs(false)).unwrap_err().contains("subPath is not supported on an emptyDir volume"));
         let stray = pod(json!({"containers": [{"name": "main", "image": "i", "volumeMounts": [{"name": "x", "mountPath": "/x"}]}]}));
         let c = &stray.spec.as_ref().unwrap().containers[0];
         assert_eq!(mounts(&stray, c, &inputs(false)), Err("volumeMount \"x\" names no volume of the pod".into()));
