@@ -113,6 +113,27 @@ fn key_files(
     Ok(out)
 }
 
+/// A Secret or ConfigMap a volume shows, with the items it picks.
+struct ObjectSource<'a> {
+    /// `secret` or `configmap`, as the kubelet names them in errors.
+    kind: &'static str,
+    name: &'a str,
+    items: Option<&'a Vec<core::KeyToPath>>,
+    optional: bool,
+}
+
+impl ObjectSource<'_> {
+    /// Its files, given its keys (None: the object is not there, which
+    /// only an optional source may be).
+    fn files(&self, pairs: Option<Vec<(String, Vec<u8>)>>, mode: u32, what: &str) -> Result<Vec<VolumeFile>, String> {
+        match pairs {
+            Some(pairs) => key_files(pairs, self.items, mode, what, self.optional),
+            None if self.optional => Ok(vec![]),
+            None => Err(format!("{what}: {} {:?} not found", self.kind, self.name)),
+        }
+    }
+}
+
 fn secret_pairs(inputs: &PodInputs, name: &str) -> Option<Vec<(String, Vec<u8>)>> {
     let s: core::Secret = serde_json::from_value(inputs.secrets.get(name)?.clone()).ok()?;
     Some(s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
@@ -148,17 +169,20 @@ fn downward_files(
     Ok(out)
 }
 
-/// The token, CA and namespace files of a pod's ServiceAccount volume.
-fn service_account_files(pod: &core::Pod, inputs: &PodInputs, token_path: &str, audience: &str) -> Result<Vec<VolumeFile>, String> {
-    let token =
-        inputs.tokens.get(audience).ok_or_else(|| format!("no ServiceAccount token for audience {audience:?} was issued for this pod"))?;
-    let mut files = vec![VolumeFile { path: token_path.to_string(), data: token.token.clone().into_bytes(), mode: DEFAULT_FILE_MODE }];
-    if token_path == "token" {
-        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        files.push(VolumeFile { path: "ca.crt".into(), data: inputs.ca_pem.clone().into_bytes(), mode: DEFAULT_FILE_MODE });
-        files.push(VolumeFile { path: "namespace".into(), data: ns.into_bytes(), mode: DEFAULT_FILE_MODE });
-    }
-    Ok(files)
+/// The token (for this API), CA and namespace files of a pod's
+/// ServiceAccount volume.
+fn service_account_files(pod: &core::Pod, inputs: &PodInputs) -> Result<Vec<VolumeFile>, String> {
+    let token = inputs
+        .tokens
+        .get(API_AUDIENCE)
+        .ok_or_else(|| format!("no ServiceAccount token for audience {API_AUDIENCE:?} was issued for this pod"))?;
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let file = |path: &str, data: Vec<u8>| VolumeFile { path: path.into(), data, mode: DEFAULT_FILE_MODE };
+    Ok(vec![
+        file("token", token.token.clone().into_bytes()),
+        file("ca.crt", inputs.ca_pem.clone().into_bytes()),
+        file("namespace", ns.into_bytes()),
+    ])
 }
 
 /// Whether `container` gets the ServiceAccount volume: the pod gets one
@@ -178,18 +202,12 @@ pub fn plan(pod: &core::Pod, inputs: &PodInputs, facts: &PodFacts) -> Result<Vec
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
             let mode = mode_of(s.default_mode, DEFAULT_FILE_MODE, &what)?;
-            match secret_pairs(inputs, &name) {
-                Some(pairs) => VolumeContent::Files(key_files(pairs, s.items.as_ref(), mode, &what, s.optional == Some(true))?),
-                None if s.optional == Some(true) => VolumeContent::Files(vec![]),
-                None => return Err(format!("{what}: secret {name:?} not found")),
-            }
+            let source = ObjectSource { kind: "secret", name: &name, items: s.items.as_ref(), optional: s.optional == Some(true) };
+            VolumeContent::Files(source.files(secret_pairs(inputs, &name), mode, &what)?)
         } else if let Some(m) = &v.config_map {
             let mode = mode_of(m.default_mode, DEFAULT_FILE_MODE, &what)?;
-            match config_map_pairs(inputs, &m.name) {
-                Some(pairs) => VolumeContent::Files(key_files(pairs, m.items.as_ref(), mode, &what, m.optional == Some(true))?),
-                None if m.optional == Some(true) => VolumeContent::Files(vec![]),
-                None => return Err(format!("{what}: configmap {:?} not found", m.name)),
-            }
+            let source = ObjectSource { kind: "configmap", name: &m.name, items: m.items.as_ref(), optional: m.optional == Some(true) };
+            VolumeContent::Files(source.files(config_map_pairs(inputs, &m.name), mode, &what)?)
         } else if let Some(d) = &v.downward_api {
             let mode = mode_of(d.default_mode, DEFAULT_FILE_MODE, &what)?;
             VolumeContent::Files(downward_files(pod, d.items.as_deref().unwrap_or_default(), mode, facts, &what)?)
@@ -198,19 +216,12 @@ pub fn plan(pod: &core::Pod, inputs: &PodInputs, facts: &PodFacts) -> Result<Vec
             let mut files = Vec::new();
             for source in p.sources.iter().flatten() {
                 if let Some(s) = &source.secret {
-                    let optional = s.optional == Some(true);
-                    match secret_pairs(inputs, &s.name) {
-                        Some(pairs) => files.extend(key_files(pairs, s.items.as_ref(), mode, &what, optional)?),
-                        None if optional => {}
-                        None => return Err(format!("{what}: secret {:?} not found", s.name)),
-                    }
+                    let from = ObjectSource { kind: "secret", name: &s.name, items: s.items.as_ref(), optional: s.optional == Some(true) };
+                    files.extend(from.files(secret_pairs(inputs, &s.name), mode, &what)?);
                 } else if let Some(m) = &source.config_map {
-                    let optional = m.optional == Some(true);
-                    match config_map_pairs(inputs, &m.name) {
-                        Some(pairs) => files.extend(key_files(pairs, m.items.as_ref(), mode, &what, optional)?),
-                        None if optional => {}
-                        None => return Err(format!("{what}: configmap {:?} not found", m.name)),
-                    }
+                    let from =
+                        ObjectSource { kind: "configmap", name: &m.name, items: m.items.as_ref(), optional: m.optional == Some(true) };
+                    files.extend(from.files(config_map_pairs(inputs, &m.name), mode, &what)?);
                 } else if let Some(d) = &source.downward_api {
                     files.extend(downward_files(pod, d.items.as_deref().unwrap_or_default(), mode, facts, &what)?);
                 } else if let Some(t) = &source.service_account_token {
@@ -231,10 +242,7 @@ pub fn plan(pod: &core::Pod, inputs: &PodInputs, facts: &PodFacts) -> Result<Vec
         out.push(PlannedVolume { name: v.name.clone(), content });
     }
     if spec.containers.iter().any(|c| takes_service_account(c, inputs)) {
-        out.push(PlannedVolume {
-            name: SERVICE_ACCOUNT_VOLUME.into(),
-            content: VolumeContent::Files(service_account_files(pod, inputs, "token", API_AUDIENCE)?),
-        });
+        out.push(PlannedVolume { name: SERVICE_ACCOUNT_VOLUME.into(), content: VolumeContent::Files(service_account_files(pod, inputs)?) });
     }
     Ok(out)
 }
