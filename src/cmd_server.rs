@@ -108,7 +108,10 @@ pub async fn run(args: ServerArgs) -> Result<i32, String> {
     if bootstrapping {
         println!("join token: {}", member.token());
         println!("(also written to {}; for members and `flotilla store`)", args.data_dir.join("join-token").display());
-        println!("agent token: {}", member.agent_token());
+        match member.agent_token() {
+            Ok(agent) => println!("agent token: {agent}"),
+            Err(e) => eprintln!("warning: {e}"),
+        }
         println!("(also written to {}; for `flotilla agent --token`)", args.data_dir.join("agent-token").display());
     }
     wait_for_signal().await;

@@ -76,8 +76,14 @@ enum SnapshotOp {
 }
 
 fn token(args: &StoreArgs) -> Result<String, String> {
-    if let Some(t) = &args.token {
-        return Ok(t.clone());
+    server_token(args.token.as_deref())
+}
+
+/// The server token: as given (flag or environment), else the local
+/// `flotilla up`'s.
+pub fn server_token(given: Option<&str>) -> Result<String, String> {
+    if let Some(t) = given {
+        return Ok(t.to_string());
     }
     std::fs::read_to_string("flotilla-data/join-token").map(|t| t.trim().to_string()).map_err(|_| {
         "no token: pass --token TOKEN or set FLOTILLA_TOKEN (the first server printed it; it is in DATA_DIR/join-token)".to_string()

@@ -45,7 +45,7 @@ enum Command {
     /// Issue a client certificate for a person and print its kubeconfig
     /// (run on a server member: it needs the cluster CA's key).
     Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
-    /// ServiceAccount tokens.
+    /// ServiceAccount tokens, and the cluster's agent token.
     #[command(subcommand)]
     Token(cmd_token::TokenCommand),
     /// The keys that encrypt Secrets at rest: status and rotation.
@@ -189,6 +189,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Top { ref what } => cmd_logs::top(&client()?, what).await,
         Command::Store(args) => cmd_store::run(args).await,
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
+        Command::Token(cmd_token::TokenCommand::Rotate(args)) => cmd_token::rotate(args).await,
         Command::Token(command) => cmd_token::run(&client()?, command).await,
         Command::SecretsEncrypt(command) => cmd_secrets_encrypt::run(&client()?, command).await,
         Command::Apply { ref files, ref ns } => cmd_apply::run(&client()?, files, ns.namespace.as_deref()).await,

@@ -113,7 +113,7 @@ impl SimCluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // Agents hold the agent token, as `flotilla agent` should.
-        let agent_token = servers[0].member.agent_token().to_string();
+        let agent_token = servers[0].member.agent_token().map_err(|e| e.to_string())?.to_string();
         Ok(SimCluster { servers, nodes: HashMap::new(), root, agent_token })
     }
 

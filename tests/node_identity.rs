@@ -50,7 +50,7 @@ async fn an_agent_is_one_node_and_acts_only_for_it() {
     let settings = LeaderSettings { node_grace_ms: 600_000, node_grace_max_ms: 600_000, ..Default::default() };
     let cluster = SimCluster::start(tmp.path().join("cluster"), 1, settings).await.expect("cluster");
     let registry = cluster.registry().clone();
-    let token = cluster.servers[0].member.agent_token().to_string();
+    let token = cluster.servers[0].member.agent_token().unwrap().to_string();
     let peers = cluster.peer_addrs();
     let (dir_a, dir_b) = (tmp.path().join("a"), tmp.path().join("b"));
 
@@ -159,6 +159,80 @@ async fn an_agent_is_one_node_and_acts_only_for_it() {
     // keep a machine out for good, its agent token must change too).
     let back = join(&peers, &token, "worker-a", &dir_a).await.expect("a restarted agent claims the freed name");
     back.register_node(node("worker-a")).await.expect("and registers it");
+
+    cluster.shutdown().await;
+}
+
+/// Waits up to ten seconds for `check` to hold.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_agent_token_admits_no_new_node_and_keeps_the_joined_ones() {
+    flotilla::install_crypto_provider();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let settings = LeaderSettings { node_grace_ms: 600_000, node_grace_max_ms: 600_000, ..Default::default() };
+    let cluster = SimCluster::start(tmp.path().join("cluster"), 1, settings).await.expect("cluster");
+    let registry = cluster.registry().clone();
+    let member = cluster.servers[0].member.clone();
+    let old = member.agent_token().unwrap().to_string();
+    let peers = cluster.peer_addrs();
+    let dir_a = tmp.path().join("a");
+    let token_file = tmp.path().join("cluster/m1/agent-token");
+    assert_eq!(std::fs::read_to_string(&token_file).expect("agent-token").trim(), old, "the file holds the token in force");
+
+    let a = join(&peers, &old, "worker-a", &dir_a).await.expect("worker-a joins");
+    a.register_node(node("worker-a")).await.expect("worker-a registers");
+
+    // The agent token cannot rotate it; the server token can.
+    let agent_client = StoreClient::new(peers.clone(), &old).expect("client");
+    let parsed_old = flotilla_raft::tls::JoinToken::parse(&old).expect("token");
+    assert!(
+        flotilla::cmd_token::rotate_agent_token(&agent_client, &parsed_old).await.is_err(),
+        "an agent-token holder rotated the agent token"
+    );
+    let server_client = StoreClient::new(peers.clone(), &member.token().to_string()).expect("client");
+    let new = flotilla::cmd_token::rotate_agent_token(&server_client, member.token()).await.expect("rotated");
+    let new = new.to_string();
+    assert_ne!(new, old);
+    assert_eq!(member.agent_token().unwrap().to_string(), new, "the member admits the new token");
+    eventually("the agent-token file follows the rotation", || std::fs::read_to_string(&token_file).is_ok_and(|t| t.trim() == new)).await;
+
+    // The old token admits nobody new.
+    refused(join(&peers, &old, "worker-c", &tmp.path().join("c")).await, "a new node with the old token", "rotated away");
+    let stale = StoreClient::new(peers.clone(), &old).expect("client");
+    assert!(matches!(stale.members().await, Err(flotilla_raft::StoreError::Unauthorized(_))), "the old token still says hello");
+    // A joined node keeps working, across a restart on a new connection,
+    // though it still has only the old token.
+    a.heartbeat("worker-a", NodeUsage { cpu_millis: 0, memory_bytes: 0, pods: 0 }, false).await.expect("worker-a beats");
+    let a = join(&peers, &old, "worker-a", &dir_a).await.expect("worker-a restarts with the old token and its credential");
+    a.update_node_status("worker-a", json!({})).await.expect("and acts as itself");
+    // A forged node credential says hello to nobody.
+    let forged = StoreClient::as_node(peers.clone(), &new, "worker-a", &"0".repeat(64)).expect("client");
+    match forged.members().await {
+        Err(flotilla_raft::StoreError::Unauthorized(m)) => assert!(m.contains("no such credential"), "{m}"),
+        other => panic!("a forged node credential: expected Unauthorized, got {other:?}"),
+    }
+    // The new token admits a new node.
+    let c = join(&peers, &new, "worker-c", &tmp.path().join("c")).await.expect("a new node with the new token");
+    c.register_node(node("worker-c")).await.expect("worker-c registers");
+
+    // Removed and rotated: the machine is out for good.
+    registry.delete(&NODES, None, "worker-a", None, Propagation::Background).await.expect("worker-a removed");
+    refused(join(&peers, &old, "worker-a", &dir_a).await, "the removed node's agent, restarted", "rotated away");
+
+    // Garbage under the key admits no agent token at all (never the old one).
+    server_client.put(flotilla_raft::member::AGENT_TOKEN_KEY, b"notatoken").await.expect("garbage stored");
+    assert!(member.agent_token().is_err(), "a garbage agent token is reported");
+    refused(join(&peers, &new, "worker-d", &tmp.path().join("d")).await, "a new node under a garbage token", "rotated away");
+    refused(join(&peers, &old, "worker-d", &tmp.path().join("d")).await, "the old token under a garbage token", "rotated away");
+    let newer = flotilla::cmd_token::rotate_agent_token(&server_client, member.token()).await.expect("rotated again").to_string();
+    join(&peers, &newer, "worker-d", &tmp.path().join("d")).await.expect("a new node with the newest token");
 
     cluster.shutdown().await;
 }

@@ -19,7 +19,8 @@ pub type AppFrames = mpsc::Receiver<Result<Vec<u8>, StoreError>>;
 pub enum AppCaller {
     /// A member (its certificate), a server-token holder, or this process.
     Trusted,
-    /// An agent-token holder: it must still prove which node it is.
+    /// An agent-token or node-credential holder: it must still prove which
+    /// node it is on every request.
     Agent,
 }
 
@@ -29,4 +30,8 @@ pub trait AppHandler: Send + Sync + 'static {
     fn call(&self, caller: AppCaller, request: Vec<u8>) -> BoxFuture<'static, Result<Vec<u8>, StoreError>>;
     /// One request, a stream of replies (ends when the sender is dropped).
     fn stream(&self, caller: AppCaller, request: Vec<u8>) -> BoxFuture<'static, Result<AppFrames, StoreError>>;
+    /// Whether `secret` is node `node`'s credential, for a `HelloNode`: the
+    /// application keeps the credentials. Such a connection is then an
+    /// agent's, its requests still proven node by node.
+    fn authenticate_node(&self, node: String, secret: String) -> BoxFuture<'static, bool>;
 }

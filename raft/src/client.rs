@@ -10,7 +10,7 @@ use crate::limits::Limits;
 use crate::member::token_transport;
 use crate::session::SessionClient;
 use crate::tls::JoinToken;
-use crate::transport::Transport;
+use crate::transport::{HelloAs, Transport};
 use crate::types::{Command, CommandResult, Event, KeyValue, NodeId, Outcome, RangePage, Revisions};
 use crate::wire::{read_frame, MemberInfo, ReadOp, Reply, Request};
 
@@ -37,6 +37,27 @@ impl StoreClient {
         }
         Ok(StoreClient {
             transport: token_transport(&token, &limits)?,
+            peers,
+            limits,
+            preferred: Default::default(),
+            session: SessionClient::new(),
+        })
+    }
+
+    /// Like [`StoreClient::new`], but each connection is authenticated by
+    /// node `node`'s credential instead of the token, whose CA pin alone is
+    /// used: an agent that has claimed its node keeps working after the
+    /// agent token is rotated.
+    pub fn as_node(peers: Vec<String>, token: &str, node: &str, secret: &str) -> Result<Self, StoreError> {
+        let token = JoinToken::parse(token).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let limits = Limits::default();
+        if peers.is_empty() {
+            return Err(StoreError::Invalid("no peer address given".into()));
+        }
+        let config = token.client_config(&limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let hello = HelloAs::Node { node: node.to_string(), secret: secret.to_string() };
+        Ok(StoreClient {
+            transport: Transport::new(Transport::client_endpoint()?, config, Some(hello), limits.clone()),
             peers,
             limits,
             preferred: Default::default(),

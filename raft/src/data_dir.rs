@@ -210,8 +210,8 @@ impl DataDir {
     }
 
     /// The agent token beside the server's: what node agents are given.
-    pub fn write_agent_token(&self, token: &JoinToken) -> Result<(), DataDirError> {
-        self.write_text("agent-token", &format!("{}\n", token.agent()))
+    pub fn write_agent_token(&self, agent: &JoinToken) -> Result<(), DataDirError> {
+        self.write_text("agent-token", &format!("{agent}\n"))
     }
 
     pub fn agent_token_path(&self) -> PathBuf {

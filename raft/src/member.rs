@@ -23,11 +23,11 @@ use crate::network::Network;
 use crate::session::{Session, SessionClient};
 use crate::state_machine::{StateMachine, StoreReader};
 use crate::tls::{ClusterCa, JoinToken, TlsError};
-use crate::transport::{Fault, Faults, Transport};
+use crate::transport::{Fault, Faults, HelloAs, Transport};
 use crate::types::{
     Command, CommandResult, Compare, KeyValue, Member as MemberNode, NodeId, Outcome, Proposal, RangePage, Revisions, Txn, TxnOp,
 };
-use crate::watch::Watcher;
+use crate::watch::{WatchItem, Watcher};
 use crate::watch_hub::WatchHub;
 use crate::wire::{JoinGrant, MemberInfo, Reply, Request, Role, PROTOCOL_VERSION};
 
@@ -140,7 +140,9 @@ pub struct Member {
     log: LogStore,
     faults: Faults,
     endpoint: quinn::Endpoint,
-    server_task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The peer port's accept loop and the agent-token file's keeper; both
+    /// end at shutdown.
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     app: std::sync::RwLock<Option<std::sync::Arc<dyn crate::app::AppHandler>>>,
 }
 
@@ -184,9 +186,70 @@ fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>, 
 }
 
 /// A transport for a token holder (no member certificate).
+/// Where the store keeps the agent token's secret (32 hex digits) once
+/// `flotilla token rotate` has replaced the one derived from the server
+/// token. Only the server token reaches it.
+pub const AGENT_TOKEN_KEY: &[u8] = b"/flotilla/agent-token";
+
+/// The agent token, from what the store holds under [`AGENT_TOKEN_KEY`]
+/// (nothing: the derived one). A value that is not a secret admits no
+/// agent rather than fall back to a token that was rotated away.
+pub fn agent_token_from(server: &JoinToken, stored: Option<&[u8]>) -> Result<JoinToken, StoreError> {
+    let Some(value) = stored else { return Ok(server.agent()) };
+    let text = std::str::from_utf8(value).unwrap_or("");
+    server.agent_with_secret(text).map_err(|e| {
+        StoreError::Invalid(format!(
+            "the stored agent token ({}) is not valid: {e}; run `flotilla token rotate` to store a new one",
+            String::from_utf8_lossy(AGENT_TOKEN_KEY)
+        ))
+    })
+}
+
+/// Writes `DATA_DIR/agent-token` with the agent token the store holds
+/// now, for the operator to hand to new nodes.
+fn write_agent_token_file(reader: &StoreReader, server: &JoinToken, dir: &DataDir) -> u64 {
+    let current = reader
+        .get(AGENT_TOKEN_KEY)
+        .map_err(StoreError::Invalid)
+        .and_then(|(kv, revision)| Ok((agent_token_from(server, kv.as_ref().map(|kv| kv.value.as_slice()))?, revision)));
+    match current {
+        Ok((token, revision)) => {
+            if let Err(e) = dir.write_agent_token(&token) {
+                tracing::warn!(error = %e, "could not write the agent token file");
+            }
+            revision
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no agent token to write");
+            reader.revisions().revision
+        }
+    }
+}
+
+/// Keeps `DATA_DIR/agent-token` true after every rotation this member
+/// applies, from revision `from` on.
+async fn keep_agent_token_file(reader: StoreReader, server: JoinToken, dir: PathBuf, mut from: u64) {
+    let dir = DataDir::new(dir);
+    loop {
+        if let Ok(mut watcher) = Watcher::open(reader.clone(), AGENT_TOKEN_KEY.to_vec(), from + 1) {
+            // The prefix also matches longer keys; only the key itself counts.
+            loop {
+                match watcher.next().await {
+                    Ok(WatchItem::Events { events, .. }) if events.iter().any(|e| e.kv.key == AGENT_TOKEN_KEY) => break,
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        // Also after a watch that failed: read again, at most ten times a second.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        from = write_agent_token_file(&reader, &server, &dir);
+    }
+}
+
 pub fn token_transport(token: &JoinToken, limits: &Limits) -> Result<Transport, StoreError> {
     let config = token.client_config(limits).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    Ok(Transport::new(Transport::client_endpoint()?, config, Some(token.secret.clone()), limits.clone()))
+    Ok(Transport::new(Transport::client_endpoint()?, config, Some(HelloAs::Token(token.secret.clone())), limits.clone()))
 }
 
 /// What answers the peer port for a member: given the endpoint and the
@@ -344,9 +407,6 @@ impl Member {
             Some(t) => t,
             None => dir.read_token()?,
         };
-        // Derived from the server token, so every member has it; written on
-        // every start for the operator to hand to node agents.
-        dir.write_agent_token(&token)?;
         let floor = Arc::new(LogFloor::open(dir.floor_path()).map_err(invalid)?);
         let log_store = LogStore::new(database.clone(), floor);
         let log_handle = log_store.clone();
@@ -400,11 +460,13 @@ impl Member {
             ca,
             peer_addr: config.peer_addr.clone(),
             endpoint: endpoint.clone(),
-            server_task: std::sync::Mutex::new(None),
+            tasks: std::sync::Mutex::new(Vec::new()),
             app: std::sync::RwLock::new(None),
         });
         let task = tokio::spawn(serve(endpoint, Arc::downgrade(&member)));
-        *member.server_task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+        let written = write_agent_token_file(&member.reader, &member.token, dir);
+        let keeper = tokio::spawn(keep_agent_token_file(member.reader.clone(), member.token.clone(), dir.path.clone(), written));
+        member.tasks.lock().unwrap_or_else(|p| p.into_inner()).extend([task, keeper]);
 
         if initialize {
             let nodes = BTreeMap::from([(config.id, MemberNode { addr: config.peer_addr.clone() })]);
@@ -457,9 +519,26 @@ impl Member {
         self.endpoint.local_addr().ok()
     }
 
-    /// The token node agents are given: the agent protocol only.
-    pub fn agent_token(&self) -> JoinToken {
-        self.token.agent()
+    /// The token node agents are given now: the agent protocol only. The
+    /// one derived from the server token until `flotilla token rotate`
+    /// stores another under [`AGENT_TOKEN_KEY`]; read from what this member
+    /// has applied.
+    pub fn agent_token(&self) -> Result<JoinToken, StoreError> {
+        let (kv, _) = self.reader.get(AGENT_TOKEN_KEY).map_err(|reason| self.fatal(reason))?;
+        agent_token_from(&self.token, kv.as_ref().map(|kv| kv.value.as_slice()))
+    }
+
+    /// Whether `secret` is the agent token's: as this member has applied
+    /// it, and, where that says no, as the leader has it (a rotation made
+    /// a moment ago through another member may not have reached this one).
+    pub async fn agent_secret_matches(&self, secret: &str) -> bool {
+        if self.agent_token().is_ok_and(|t| t.secret_matches(secret)) {
+            return true;
+        }
+        match self.get(AGENT_TOKEN_KEY, Consistency::Linearizable).await {
+            Ok((kv, _)) => agent_token_from(&self.token, kv.as_ref().map(|kv| kv.value.as_slice())).is_ok_and(|t| t.secret_matches(secret)),
+            Err(_) => false,
+        }
     }
 
     pub fn token(&self) -> &JoinToken {
@@ -874,7 +953,7 @@ impl Member {
 
     /// Checks a join request's token and id; grants the CA if both are good.
     pub fn grant_join(&self, secret: &str, node_id: NodeId, addr: &str) -> Result<JoinGrant, StoreError> {
-        if self.agent_token().secret_matches(secret) {
+        if self.token.agent().secret_matches(secret) || self.agent_token().is_ok_and(|t| t.secret_matches(secret)) {
             // The agent token never yields the CA's key.
             return Err(StoreError::Unauthorized(
                 "that is the agent token; a member joins with the server token (DATA_DIR/join-token on the first server)".into(),
@@ -946,7 +1025,7 @@ impl Member {
     /// Stops Raft and the peer port. The data directory can be opened again
     /// once every handle to this member is dropped.
     pub async fn shutdown(&self) {
-        if let Some(task) = self.server_task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             task.abort();
         }
         // Close the peer port first: callers then see the connection go

@@ -65,6 +65,10 @@ impl SharedRole {
     fn set(&self, role: Role) {
         self.0.store(role as u8, Ordering::Relaxed);
     }
+    /// Never lowers a connection that is already more.
+    fn raise_to(&self, role: Role) {
+        self.0.fetch_max(role as u8, Ordering::Relaxed);
+    }
 }
 
 /// What the agent token admits: the agent protocol, and the member list a
@@ -258,16 +262,32 @@ async fn handle_stream(
                 } else if m.token().secret_matches(secret) {
                     role.set(Role::Full);
                     Reply::Ok
-                } else if m.agent_token().secret_matches(secret) {
-                    // Never lowers a connection that is already more.
-                    if role.get() == Role::None {
-                        role.set(Role::Agent);
-                    }
+                } else if m.agent_secret_matches(secret).await {
+                    role.raise_to(Role::Agent);
                     Reply::Ok
                 } else {
                     Reply::Error(StoreError::Unauthorized(
-                        "wrong token; agents use DATA_DIR/agent-token, members and store commands DATA_DIR/join-token, both on the first server".into(),
+                        "wrong token (or one that was rotated away); agents use DATA_DIR/agent-token, members and store commands DATA_DIR/join-token, on any server".into(),
                     ))
+                };
+                return reply(&mut send, answer).await;
+            }
+            Request::HelloNode { version, node, secret } => {
+                let known = match m.app_handler() {
+                    Some(h) if *version == PROTOCOL_VERSION => h.authenticate_node(node.clone(), secret.clone()).await,
+                    _ => false,
+                };
+                let answer = if *version != PROTOCOL_VERSION {
+                    Reply::Error(StoreError::Protocol(format!(
+                        "peer protocol version {version} is not supported (this member speaks {PROTOCOL_VERSION}); use the same flotilla version"
+                    )))
+                } else if known {
+                    role.raise_to(Role::Agent);
+                    Reply::Ok
+                } else {
+                    Reply::Error(StoreError::Unauthorized(format!(
+                        "node {node:?} has no such credential here: it was never claimed, or the node was deleted and its credential revoked"
+                    )))
                 };
                 return reply(&mut send, answer).await;
             }
@@ -367,9 +387,12 @@ async fn dispatch(m: &Member, caller: AppCaller, request: Request) -> Result<Rep
             Some(h) => Reply::App(h.call(caller, body).await?),
             None => return Err(StoreError::Invalid("this member serves no application requests".into())),
         },
-        Request::Hello { .. } | Request::Join { .. } | Request::Watch { .. } | Request::AppStream(_) | Request::Backup => {
-            return Err(StoreError::Protocol("request handled elsewhere".into()))
-        }
+        Request::Hello { .. }
+        | Request::HelloNode { .. }
+        | Request::Join { .. }
+        | Request::Watch { .. }
+        | Request::AppStream(_)
+        | Request::Backup => return Err(StoreError::Protocol("request handled elsewhere".into())),
     })
 }
 

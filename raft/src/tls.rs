@@ -320,6 +320,23 @@ impl JoinToken {
         JoinToken { ca_fingerprint: self.ca_fingerprint.clone(), secret: hex::encode(&digest[..16]), role: TokenRole::Agent }
     }
 
+    /// A new agent token for this token's cluster: the same CA, a fresh
+    /// random secret. What `flotilla token rotate` hands out.
+    pub fn new_agent(&self) -> JoinToken {
+        let secret: [u8; 16] = rand::random();
+        JoinToken { ca_fingerprint: self.ca_fingerprint.clone(), secret: hex::encode(secret), role: TokenRole::Agent }
+    }
+
+    /// The agent token of this token's cluster whose secret is `secret`
+    /// (32 hex digits, as the store keeps it once rotated).
+    pub fn agent_with_secret(&self, secret: &str) -> Result<JoinToken, TlsError> {
+        let secret = secret.trim();
+        if secret.len() != 32 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(TlsError::BadToken(format!("an agent token's secret is 32 hex digits, not {} characters", secret.len())));
+        }
+        Ok(JoinToken { ca_fingerprint: self.ca_fingerprint.clone(), secret: secret.to_ascii_lowercase(), role: TokenRole::Agent })
+    }
+
     /// Compares secrets in constant time.
     pub fn secret_matches(&self, presented: &str) -> bool {
         same_in_constant_time(self.secret.as_bytes(), presented.as_bytes())

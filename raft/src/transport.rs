@@ -63,7 +63,7 @@ impl Faults {
 pub struct Transport {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    hello_secret: Option<String>,
+    hello: Option<HelloAs>,
     /// Held only to find or add a slot, never across an await.
     slots: Mutex<HashMap<SocketAddr, Arc<PeerSlot>>>,
     limits: Limits,
@@ -119,9 +119,28 @@ impl PeerSlot {
     }
 }
 
+/// What a client without a member certificate says first on each
+/// connection.
+#[derive(Clone)]
+pub enum HelloAs {
+    /// A token's secret: the server token or the agent token.
+    Token(String),
+    /// A node agent's own credential, once it has claimed its node.
+    Node { node: String, secret: String },
+}
+
+impl HelloAs {
+    fn request(&self) -> Request {
+        match self {
+            HelloAs::Token(secret) => Request::Hello { version: PROTOCOL_VERSION, secret: secret.clone() },
+            HelloAs::Node { node, secret } => Request::HelloNode { version: PROTOCOL_VERSION, node: node.clone(), secret: secret.clone() },
+        }
+    }
+}
+
 impl Transport {
-    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, hello_secret: Option<String>, limits: Limits) -> Self {
-        Transport { endpoint, client_config, hello_secret, slots: Default::default(), limits }
+    pub fn new(endpoint: quinn::Endpoint, client_config: quinn::ClientConfig, hello: Option<HelloAs>, limits: Limits) -> Self {
+        Transport { endpoint, client_config, hello, slots: Default::default(), limits }
     }
 
     /// A client-only endpoint on an ephemeral port, for token holders.
@@ -178,8 +197,8 @@ impl Transport {
             Ok(Ok(c)) => c,
         };
         tracing::debug!(%addr, ms = dial_started.elapsed().as_millis() as u64, "dialled");
-        if let Some(secret) = &self.hello_secret {
-            let hello = Request::Hello { version: PROTOCOL_VERSION, secret: secret.clone() };
+        if let Some(hello) = &self.hello {
+            let hello = hello.request();
             match tokio::time::timeout(timeout, exchange(&conn, &hello, self.limits.reply_size_max_bytes)).await {
                 Err(_) => return Err(StoreError::Timeout { addr: addr.into(), timeout_ms: timeout.as_millis() as u64 }),
                 Ok(Err(e)) => return Err(e),

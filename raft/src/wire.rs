@@ -68,6 +68,14 @@ pub enum Request {
     App(Vec<u8>),
     /// An application request answered by a stream of `Reply::App` frames.
     AppStream(Vec<u8>),
+    /// Authenticates a node agent's connection with its node credential
+    /// (checked by the application, see `AppHandler::authenticate_node`),
+    /// so an agent that has claimed its node needs no join token again.
+    HelloNode {
+        version: u32,
+        node: String,
+        secret: String,
+    },
 }
 
 impl Request {
@@ -94,6 +102,7 @@ impl Request {
             Request::Backup => "backup",
             Request::App(_) => "app",
             Request::AppStream(_) => "app-stream",
+            Request::HelloNode { .. } => "hello-node",
         }
     }
 }

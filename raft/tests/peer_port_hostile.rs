@@ -155,7 +155,7 @@ async fn garbage_on_many_streams_leaves_the_member_serving() {
 #[tokio::test]
 async fn the_agent_token_reaches_the_agent_protocol_and_nothing_else() {
     let (dir, m) = member(Limits::default()).await;
-    let agent_token = m.agent_token().to_string();
+    let agent_token = m.agent_token().unwrap().to_string();
     assert_ne!(agent_token, m.token().to_string());
     let written = std::fs::read_to_string(dir.path().join("m1").join("agent-token")).expect("DATA_DIR/agent-token");
     assert_eq!(written.trim(), agent_token);

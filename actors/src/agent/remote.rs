@@ -207,6 +207,15 @@ impl AppHandler for AgentService {
         })
     }
 
+    fn authenticate_node(&self, node: String, secret: String) -> BoxFuture<'static, bool> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            // Nothing malformed costs a store read before authentication.
+            let well_formed = node.len() <= 253 && secret.len() == 64 && secret.bytes().all(|b| b.is_ascii_hexdigit());
+            well_formed && inner.credentials.verify(&node, &secret, false).await.is_ok()
+        })
+    }
+
     fn stream(&self, caller: AppCaller, request: Vec<u8>) -> BoxFuture<'static, Result<AppFrames, StoreError>> {
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -272,7 +281,24 @@ impl RemoteControlPlane {
         let parsed = flotilla_raft::tls::JoinToken::parse(token).map_err(|e| AgentError::Refused(format!("--token: {e}")))?;
         let cluster = parsed.ca_fingerprint;
         let credential = match NodeCredential::load(state_dir).map_err(|e| AgentError::Refused(e.to_string()))? {
-            Some(c) if c.cluster == cluster && c.node == node => c,
+            Some(c) if c.cluster == cluster && c.node == node => {
+                // Claimed before, most likely: then the credential alone
+                // admits it, whatever has become of the agent token.
+                let client =
+                    StoreClient::as_node(servers.clone(), token, node, &c.secret).map_err(|e| AgentError::Refused(e.to_string()))?;
+                let plane = RemoteControlPlane { client: Arc::new(client), credential: c.clone() };
+                let claim = AgentMessage::Claim { node: node.to_string(), secret: c.secret.clone() };
+                match plane.send(&claim, AGENT_CALL_TIMEOUT).await {
+                    Ok(_) => return Ok(plane),
+                    // Never claimed (the answer to the claim was lost), or
+                    // the node was deleted: claim it with the token.
+                    Err(AgentError::Refused(reason)) => {
+                        tracing::info!(node, %reason, "the node credential is not known; claiming the node with the token")
+                    }
+                    Err(e) => return Err(e),
+                }
+                c
+            }
             Some(c) if c.cluster == cluster => {
                 return Err(AgentError::Refused(format!(
                     "{} holds the credential of node {:?}, not {node:?}; give each agent its own --state-dir",
@@ -287,11 +313,14 @@ impl RemoteControlPlane {
                 c
             }
         };
-        let client = Arc::new(StoreClient::new(servers, token).map_err(|e| AgentError::Refused(e.to_string()))?);
-        let plane = RemoteControlPlane { client, credential };
-        let claim = AgentMessage::Claim { node: node.to_string(), secret: plane.credential.secret.clone() };
-        plane.send(&claim, AGENT_CALL_TIMEOUT).await?;
-        Ok(plane)
+        let with_token = StoreClient::new(servers.clone(), token).map_err(|e| AgentError::Refused(e.to_string()))?;
+        let claimer = RemoteControlPlane { client: Arc::new(with_token), credential: credential.clone() };
+        let claim = AgentMessage::Claim { node: node.to_string(), secret: credential.secret.clone() };
+        claimer.send(&claim, AGENT_CALL_TIMEOUT).await?;
+        // From here on the credential alone: a rotated token must not cut
+        // off a node at its next reconnection.
+        let client = StoreClient::as_node(servers, token, node, &credential.secret).map_err(|e| AgentError::Refused(e.to_string()))?;
+        Ok(RemoteControlPlane { client: Arc::new(client), credential })
     }
 
     /// A node certificate for this agent's endpoint, naming `addresses`.
