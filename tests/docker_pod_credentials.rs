@@ -169,6 +169,13 @@ fn pods_get_secrets_config_and_a_token_that_rbac_limits() {
     let (_, token) = sh(&reader, &format!("cat {sa}/token"));
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
     assert_eq!(sh(&reader, "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"), (true, "10.96.0.1:443".to_string()));
+    // The Secret's and the token's volumes are in memory, as the kubelet
+    // keeps them: a tmpfs on the node, bound into the container.
+    let (_, mounts) = sh(&reader, "cat /proc/mounts");
+    for path in ["/etc/db", sa] {
+        let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(path)).unwrap_or_default();
+        assert!(line.starts_with("tmpfs ") || line.contains(" tmpfs "), "{path} is not a tmpfs: {line:?}\n{mounts}");
+    }
 
     // kubectl in the pod, as client-go's in-cluster config sets it up:
     // RBAC lets the reader list its namespace's pods, and nothing else;
@@ -199,8 +206,14 @@ fn pods_get_secrets_config_and_a_token_that_rbac_limits() {
     };
     if std::process::Command::new("curl").arg("--version").output().is_ok_and(|o| o.status.success()) {
         assert_eq!(status_with(&stranger_token), "403", "authenticated, and not allowed");
+        let (_, stranger_json) = cli(&api, &["get", "pod", "stranger", "-n", "creds", "-o", "json"], None);
+        let stranger_pod: serde_json::Value = serde_json::from_str(&stranger_json).expect("the stranger's pod");
+        let uid = stranger_pod.pointer("/metadata/uid").and_then(|v| v.as_str()).expect("a uid").to_string();
+        let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&uid);
+        assert!(mounted(), "the stranger's token volume is a tmpfs on the node");
         assert_eq!(cli(&api, &["delete", "pod", "stranger", "-n", "creds"], None).0, 0);
         until("the stranger's pod is gone", || !cli(&api, &["get", "pods", "-n", "creds"], None).1.contains("stranger"));
+        until("and its volumes unmounted", || !mounted());
         assert_eq!(status_with(&stranger_token), "401", "the token of a deleted pod opens nothing");
     } else {
         eprintln!("SKIPPED (bound token after the pod is gone): no curl here");
@@ -222,10 +235,11 @@ fn pods_get_secrets_config_and_a_token_that_rbac_limits() {
     let patient = container_of(&node, "creds", "patient").expect("patient's container");
     assert_eq!(sh(&patient, "echo $TOKEN"), (true, "arrived".to_string()));
 
-    // Nothing of the Secret's value lies in the store in plain text (the
-    // node's copy for its pod's volume is the one place it is).
+    // Nothing of the Secret's value lies on the disk in plain text: not in
+    // the store, and not in the pods' volumes (memory, which the walk
+    // does not enter).
     let mut plain = Vec::new();
-    for entry in walk(&data).into_iter().filter(|p| !p.starts_with(data.join("pod-volumes"))) {
+    for entry in walk(&data) {
         if std::fs::read(&entry).is_ok_and(|b| b.windows(7).any(|w| w == b"hunter2")) {
             plain.push(entry);
         }
@@ -233,12 +247,18 @@ fn pods_get_secrets_config_and_a_token_that_rbac_limits() {
     assert!(plain.is_empty(), "the secret's value in plain text in {plain:?}");
 }
 
+/// The files under `dir` on its own file system (no other mount is entered).
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(dir).map(|m| m.dev()).unwrap_or_default();
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = entry.path();
-        if p.is_dir() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else { continue };
+        if meta.is_dir() && meta.dev() == device {
             out.extend(walk(&p));
+        } else if meta.is_dir() {
+            continue;
         } else {
             out.push(p);
         }

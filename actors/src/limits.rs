@@ -92,6 +92,13 @@ pub const SERVICE_ACCOUNT_TOKEN_TTL_MAX_SECONDS: i64 = 48 * 3600;
 /// JSON: what its node is sent before the pod starts (the peer port's
 /// replies are bounded at 64 MiB).
 pub const POD_INPUTS_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// The size of the tmpfs under each secret, projected and ServiceAccount
+/// volume: twice what a pod may be sent, so the old generation and the new
+/// fit side by side while the `..data` link swaps.
+pub const SECRET_VOLUME_TMPFS_BYTES: u64 = 2 * POD_INPUTS_MAX_BYTES as u64;
+/// An `emptyDir: {medium: Memory}` without a `sizeLimit` is at most this
+/// (Docker's default for /dev/shm).
+pub const MEMORY_EMPTY_DIR_DEFAULT_BYTES: u64 = 64 * 1024 * 1024;
 /// How often a running pod's volumes are brought up to date with the
 /// Secrets and ConfigMaps they show (the kubelet's sync is about a minute).
 pub const POD_VOLUME_REFRESH: std::time::Duration = std::time::Duration::from_secs(60);

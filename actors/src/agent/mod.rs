@@ -20,3 +20,4 @@ pub mod pod_state;
 pub mod pod_volumes;
 pub mod probe;
 pub mod remote;
+pub mod volume_tmpfs;

@@ -381,6 +381,17 @@ impl Actor for NodeAgent {
                                 let _ = state.args.runtime.remove(&id).await;
                             }
                         }
+                        // And the volumes of pods gone while this agent was away.
+                        let keep: std::collections::BTreeSet<String> = listed.iter().chain(state.pods.keys()).cloned().collect();
+                        let volumes_dir = state.args.volumes_dir.clone();
+                        match tokio::task::spawn_blocking(move || super::pod_volumes::sweep(&volumes_dir, &keep)).await {
+                            Ok(Ok(0)) => {}
+                            Ok(Ok(n)) => tracing::info!(node = %state.args.name, removed = n, "removed the volumes of pods that are gone"),
+                            Ok(Err(e)) => {
+                                tracing::warn!(node = %state.args.name, error = %e, "could not remove the volumes of pods that are gone")
+                            }
+                            Err(e) => tracing::warn!(node = %state.args.name, error = %e, "the volume sweep failed"),
+                        }
                         for pod in pods {
                             state.ensure_pod(&myself, pod).await;
                         }

@@ -742,7 +742,7 @@ async fn cleanup(state: &mut PodState) {
         }
     }
     let dir = state.pod_dir.clone();
-    match tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&dir)).await {
+    match tokio::task::spawn_blocking(move || pod_volumes::remove_pod_dir(&dir)).await {
         Ok(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => {
             tracing::warn!(pod = %state.name, error = %e, "the pod's volumes could not be removed")
         }

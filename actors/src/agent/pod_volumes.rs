@@ -17,6 +17,9 @@ use sha2::{Digest, Sha256};
 
 use super::pod_env::{field_value, resource_value, PodFacts};
 use super::pod_inputs::{PodInputs, SERVICE_ACCOUNT_MOUNT_PATH};
+use super::volume_tmpfs;
+use crate::limits::{MEMORY_EMPTY_DIR_DEFAULT_BYTES, SECRET_VOLUME_TMPFS_BYTES};
+use crate::model::quantity::Quantity;
 use crate::model::service_account_token::API_AUDIENCE;
 
 /// The name of the volume that carries the ServiceAccount token, CA and
@@ -49,6 +52,9 @@ pub enum VolumeContent {
 pub struct PlannedVolume {
     pub name: String,
     pub content: VolumeContent,
+    /// The size of the tmpfs it lives on, for volumes that hold Secrets or
+    /// tokens and memory-medium emptyDirs; None: the node's disk.
+    pub memory_bytes: Option<u64>,
 }
 
 /// Where one container mounts one volume.
@@ -191,13 +197,29 @@ fn takes_service_account(container: &core::Container, inputs: &PodInputs) -> boo
     inputs.automount && !container.volume_mounts.iter().flatten().any(|m| m.mount_path.trim_end_matches('/') == SERVICE_ACCOUNT_MOUNT_PATH)
 }
 
+/// The size of a memory-medium emptyDir: its `sizeLimit`, else a default.
+fn memory_size(limit: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>, what: &str) -> Result<u64, String> {
+    let Some(limit) = limit else { return Ok(MEMORY_EMPTY_DIR_DEFAULT_BYTES) };
+    let q = Quantity::parse(&limit.0).map_err(|e| format!("{what}: sizeLimit {:?}: {e}", limit.0))?;
+    match q.value() {
+        n if n > 0 => Ok(n as u64),
+        _ => Err(format!("{what}: sizeLimit {:?} must be more than zero", limit.0)),
+    }
+}
+
 /// What each of the pod's volumes holds, or why one cannot be made.
 pub fn plan(pod: &core::Pod, inputs: &PodInputs, facts: &PodFacts) -> Result<Vec<PlannedVolume>, String> {
     let mut out = Vec::new();
     let Some(spec) = &pod.spec else { return Ok(out) };
     for v in spec.volumes.iter().flatten() {
         let what = format!("volume {:?}", v.name);
-        let content = if v.empty_dir.is_some() {
+        // Kubernetes' choice: what may carry a Secret or a token lives in
+        // memory; configMap and downwardAPI volumes on disk.
+        let mut memory_bytes = (v.secret.is_some() || v.projected.is_some()).then_some(SECRET_VOLUME_TMPFS_BYTES);
+        let content = if let Some(e) = &v.empty_dir {
+            if e.medium.as_deref() == Some("Memory") {
+                memory_bytes = Some(memory_size(e.size_limit.as_ref(), &what)?);
+            }
             VolumeContent::EmptyDir
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
@@ -239,10 +261,14 @@ pub fn plan(pod: &core::Pod, inputs: &PodInputs, facts: &PodFacts) -> Result<Vec
                  hostPath, persistent volumes and the rest are not supported"
             ));
         };
-        out.push(PlannedVolume { name: v.name.clone(), content });
+        out.push(PlannedVolume { name: v.name.clone(), content, memory_bytes });
     }
     if spec.containers.iter().any(|c| takes_service_account(c, inputs)) {
-        out.push(PlannedVolume { name: SERVICE_ACCOUNT_VOLUME.into(), content: VolumeContent::Files(service_account_files(pod, inputs)?) });
+        out.push(PlannedVolume {
+            name: SERVICE_ACCOUNT_VOLUME.into(),
+            content: VolumeContent::Files(service_account_files(pod, inputs)?),
+            memory_bytes: Some(SECRET_VOLUME_TMPFS_BYTES),
+        });
     }
     Ok(out)
 }
@@ -287,6 +313,36 @@ pub fn mounts(pod: &core::Pod, container: &core::Container, inputs: &PodInputs) 
     Ok(out)
 }
 
+/// Removes a pod's volume directory, its memory volumes unmounted first.
+pub fn remove_pod_dir(pod_dir: &Path) -> std::io::Result<()> {
+    if !pod_dir.exists() {
+        return Ok(());
+    }
+    volume_tmpfs::unmount_under(pod_dir)?;
+    std::fs::remove_dir_all(pod_dir)
+}
+
+/// Removes the volume directories under `volumes_dir` of pods not in
+/// `keep` (by uid): what an agent that was down left of pods deleted
+/// meanwhile. Answers how many went.
+pub fn sweep(volumes_dir: &Path, keep: &BTreeSet<String>) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(volumes_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let uid = entry.file_name().to_string_lossy().into_owned();
+        if !keep.contains(&uid) && entry.file_type()?.is_dir() {
+            remove_pod_dir(&entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The host directory of volume `name` of a pod whose volumes live in `pod_dir`.
 pub fn volume_dir(pod_dir: &Path, name: &str) -> PathBuf {
     pod_dir.join(name)
@@ -310,6 +366,9 @@ fn generation(files: &[VolumeFile]) -> String {
 pub fn write(pod_dir: &Path, v: &PlannedVolume) -> std::io::Result<()> {
     let dir = volume_dir(pod_dir, &v.name);
     std::fs::create_dir_all(&dir)?;
+    if let Some(size) = v.memory_bytes {
+        volume_tmpfs::ensure(&dir, size)?;
+    }
     let files = match &v.content {
         VolumeContent::EmptyDir => {
             // Any user a container runs as may write it, as in Kubernetes.
@@ -452,6 +511,20 @@ mod tests {
                 (SERVICE_ACCOUNT_VOLUME, SERVICE_ACCOUNT_MOUNT_PATH, true, None),
             ]
         );
+        // What may hold a Secret or a token lives in memory.
+        let memory: Vec<Option<u64>> = planned.iter().map(|v| v.memory_bytes).collect();
+        let secret = Some(SECRET_VOLUME_TMPFS_BYTES);
+        assert_eq!(memory, [secret, None, None, None, secret]);
+        let ram = |limit: serde_json::Value| {
+            let mut dir = json!({"medium": "Memory"});
+            if !limit.is_null() {
+                dir["sizeLimit"] = limit;
+            }
+            let p = self::pod(json!({"containers": [{"name": "main", "image": "i"}], "volumes": [{"name": "ram", "emptyDir": dir}]}));
+            plan(&p, &inputs(false), &facts()).map(|v| v[0].memory_bytes)
+        };
+        assert_eq!(ram(json!("16Mi")), Ok(Some(16 * 1024 * 1024)));
+        assert_eq!(ram(serde_json::Value::Null), Ok(Some(MEMORY_EMPTY_DIR_DEFAULT_BYTES)));
         // Opted out: no account volume, no mount.
         assert_eq!(plan(&pod, &inputs(false), &facts()).unwrap().len(), 4);
         assert_eq!(mounts(&pod, c, &inputs(false)).unwrap().len(), 4);
@@ -494,7 +567,8 @@ mod tests {
     fn rewriting_a_volume_swaps_the_whole_set_and_drops_what_went() {
         let dir = tempfile::tempdir().unwrap();
         let file = |p: &str, d: &str| VolumeFile { path: p.into(), data: d.as_bytes().to_vec(), mode: 0o640 };
-        let v1 = PlannedVolume { name: "s".into(), content: VolumeContent::Files(vec![file("a", "1"), file("sub/b", "2")]) };
+        let v1 =
+            PlannedVolume { name: "s".into(), content: VolumeContent::Files(vec![file("a", "1"), file("sub/b", "2")]), memory_bytes: None };
         write(dir.path(), &v1).unwrap();
         let vol = dir.path().join("s");
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "1");
@@ -504,14 +578,14 @@ mod tests {
         let first = std::fs::read_link(vol.join("..data")).unwrap();
         write(dir.path(), &v1).unwrap();
         assert_eq!(std::fs::read_link(vol.join("..data")).unwrap(), first, "the same files are not written again");
-        let v2 = PlannedVolume { name: "s".into(), content: VolumeContent::Files(vec![file("a", "changed")]) };
+        let v2 = PlannedVolume { name: "s".into(), content: VolumeContent::Files(vec![file("a", "changed")]), memory_bytes: None };
         write(dir.path(), &v2).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "changed");
         assert!(std::fs::symlink_metadata(vol.join("sub")).is_err(), "a key that went is gone");
         let entries: BTreeSet<String> =
             std::fs::read_dir(&vol).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         assert_eq!(entries.len(), 3, "a, ..data and one generation: {entries:?}");
-        let scratch = PlannedVolume { name: "e".into(), content: VolumeContent::EmptyDir };
+        let scratch = PlannedVolume { name: "e".into(), content: VolumeContent::EmptyDir, memory_bytes: None };
         write(dir.path(), &scratch).unwrap();
         assert_eq!(std::fs::metadata(dir.path().join("e")).unwrap().permissions().mode() & 0o777, 0o777);
     }

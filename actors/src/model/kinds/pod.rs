@@ -217,6 +217,23 @@ fn validate_volumes(volumes: Option<&Value>, path: &str, errors: &mut Errors) ->
             1 => {}
             _ => errors.add(&vp, format!("names {} sources ({}); a volume has exactly one", sources.len(), sources.join(", "))),
         }
+        if let Some(e) = v.get("emptyDir").filter(|e| !e.is_null()) {
+            match e.get("medium").and_then(Value::as_str) {
+                None | Some("") | Some("Memory") => {}
+                Some(other) => errors
+                    .add(format!("{vp}.emptyDir.medium"), format!("{other:?} is not supported; use \"\" (the node's disk) or \"Memory\"")),
+            }
+            if let Some(limit) = e.get("sizeLimit") {
+                let parsed = match limit {
+                    Value::String(t) => crate::model::quantity::Quantity::parse(t).ok(),
+                    Value::Number(n) => crate::model::quantity::Quantity::parse(&n.to_string()).ok(),
+                    _ => None,
+                };
+                if parsed.is_none_or(|q| q.value() <= 0) {
+                    errors.add(format!("{vp}.emptyDir.sizeLimit"), format!("{limit} must be a quantity of bytes above zero, e.g. 64Mi"));
+                }
+            }
+        }
         if let Some(s) = v.get("secret") {
             if s.get("secretName").and_then(Value::as_str).is_none_or(str::is_empty) {
                 errors.add(format!("{vp}.secret.secretName"), "is required");
@@ -405,7 +422,9 @@ mod tests {
             ]
         );
         let bad_volumes = json!([{"name": "Bad_Name", "emptyDir": {}}, {"name": "two", "emptyDir": {}, "secret": {"secretName": "s"}},
-            {"name": "none"}, {"name": "two", "secret": {"secretName": "", "items": [{"key": "k", "path": "/abs"}]}}]);
+            {"name": "none"}, {"name": "two", "secret": {"secretName": "", "items": [{"key": "k", "path": "/abs"}]}},
+            {"name": "ram", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+            {"name": "huge", "emptyDir": {"medium": "HugePages"}}, {"name": "zero", "emptyDir": {"medium": "Memory", "sizeLimit": "0"}}]);
         assert_eq!(
             fields(bad_volumes, json!({"name": "a", "image": "i"})),
             [
@@ -415,6 +434,8 @@ mod tests {
                 "spec.volumes[3].name",
                 "spec.volumes[3].secret.secretName",
                 "spec.volumes[3].items[0].path",
+                "spec.volumes[5].emptyDir.medium",
+                "spec.volumes[6].emptyDir.sizeLimit",
             ]
         );
     }
