@@ -32,8 +32,8 @@ struct KubeletState {
 /// Why a caller is not let in, if it is not.
 fn refusal(request: &Request) -> Option<Response> {
     match request.extensions().get::<ClientCertificate>() {
-        Some(ClientCertificate::Verified(user)) if user.in_group(KUBELET_CALLER_GROUP) => None,
-        Some(ClientCertificate::Verified(user)) => Some(
+        Some(ClientCertificate::Verified { user, .. }) if user.in_group(KUBELET_CALLER_GROUP) => None,
+        Some(ClientCertificate::Verified { user, .. }) => Some(
             (StatusCode::FORBIDDEN, format!("user {:?} may not read this node's containers; only the API servers may", user.name))
                 .into_response(),
         ),

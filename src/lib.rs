@@ -15,6 +15,7 @@ pub mod bench_store_failover;
 pub mod client;
 pub mod cmd_agent;
 pub mod cmd_apply;
+pub mod cmd_certificate;
 pub mod cmd_change;
 pub mod cmd_chaos;
 pub mod cmd_get;

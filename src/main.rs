@@ -4,8 +4,8 @@
 use clap::{Parser, Subcommand};
 use flotilla::{
     bench_api, bench_failover, bench_schedule, bench_service, bench_startup, bench_store_degraded, bench_store_failover, client, cmd_agent,
-    cmd_apply, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_secrets_encrypt, cmd_server, cmd_sim, cmd_store,
-    cmd_token, cmd_up,
+    cmd_apply, cmd_certificate, cmd_change, cmd_chaos, cmd_get, cmd_kubeconfig, cmd_logs, cmd_rollout, cmd_secrets_encrypt, cmd_server,
+    cmd_sim, cmd_store, cmd_token, cmd_up,
 };
 
 #[derive(Parser)]
@@ -45,6 +45,9 @@ enum Command {
     /// Issue a client certificate for a person and print its kubeconfig
     /// (run on a server member: it needs the cluster CA's key).
     Kubeconfig(cmd_kubeconfig::KubeconfigArgs),
+    /// Revoke client certificates before they expire, and list them.
+    #[command(subcommand)]
+    Certificate(cmd_certificate::CertificateCommand),
     /// ServiceAccount tokens, and the cluster's agent token.
     #[command(subcommand)]
     Token(cmd_token::TokenCommand),
@@ -189,6 +192,7 @@ async fn run(cli: Cli) -> Result<i32, String> {
         Command::Top { ref what } => cmd_logs::top(&client()?, what).await,
         Command::Store(args) => cmd_store::run(args).await,
         Command::Kubeconfig(args) => cmd_kubeconfig::run(args),
+        Command::Certificate(command) => cmd_certificate::run(&client()?, command).await,
         Command::Token(cmd_token::TokenCommand::Rotate(args)) => cmd_token::rotate(args).await,
         Command::Token(command) => cmd_token::run(&client()?, command).await,
         Command::SecretsEncrypt(command) => cmd_secrets_encrypt::run(&client()?, command).await,

@@ -1140,3 +1140,50 @@ async fn rotations_racing_writes_lose_no_acknowledged_secret() {
     assert_eq!(status["keys"], json!([{"name": done["key"], "state": "active", "values": SECRETS}]), "{status}");
     assert!(last.iter().all(|n| *n > 0), "every writer wrote: {last:?}");
 }
+
+/// A client certificate can be taken back before it expires: refused at
+/// the next request on a connection it already opened, others unharmed;
+/// only cluster-admins revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_opens_nothing() {
+    let (dir, api) = single().await;
+    let ca = api.member.ca().clone();
+    let hour = Duration::from_secs(3600);
+    let lost = cert_client(&api, dir.path(), "lost-laptop", &ca, Some("system:masters"), hour);
+    let kept = cert_client(&api, dir.path(), "desk", &ca, Some("system:masters"), hour);
+    let dev = cert_client(&api, dir.path(), "dev", &ca, None, hour);
+    async fn get(c: &flotilla::client::ApiClient) -> Result<Value, flotilla::client::CallError> {
+        c.call(reqwest::Method::GET, "/api/v1/namespaces/default/configmaps", false, None).await
+    }
+    get(&lost).await.expect("the laptop's certificate works");
+    let pem = std::fs::read_to_string(dir.path().join("lost-laptop.kubeconfig")).expect("kubeconfig");
+    let cert = {
+        use base64::Engine;
+        let line = pem.lines().find_map(|l| l.trim().strip_prefix("client-certificate-data:")).expect("cert data").trim().to_string();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(line).expect("base64")).expect("pem")
+    };
+    let body = serde_json::to_vec(&json!({"certificate": cert})).expect("json");
+    let revoke = flotilla::api::certificate_revocation::REVOKE_PATH;
+    let refused = dev.call(reqwest::Method::POST, revoke, false, Some(("application/json", body.clone()))).await.expect_err("dev revokes");
+    assert_eq!(refused.code, 403, "{}", refused.message);
+    let answer = kept.call(reqwest::Method::POST, revoke, false, Some(("application/json", body))).await.expect("an admin revokes");
+    let serial = answer["revoked"]["serial"].as_str().expect("a serial").to_string();
+    // The same client, so likely the same connection: refused all the same.
+    let e = get(&lost).await.expect_err("a revoked certificate");
+    assert_eq!(e.code, 401, "{}", e.message);
+    assert!(e.message.contains("revoked") && e.message.contains(&serial), "{}", e.message);
+    get(&kept).await.expect("another certificate is untouched");
+    get(&dev).await.map(|_| ()).or_else(|e| if e.code == 403 { Ok(()) } else { Err(e) }).expect("dev is still authenticated");
+    let list = kept.call(reqwest::Method::GET, flotilla::api::certificate_revocation::LIST_PATH, false, None).await.expect("list");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["serial"], serial.as_str());
+    assert!(items[0]["subject"].as_str().unwrap_or("").contains("lost-laptop"), "{list}");
+    // Garbage is a 400 that says what to send.
+    let bad = kept
+        .call(reqwest::Method::POST, revoke, false, Some(("application/json", b"{\"serial\": \"xyz\"}".to_vec())))
+        .await
+        .expect_err("a bad serial");
+    assert_eq!(bad.code, 400, "{}", bad.message);
+    api.task.abort();
+}

@@ -30,8 +30,10 @@ pub enum ClientCertificate {
     /// No certificate was shown (or the connection is plain HTTP).
     #[default]
     None,
-    /// A certificate that chains to the cluster CA and is within its dates.
-    Verified(User),
+    /// A certificate that chains to the cluster CA and is within its dates,
+    /// with its serial number (checked against the revocation list at every
+    /// request).
+    Verified { user: User, serial: String },
     /// A certificate was shown and refused; the reason goes in the 401.
     Rejected(String),
 }
@@ -286,7 +288,16 @@ pub async fn guard(State(state): State<Arc<ApiState>>, mut request: Request, nex
             },
             None => return unauthorized("Unauthorized: the bearer token is not known to this cluster (expired, revoked or mistyped)"),
         },
-        (None, ClientCertificate::Verified(u)) => u,
+        (None, ClientCertificate::Verified { user, serial }) => match super::certificate_revocation::is_revoked(&state.registry, &serial) {
+            Ok(false) => user,
+            Ok(true) => {
+                tracing::info!(user = %user.name, %serial, "revoked client certificate refused");
+                return unauthorized(format!(
+                    "Unauthorized: the client certificate (serial {serial}) was revoked; ask an administrator for a new one (flotilla kubeconfig --user)"
+                ));
+            }
+            Err(why) => return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", why).into_response(),
+        },
         (None, ClientCertificate::Rejected(why)) => {
             return unauthorized(format!("Unauthorized: the client certificate was refused: {why}"))
         }

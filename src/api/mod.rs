@@ -4,6 +4,7 @@
 
 pub mod access_review;
 pub mod auth;
+pub mod certificate_revocation;
 pub mod client_limits;
 pub mod discovery;
 pub mod listen;
@@ -66,6 +67,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/apis/metrics.k8s.io/v1beta1/pods", get(logs::pod_metrics))
         .route(secrets_encryption::STATUS_PATH, get(secrets_encryption::status))
         .route(secrets_encryption::ROTATE_PATH, axum::routing::post(secrets_encryption::rotate))
+        .route(certificate_revocation::REVOKE_PATH, axum::routing::post(certificate_revocation::revoke))
+        .route(certificate_revocation::LIST_PATH, get(certificate_revocation::list))
         .fallback(resource_entry)
         // Inside the guard: counts requests by the user it authenticated.
         .layer(axum::middleware::from_fn_with_state(Arc::new(client_limits::ClientLimits::default()), limit_per_client))

@@ -71,9 +71,9 @@ impl ApiTls {
         if let Err(e) = self.verifier.verify_client_cert(leaf, intermediates, UnixTime::now()) {
             return ClientCertificate::Rejected(format!("{e} (it must be signed by this cluster's CA and within its dates)"));
         }
-        match user_of_certificate(leaf) {
-            Ok(user) => ClientCertificate::Verified(user),
-            Err(e) => ClientCertificate::Rejected(e),
+        match (user_of_certificate(leaf), super::certificate_revocation::serial_of(leaf)) {
+            (Ok(user), Ok(serial)) => ClientCertificate::Verified { user, serial },
+            (Err(e), _) | (_, Err(e)) => ClientCertificate::Rejected(e),
         }
     }
 }
